@@ -1,0 +1,81 @@
+"""The deployment gate: the best student row against the teacher's PyTorch fp32 row at one batch size.
+
+"Best" is the fastest student row (any format and runtime) that meets every threshold; when none does, the
+closest miss is reported: the fastest row within the accuracy budget, else the most accurate row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdeploy.errors import UserError
+
+REFERENCE = ("teacher", "pytorch")
+
+
+def _ok(row: dict[str, Any], ref_acc: float, max_drop: float | None, min_speedup: float | None) -> tuple[bool, bool]:
+    acc_ok = max_drop is None or ref_acc - row["accuracy"] <= max_drop + 1e-12
+    speed_ok = min_speedup is None or (row["speedup"] or 0.0) >= min_speedup
+    return acc_ok, speed_ok
+
+
+def evaluate_gate(
+    rows: list[dict[str, Any]],
+    max_accuracy_drop: float | None = None,
+    min_speedup: float | None = None,
+    batch_size: int = 1,
+    candidate: str = "student",
+) -> dict[str, Any]:
+    """The gate verdict as a JSON-friendly dict (``passed``, ``message``, the chosen row's numbers)."""
+    at = [r for r in rows if r["batch_size"] == batch_size]
+    ref = next((r for r in at if (r["model"], r["format"]) == REFERENCE), None)
+    if ref is None:
+        raise UserError(
+            f"the gate needs the teacher's PyTorch row at batch {batch_size}; "
+            f"bench with --batch-sizes including {batch_size} and --runtimes including torch"
+        )
+    cands = [r for r in at if r["model"] == candidate]
+    if not cands:
+        raise UserError(f"the gate needs {candidate} rows at batch {batch_size}; the bench has none")
+    checks = {id(r): _ok(r, ref["accuracy"], max_accuracy_drop, min_speedup) for r in cands}
+    passing = [r for r in cands if all(checks[id(r)])]
+    acc_ok = [r for r in cands if checks[id(r)][0]]
+    if passing:
+        best = max(passing, key=lambda r: r["speedup"])
+    elif acc_ok:
+        best = max(acc_ok, key=lambda r: r["speedup"])
+    else:
+        best = max(cands, key=lambda r: (r["accuracy"], r["speedup"]))
+    drop = ref["accuracy"] - best["accuracy"]
+    passed = bool(passing)
+    limits = []
+    if max_accuracy_drop is not None:
+        limits.append(f"accuracy drop {drop:+.4f} (max {max_accuracy_drop:g})")
+    else:
+        limits.append(f"accuracy drop {drop:+.4f}")
+    limits.append(f"speed-up {best['speedup']:.2f}x" + (f" (min {min_speedup:g}x)" if min_speedup is not None else ""))
+    message = (
+        f"{best['model']}:{best['format']} on {best['runtime']}/{best['device']} at batch {batch_size}: "
+        f"accuracy {best['accuracy']:.4f} vs teacher PyTorch fp32 {ref['accuracy']:.4f}, "
+        f"p50 {best['latency_ms']['p50']:.4g} ms vs {ref['latency_ms']['p50']:.4g} ms; " + ", ".join(limits)
+    )
+    if max_accuracy_drop is None and min_speedup is None:
+        message = "no thresholds set; fastest " + message
+    elif not passed and max_accuracy_drop is not None and min_speedup is not None:
+        message += f"; no {candidate} row meets both"
+    return {
+        "passed": passed,
+        "max_accuracy_drop": max_accuracy_drop,
+        "min_speedup": min_speedup,
+        "batch_size": batch_size,
+        "artifact": f"{best['model']}:{best['format']}",
+        "runtime": best["runtime"],
+        "device": best["device"],
+        "accuracy": best["accuracy"],
+        "teacher_accuracy": ref["accuracy"],
+        "accuracy_drop": drop,
+        "speedup": best["speedup"],
+        "p50_ms": best["latency_ms"]["p50"],
+        "teacher_p50_ms": ref["latency_ms"]["p50"],
+        "message": message,
+    }

@@ -1,0 +1,66 @@
+"""The contract every distillation method keeps (after mdistiller's ``Distiller``).
+
+A method is a small ``nn.Module`` whose ``forward`` returns a dict of named, already-weighted
+losses; the trainer sums them. It never sees the models themselves: the trainer hands it logits
+and, for the module paths it asks for, the features captured by forward hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from kdeploy.registry import Registry
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Outputs:
+    """What a method may look at for one batch."""
+
+    student_logits: Tensor
+    targets: Tensor
+    teacher_logits: Tensor | None = None
+    student_features: list[Tensor] = field(default_factory=list)
+    teacher_features: list[Tensor] = field(default_factory=list)
+    epoch: int = 0  # 0-based epoch, for warm-ups
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``Params`` and implement ``forward``."""
+
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams) -> None:
+        super().__init__()
+        self.params = params
+
+    def feature_layers(self) -> tuple[list[str], list[str]]:
+        """Module paths (student, teacher) whose outputs this method needs; logits-only methods: none."""
+        return [], []
+
+    def setup(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> None:
+        """Build learned parts (regressors) from one batch of example features."""
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("distillation method")
+register_method = METHODS.register
+
+
+def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton's soft term: KL(teacher_T || student_T), mean over the batch, scaled by T^2."""
+    log_p_s = torch.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
+    kl = torch.sum(log_p_t.exp() * (log_p_t - log_p_s), dim=1).mean()
+    return kl * temperature**2

@@ -1,0 +1,73 @@
+"""FitNets (Romero et al. 2015): a learned regressor maps a student layer onto a teacher layer.
+
+loss = ce_weight * CE + hint_weight * MSE(regressor(student[layer]), teacher[layer])
+       (+ kd_weight * T^2 * KL on the logits, off by default)
+
+Layers are module paths (``stage2``, ``layer3.0``, ``fc1``) captured by forward hooks.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from kdeploy.distill.methods.base import Method, MethodParams, Outputs, kl_soft, register_method
+
+
+class FitNetParams(MethodParams):
+    student_layer: str
+    teacher_layer: str
+    hint_weight: float = Field(100.0, ge=0)
+    ce_weight: float = Field(1.0, ge=0)
+    kd_weight: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+def make_regressor(student: Tensor, teacher: Tensor) -> nn.Module:
+    """1x1 conv + BN for feature maps, a linear layer for vectors."""
+    if student.dim() == 4 and teacher.dim() == 4:
+        return nn.Sequential(
+            nn.Conv2d(student.shape[1], teacher.shape[1], kernel_size=1, bias=False),
+            nn.BatchNorm2d(teacher.shape[1]),
+        )
+    return nn.Linear(student[0].numel(), teacher[0].numel())
+
+
+def match(student: Tensor, teacher: Tensor) -> Tensor:
+    """Bring a regressed student feature to the teacher's shape (spatial pooling, flattening)."""
+    if student.dim() == 4 and teacher.dim() == 4:
+        if student.shape[2:] != teacher.shape[2:]:
+            student = F.adaptive_avg_pool2d(student, teacher.shape[2:])
+        return student
+    return student.reshape(teacher.shape)
+
+
+@register_method("fitnet")
+class FitNet(Method):
+    Params = FitNetParams
+
+    def __init__(self, params: FitNetParams) -> None:
+        super().__init__(params)
+        self.regressor: nn.Module = nn.Identity()
+
+    def feature_layers(self) -> tuple[list[str], list[str]]:
+        return [self.params.student_layer], [self.params.teacher_layer]
+
+    def setup(self, student_features: list[Tensor], teacher_features: list[Tensor]) -> None:
+        s, t = student_features[0], teacher_features[0]
+        if s.dim() != 4 or t.dim() != 4:
+            s = s.flatten(1)
+        self.regressor = make_regressor(s, t)
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        p = self.params
+        s, t = out.student_features[0], out.teacher_features[0].detach()
+        if s.dim() != 4 or t.dim() != 4:
+            s = s.flatten(1)
+        hint = F.mse_loss(match(self.regressor(s), t).float(), t.float())
+        losses = {"ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets), "hint": p.hint_weight * hint}
+        if p.kd_weight:
+            assert out.teacher_logits is not None
+            losses["kd"] = p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature)
+        return losses

@@ -1,0 +1,31 @@
+"""Model registry and the built-in models: ``mlp``, ``cnn``, CIFAR ResNets and ``torchvision``.
+
+Models take N×C×H×W float tensors (already normalised) and return N×num_classes logits; they know
+nothing of distillation, export or benchmarks. Feature layers are addressed by module path.
+"""
+
+# The model modules are imported for their @register_model side effects.
+from kdeploy.models import cifar_resnet, cnn, mlp, torchvision_models  # noqa: F401
+from kdeploy.models.registry import (
+    MODELS,
+    build_model,
+    count_params,
+    create_model,
+    import_target,
+    list_models,
+    model_meta,
+    module_paths,
+    register_model,
+)
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "count_params",
+    "create_model",
+    "import_target",
+    "list_models",
+    "model_meta",
+    "module_paths",
+    "register_model",
+]

@@ -1,0 +1,114 @@
+"""`kdeploy run`: distill -> export ONNX -> quantize -> (TensorRT) -> bench -> report.md, then the gate.
+
+Stage gates and the deployment gate:
+
+- an ONNX export that misses its parity gate is a correctness failure: the pipeline still benches what is
+  usable and writes the report, then raises :class:`GateFailed` (exit 1);
+- a quantized artifact that misses quantize's accuracy budget is marked failed in the manifest, left out
+  of the bench and listed in the report; it does not fail the run on its own;
+- the deployment gate (``max_accuracy_drop``, ``min_speedup``) compares the best student row against the
+  teacher's PyTorch fp32 row at batch 1 (see :mod:`kdeploy.bench.gate`) and raises :class:`GateFailed` when
+  missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kdeploy import atomic, progress
+from kdeploy.bench import BenchSettings, bench
+from kdeploy.bench.gate import evaluate_gate
+from kdeploy.bench.report import write_report
+from kdeploy.errors import GateFailed, UserError
+from kdeploy.recipe import Recipe
+from kdeploy.runs import Run
+
+
+@dataclass
+class PipelineOptions:
+    int8: bool = True
+    int8_method: str = "static"  # or "dynamic"
+    calib_samples: int = 512
+    fp16: bool = True
+    tensorrt: bool = False  # build TensorRT engines (needs a GPU and the tensorrt package)
+    opset: int = 18
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    max_accuracy_drop: float | None = None
+    min_speedup: float | None = None
+    gate_batch: int = 1
+
+    @property
+    def gated(self) -> bool:
+        return self.max_accuracy_drop is not None or self.min_speedup is not None
+
+    def check(self) -> None:
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
+            raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: a fraction in [0, 1], e.g. 0.01")
+        if self.min_speedup is not None and self.min_speedup <= 0:
+            raise UserError(f"--min-speedup {self.min_speedup}: must be > 0, e.g. 5")
+        if self.gated and self.gate_batch not in self.bench.batch_sizes:
+            raise UserError(f"the gate is taken at batch {self.gate_batch}; add it to --batch-sizes")
+        if self.gated and "torch" not in self.bench.runtimes:
+            raise UserError("the gate compares against the teacher's PyTorch row; keep torch in --runtimes")
+        self.bench.check()
+
+
+@dataclass
+class PipelineResult:
+    run: Run
+    bench: dict[str, Any]
+    gate: dict[str, Any] | None
+    stage_failures: list[str]
+    report: Path
+
+
+def _export_stages(run: Run, o: PipelineOptions) -> list[str]:
+    """Export and quantize every model; returns the stage failures that must fail the run."""
+    from kdeploy.export import export_onnx, export_tensorrt
+    from kdeploy.quantize import quantize
+
+    fatal: list[str] = []
+    exported = export_onnx(run, opset=o.opset, raise_on_fail=False)
+    fatal += [f"{e['id']}: {e.get('reason') or 'parity gate missed'}" for e in exported if e["status"] == "failed"]
+    ok_roles = [e["model"] for e in exported if e["status"] == "ok"]
+    if ok_roles and (o.int8 or o.fp16):
+        entries = quantize(run, int8=o.int8, method=o.int8_method, fp16=o.fp16, calib_samples=o.calib_samples,
+                           models=ok_roles, raise_on_fail=False)  # fmt: skip
+        for e in entries:
+            if e["status"] == "failed":
+                progress.log(f"note: {e['id']} missed quantize's accuracy budget ({e.get('reason')}); not benched")
+    if o.tensorrt:
+        export_tensorrt(run, models=ok_roles, precision="fp16")
+    return fatal
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    options: PipelineOptions | None = None,
+) -> PipelineResult:
+    """Everything from a recipe to ``report.md``; raises GateFailed (after writing the report) when a gate misses."""
+    from kdeploy.distill import distill
+
+    o = options or PipelineOptions()
+    o.check()
+    run = distill(recipe, out=out, resume=resume, force=force)
+    fatal = _export_stages(run, o)
+    result = bench(run, o.bench)
+    gate: dict[str, Any] | None = None
+    if o.gated or (o.gate_batch in o.bench.batch_sizes and "torch" in o.bench.runtimes):
+        gate = evaluate_gate(result["rows"], o.max_accuracy_drop, o.min_speedup, o.gate_batch)
+        atomic.write_json(run.root / "gate.json", gate)
+        progress.log(("gate passed: " if gate["passed"] else "gate missed: ") + gate["message"])
+    else:
+        (run.root / "gate.json").unlink(missing_ok=True)  # a gate from an earlier session would be stale
+    report = write_report(run)
+    problems = ([f"deployment gate: {gate['message']}"] if gate and not gate["passed"] else []) + fatal
+    if problems:
+        raise GateFailed("; ".join(problems) + f" (report: {report})")
+    return PipelineResult(run, result, gate, fatal, report)

@@ -1,0 +1,236 @@
+"""The recipe: a validated YAML description of teacher, student, data and distillation.
+
+Problems are reported one line per problem, each naming its key path
+(``student.epochs: must be >= 1, got 0``), before any work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kdeploy.data import Augment
+from kdeploy.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = Field(description="dataset: mnist, fashion_mnist, cifar10, cifar100, imagefolder")
+    root: str | None = Field(None, description="folder holding the data; else KDEPLOY_DATA, cache, system")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    val_size: int | float = Field(5000, ge=0, description="held-out validation samples (int) or fraction")
+    augment: Augment = Field(default_factory=Augment)
+    download: bool = Field(False, description="let torchvision download the dataset when it is not found")
+    limit: int | None = Field(None, ge=1, description="keep only this many train/test samples (smoke runs)")
+
+
+class ModelConfig(_Strict):
+    model: str | None = Field(None, description="registered model name (see `kdeploy models`)")
+    target: str | None = Field(None, description='user model by import path: "package.module:Class"')
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: str | None = Field(None, description=".safetensors or .pt/.pth weights: load, do not train")
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies lr")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.model is None) == (self.target is None):
+            raise ValueError("give exactly one of `model` (a registered name) or `target` (package.module:Class)")
+        if self.target is not None and ":" not in self.target:
+            raise ValueError(f'target must look like "package.module:Class", got {self.target!r}')
+        return self
+
+
+class DistillConfig(BaseModel):
+    """`method` plus that method's own parameters, validated against the method's schema."""
+
+    model_config = ConfigDict(extra="allow")
+    method: str = "kd"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")
+    teacher_cache: Literal["auto", "never"] = Field(
+        "auto", description="auto: precompute teacher outputs once when data is not augmented"
+    )
+    scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    seed: int = 0
+    data: DataConfig
+    teacher: ModelConfig
+    student: ModelConfig
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    baseline: bool = True
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _method_params(self) -> Recipe:
+        from kdeploy.distill.methods import METHODS
+
+        if self.distill.method not in METHODS:
+            raise ValueError(METHODS.unknown_message(self.distill.method))
+        return self
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(parts) or "recipe"
+
+
+def _describe(err: dict[str, Any], valid_keys: dict[str, list[str]]) -> str:
+    loc = _loc(err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent, _, key = loc.rpartition(".")
+        close = difflib.get_close_matches(key, valid_keys.get(parent, []), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{loc}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in {"greater_than_equal", "greater_than", "less_than", "less_than_equal"}:
+        msg = msg.replace("Input should be", "must be").replace("greater than or equal to", ">=")
+        msg = msg.replace("greater than", ">").replace("less than or equal to", "<=").replace("less than", "<")
+        return f"{loc}: {msg}, got {err['input']!r}"
+    if err["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc}: {msg}" + (f", got {err['input']!r}" if not isinstance(err["input"], dict) else "")
+
+
+def _valid_keys() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"": list(Recipe.model_fields)}
+    for key, field in Recipe.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out[key] = list(ann.model_fields)
+    out["data.augment"] = list(Augment.model_fields)
+    return out
+
+
+def validate(raw: Any, source: str = "recipe") -> Recipe:
+    """Validate a parsed YAML mapping; all problems are reported together in one UserError."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe must be a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        keys = _valid_keys()
+        problems = [_describe(e, keys) for e in exc.errors()]
+        raise UserError(f"{source}: " + "; ".join(problems)) from None
+    _validate_method_params(recipe, source)
+    return recipe
+
+
+def _validate_method_params(recipe: Recipe, source: str) -> None:
+    from kdeploy.distill.methods import METHODS
+
+    schema = METHODS.get(recipe.distill.method).Params
+    try:
+        params = schema.model_validate(recipe.distill.params())
+    except pydantic.ValidationError as exc:
+        keys = {"distill": ["method", *schema.model_fields]}
+        problems = [_describe({**e, "loc": ("distill", *e["loc"])}, keys) for e in exc.errors()]
+        raise UserError(f"{source}: " + "; ".join(problems)) from None
+    # store the defaults too, so the resolved recipe written into the run folder is complete
+    for key, value in params.model_dump().items():
+        setattr(recipe.distill, key, value)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{source}: not valid YAML{where}: {problem}; fix the syntax") from None
+
+
+def _coerce(value: str) -> Any:
+    """Type a --set value the way YAML would (numbers, booleans, lists, null)."""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to the raw mapping; typing happens in the schema afterwards."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set student.epochs=3")
+        node: Any = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = _coerce(value)
+    return raw
+
+
+def load_recipe(
+    path: str | os.PathLike[str],
+    overrides: list[str] | None = None,
+    data_root: str | None = None,
+) -> Recipe:
+    """Read, override and validate a recipe file. ``data_root`` (from --data-root) wins over the file."""
+    p = Path(path)
+    if not p.is_file():
+        hint = " (see `kdeploy recipes` for the shipped ones)"
+        raise UserError(f"recipe {str(p)!r} not found{hint}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {p}: {exc}; pass a UTF-8 YAML file") from None
+    raw = parse_yaml(text, str(p))
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides or [])
+        if data_root:
+            raw.setdefault("data", {})
+            if isinstance(raw["data"], dict):
+                raw["data"]["root"] = data_root
+    return validate(raw, str(p))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    data = recipe.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def shipped_recipes(folder: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
+    """(path, description) of every recipe in ``recipes/``."""
+    root = Path(folder) if folder else Path(__file__).resolve().parent.parent / "recipes"
+    found = []
+    for p in sorted(root.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError:
+            continue
+        found.append((str(p), str(raw.get("description", "")).strip()))
+    return found

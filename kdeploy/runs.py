@@ -1,0 +1,252 @@
+"""The run folder: the only hand-off between stages.
+
+```
+runs/<name>/
+  recipe.yaml          resolved recipe
+  environment.json     versions, CPU, threads
+  teacher.safetensors  weights + JSON metadata (enough to rebuild the module)
+  baseline.safetensors
+  student.safetensors
+  history.csv          one row per model and epoch
+  metrics.json         test accuracy, params, time per model
+  state/<role>.pt      resume state of an unfinished model (weights_only-loadable)
+  export/              artifacts and manifest.json (export, quantize)
+runs/latest -> <name>  the newest run
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from kdeploy import atomic
+from kdeploy.errors import UserError
+
+ROLES = ("teacher", "baseline", "student")
+META_KEY = "kdeploy"
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+class Run:
+    """A run folder on disk."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # ---- layout -------------------------------------------------------------------------
+    @property
+    def recipe_path(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def history_path(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def environment_path(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    def weights_path(self, role: str) -> Path:
+        return self.root / f"{role}.safetensors"
+
+    def state_path(self, role: str) -> Path:
+        return self.root / "state" / f"{role}.pt"
+
+    def roles(self) -> list[str]:
+        """Model roles whose final weights exist, in pipeline order."""
+        return [r for r in ROLES if self.weights_path(r).is_file()]
+
+    # ---- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Run:
+        """An existing, finished-or-partial run; ``None`` means ``runs/latest``."""
+        root = Path(path) if path is not None else DEFAULT_RUNS_DIR / "latest"
+        if not root.exists():
+            if path is None:
+                raise UserError("no run given and runs/latest does not exist; run `kdeploy distill RECIPE` first")
+            raise UserError(f"{root}: no such run folder; pass a folder written by `kdeploy distill`")
+        run = cls(root.resolve())
+        if not run.recipe_path.is_file():
+            raise UserError(f"{root}: not a kdeploy run (no recipe.yaml); pass a folder written by `kdeploy distill`")
+        return run
+
+    def mark_latest(self) -> None:
+        """Point ``<parent>/latest`` at this run (a relative symlink, replaced atomically)."""
+        link = self.root.parent / "latest"
+        tmp = self.root.parent / ".latest.tmp"
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(self.root.name, target_is_directory=True)
+            os.replace(tmp, link)
+        except OSError:  # filesystems without symlinks: a text file naming the run
+            atomic.write_text(self.root.parent / "latest.txt", str(self.root) + "\n")
+
+    # ---- weights ------------------------------------------------------------------------
+    def save_weights(self, role: str, model: nn.Module, meta: dict[str, Any]) -> Path:
+        return save_weights(self.weights_path(role), model, meta)
+
+    def load_model(self, role: str) -> tuple[nn.Module, dict[str, Any]]:
+        path = self.weights_path(role)
+        if not path.is_file():
+            have = ", ".join(self.roles()) or "none"
+            raise UserError(f"{self.root}: no {role} weights ({path.name}); models in this run: {have}")
+        return load_model(path)
+
+    # ---- metrics and history --------------------------------------------------------------
+    def read_metrics(self) -> dict[str, Any]:
+        if not self.metrics_path.is_file():
+            return {"models": {}}
+        try:
+            return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise UserError(f"{self.metrics_path}: corrupt JSON; re-run `kdeploy distill --resume`") from None
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic.write_json(self.metrics_path, metrics)
+
+    def read_history(self) -> list[dict[str, str]]:
+        if not self.history_path.is_file():
+            return []
+        with open(self.history_path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        fields: list[str] = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic.write_text(self.history_path, buf.getvalue())
+
+    def clear(self) -> None:
+        """Remove everything kdeploy wrote into this folder (for --force)."""
+        if self.root.is_dir():
+            shutil.rmtree(self.root)
+
+
+# ---- weights I/O ----------------------------------------------------------------------------
+def save_weights(path: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {META_KEY: json.dumps(meta)}
+    return atomic.write_with(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc}); re-run `kdeploy distill`") from None
+    if raw is None:
+        raise UserError(f"{path}: safetensors file without kdeploy metadata; it was not written by kdeploy")
+    return json.loads(raw)
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a module from a kdeploy weights file via the model registry."""
+    from kdeploy.models import build_model
+
+    meta = read_meta(path)
+    model = build_model(meta["model"])
+    load_state(model, load_state_file(path), str(path))
+    model.eval()
+    return model, meta
+
+
+def load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a .pt/.pth file without unpickling code."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            return load_file(str(path))
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint not found; fix the path") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{path}: cannot load weights ({first[:200]}); pass a .safetensors file or a plain state_dict"
+        ) from None
+    except Exception as exc:  # pickle.UnpicklingError for payload-carrying pickles
+        if type(exc).__name__ == "UnpicklingError":
+            raise UserError(
+                f"{path}: refused to unpickle (it holds more than tensors); save a plain state_dict or safetensors"
+            ) from None
+        raise
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path}: expected a state_dict of tensors; save model.state_dict()")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {', '.join(wrong[:2])}")
+        raise UserError(f"{source}: weights do not fit the model ({'; '.join(parts)}); check the model and its kwargs")
+    model.load_state_dict(state)
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "kdeploy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": versions,
+    }

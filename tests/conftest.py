@@ -1,0 +1,45 @@
+"""Shared fixtures: the offline MNIST files and tiny recipes that train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+RECIPES = REPO / "recipes"
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST files not found in {MNIST}")
+    return MNIST
+
+
+def tiny_recipe(root: Path, **changes: Any) -> dict[str, Any]:
+    """A recipe that trains tiny MLPs on a few hundred MNIST samples in a few seconds."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"name": "mnist", "root": str(root), "batch_size": 64, "val_size": 200, "limit": 600},
+        "teacher": {"model": "mlp", "kwargs": {"hidden": [64]}, "epochs": 2, "lr": 0.003},
+        "student": {"model": "mlp", "kwargs": {"hidden": [16]}, "epochs": 2, "lr": 0.003},
+        "distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7},
+        "baseline": True,
+    }
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return raw
+
+
+def write_recipe(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path

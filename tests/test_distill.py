@@ -1,0 +1,148 @@
+"""Tiny real distillation runs on MNIST: the run-folder contract, resume, runs/latest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdeploy import progress
+from kdeploy.distill import distill
+from kdeploy.errors import UserError
+from kdeploy.recipe import validate
+from kdeploy.runs import Run
+
+from .conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def tiny_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return distill(validate(tiny_recipe(mnist_root)), out=out)
+
+
+def test_run_folder_contents(tiny_run: Run) -> None:
+    names = {p.name for p in tiny_run.root.iterdir()}
+    assert {"recipe.yaml", "environment.json", "metrics.json", "history.csv"} <= names
+    assert {"teacher.safetensors", "baseline.safetensors", "student.safetensors"} <= names
+    assert not list(tiny_run.root.glob("state/*.pt")), "resume state is removed once a model is finished"
+    assert not list(tiny_run.root.rglob("*.tmp")), "no temporary files left behind"
+
+
+def test_metrics_contract(tiny_run: Run) -> None:
+    metrics = json.loads(tiny_run.metrics_path.read_text())
+    assert set(metrics["models"]) == {"teacher", "baseline", "student"}
+    for m in metrics["models"].values():
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert m["params"] > 0 and m["train_seconds"] > 0 and m["samples_per_second"] > 0
+    assert metrics["models"]["teacher"]["params"] == 784 * 64 + 64 + 64 * 10 + 10
+    assert metrics["models"]["teacher"]["accuracy"] > 0.6, "a 2-epoch MLP on 400 samples beats chance by far"
+    assert metrics["teacher_outputs"] == "cached", "no augmentation: teacher logits computed once"
+
+
+def test_history_has_one_row_per_model_and_epoch(tiny_run: Run) -> None:
+    with open(tiny_run.history_path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["model"], r["epoch"]) for r in rows] == [
+        (m, str(e)) for m in ("teacher", "baseline", "student") for e in (1, 2)
+    ]
+    student = [r for r in rows if r["model"] == "student"]
+    assert all(float(r["loss_kd"]) > 0 for r in student)
+    assert all(float(r["samples_per_s"]) > 0 for r in rows)
+
+
+def test_weights_rebuild_from_metadata(tiny_run: Run) -> None:
+    model, meta = tiny_run.load_model("student")
+    assert meta["model"]["name"] == "mlp" and meta["dataset"]["in_shape"] == [1, 28, 28]
+    state = load_file(tiny_run.weights_path("student"))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_latest_points_at_the_newest_run(tiny_run: Run) -> None:
+    latest = tiny_run.root.parent / "latest"
+    assert latest.resolve() == tiny_run.root.resolve()
+
+
+def test_existing_run_is_not_clobbered(tiny_run: Run, mnist_root: Path) -> None:
+    before = tiny_run.metrics_path.read_bytes()
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        distill(validate(tiny_recipe(mnist_root)), out=tiny_run.root)
+    with pytest.raises(UserError, match="recipe differs"):
+        distill(validate(tiny_recipe(mnist_root, seed=1)), out=tiny_run.root, resume=True)
+    assert tiny_run.metrics_path.read_bytes() == before
+
+
+def test_bad_layer_path_lists_nearby_modules(mnist_root: Path, tmp_path: Path) -> None:
+    raw = tiny_recipe(mnist_root)
+    raw["distill"] = {"method": "fitnet", "student_layer": "fc9", "teacher_layer": "fc1"}
+    with pytest.raises(UserError, match=r"distill: student has no module 'fc9'; nearby module paths: .*fc1"):
+        distill(validate(raw), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists(), "nothing written before the recipe is known to work"
+
+
+def test_feature_distillation_runs_with_hooks(mnist_root: Path, tmp_path: Path) -> None:
+    raw = tiny_recipe(mnist_root, baseline=False)
+    raw["teacher"]["epochs"] = raw["student"]["epochs"] = 1
+    raw["distill"] = {"method": "fitnet", "student_layer": "fc1", "teacher_layer": "fc1", "kd_weight": 0.5}
+    run = distill(validate(raw), out=tmp_path / "fit")
+    metrics = run.read_metrics()
+    assert metrics["teacher_outputs"] == "per-batch", "teacher features are needed, so it runs per batch"
+    assert set(metrics["models"]) == {"teacher", "student"}
+    hist = run.read_history()
+    assert float(hist[-1]["loss_hint"]) > 0
+
+
+class _InterruptAt:
+    """A reporter that raises KeyboardInterrupt when a given progress message appears (a Ctrl-C)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def log(self, message: str) -> None:
+        if message.startswith(self.marker):
+            raise KeyboardInterrupt
+
+    def task(self, description: str, total: int) -> Any:
+        class _T:
+            def update(self, advance: int = 1, **fields: Any) -> None:
+                pass
+
+        return nullcontext(_T())
+
+
+@pytest.mark.parametrize("marker", ["teacher epoch 3/3", "student epoch 2/3"])
+def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marker: str) -> None:
+    raw = tiny_recipe(mnist_root, teacher__epochs=3, student__epochs=3, data__augment={"translate": 1})
+    raw["teacher"]["kwargs"]["dropout"] = 0.2
+    full = distill(validate(raw), out=tmp_path / "full")
+
+    old = progress.get_reporter()
+    progress.set_reporter(_InterruptAt(marker))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distill(validate(raw), out=tmp_path / "cut")
+    finally:
+        progress.set_reporter(old)
+    assert list((tmp_path / "cut" / "state").glob("*.pt")), "a checkpoint of the last completed epoch exists"
+    resumed = distill(validate(raw), out=tmp_path / "cut", resume=True)
+
+    for role in ("teacher", "baseline", "student"):
+        a, b = load_file(full.weights_path(role)), load_file(resumed.weights_path(role))
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{role} weights differ after resume"
+    acc = {r: m["accuracy"] for r, m in full.read_metrics()["models"].items()}
+    assert {r: m["accuracy"] for r, m in resumed.read_metrics()["models"].items()} == acc
+    assert len(resumed.read_history()) == len(full.read_history())
+
+
+def test_diverging_loss_stops_with_epoch_and_step(mnist_root: Path, tmp_path: Path) -> None:
+    raw = tiny_recipe(mnist_root, teacher__lr=1e6, teacher__epochs=2, baseline=False)
+    raw["teacher"]["optimizer"] = "sgd"
+    raw["teacher"]["momentum"] = 0.0
+    with pytest.raises(UserError, match=r"teacher: loss became (nan|inf) at epoch \d+, step \d+"):
+        distill(validate(raw), out=tmp_path / "nan")

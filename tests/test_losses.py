@@ -1,0 +1,130 @@
+"""Each distillation loss against its formula on small hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kdeploy.distill.methods import METHODS, Outputs, create_method, kl_soft
+from kdeploy.distill.methods.dkd import dkd_loss
+from kdeploy.errors import UserError
+
+
+def softmax(xs: list[float], t: float = 1.0) -> list[float]:
+    es = [math.exp(x / t) for x in xs]
+    return [e / sum(es) for e in es]
+
+
+def test_registry_lists_methods() -> None:
+    assert {"ce", "kd", "fitnet", "at", "dkd"} <= set(METHODS.names())
+    with pytest.raises(UserError, match="unknown distillation method 'kdd'.*did you mean 'kd'"):
+        METHODS.get("kdd")
+
+
+def test_kl_soft_matches_hand_computation() -> None:
+    s, t, temp = [1.0, 2.0, 0.5], [2.0, 0.0, 1.0], 2.0
+    ps, pt = softmax(s, temp), softmax(t, temp)
+    expected = sum(q * math.log(q / p) for p, q in zip(ps, pt, strict=True)) * temp**2
+    got = kl_soft(torch.tensor([s]), torch.tensor([t]), temp)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_soft_is_batch_mean_and_zero_for_equal_logits() -> None:
+    a = torch.randn(4, 5)
+    assert kl_soft(a, a, 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.randn(4, 5)
+    per_sample = [kl_soft(a[i : i + 1], b[i : i + 1], 3.0).item() for i in range(4)]
+    assert kl_soft(a, b, 3.0).item() == pytest.approx(sum(per_sample) / 4, rel=1e-5)
+
+
+def test_kd_alpha_weights_the_soft_term() -> None:
+    m = create_method("kd", {"temperature": 4.0, "alpha": 0.7})
+    s, t, y = torch.randn(3, 10), torch.randn(3, 10), torch.tensor([1, 2, 3])
+    losses = m(Outputs(student_logits=s, teacher_logits=t, targets=y))
+    ce = nn.functional.cross_entropy(s, y).item()
+    assert losses["ce"].item() == pytest.approx(0.3 * ce, rel=1e-5)
+    assert losses["kd"].item() == pytest.approx(0.7 * kl_soft(s, t, 4.0).item(), rel=1e-5)
+
+
+def test_kd_mdistiller_convention_overrides_alpha() -> None:
+    m = create_method("kd", {"ce_weight": 0.1, "kd_weight": 9.0})
+    assert (m.params.ce_weight, m.params.kd_weight) == (0.1, 9.0)
+
+
+def test_dkd_equals_kd_split_when_weights_are_one() -> None:
+    # With alpha = beta = 1 the decomposition is exact: KD = TCKD + (1 - p_t^target) * NCKD.
+    s, t, y, temp = torch.randn(5, 7), torch.randn(5, 7), torch.tensor([0, 1, 2, 3, 4]), 2.0
+    ps, pt = torch.softmax(s / temp, 1), torch.softmax(t / temp, 1)
+    b_s = torch.stack([ps[range(5), y], 1 - ps[range(5), y]], 1)
+    b_t = torch.stack([pt[range(5), y], 1 - pt[range(5), y]], 1)
+    tckd = (b_t * (b_t / b_s).log()).sum(1).mean() * temp**2
+    mask = torch.nn.functional.one_hot(y, 7).bool()
+    qs = torch.softmax((s / temp).masked_fill(mask, -1e9), 1)
+    qt = torch.softmax((t / temp).masked_fill(mask, -1e9), 1)
+    nckd = torch.where(mask, 0.0, qt * (qt / qs).log()).sum(1).mean() * temp**2
+    got_t, got_n = dkd_loss(s, t, y, 1.0, 1.0, temp)
+    assert got_t.item() == pytest.approx(tckd.item(), rel=1e-4)
+    assert got_n.item() == pytest.approx(nckd.item(), rel=1e-4)
+    # and the identity with plain KD, per sample
+    kd = sum(kl_soft(s[i : i + 1], t[i : i + 1], temp) for i in range(5)) / 5
+    per = [
+        dkd_loss(s[i : i + 1], t[i : i + 1], y[i : i + 1], 1.0, 1.0, temp)[0]
+        + (1 - pt[i, y[i]]) * dkd_loss(s[i : i + 1], t[i : i + 1], y[i : i + 1], 1.0, 1.0, temp)[1]
+        for i in range(5)
+    ]
+    assert (sum(per) / 5).item() == pytest.approx(kd.item(), rel=1e-4)
+
+
+def test_dkd_warmup_ramps_linearly() -> None:
+    m = create_method("dkd", {"warmup": 4})
+    s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 1, 2])
+    full = m(Outputs(student_logits=s, teacher_logits=t, targets=y, epoch=10))
+    first = m(Outputs(student_logits=s, teacher_logits=t, targets=y, epoch=0))
+    assert first["nckd"].item() == pytest.approx(full["nckd"].item() / 4, rel=1e-5)
+    assert first["ce"].item() == pytest.approx(full["ce"].item())
+
+
+def test_fitnet_hint_is_mse_of_regressed_student() -> None:
+    m = create_method("fitnet", {"student_layer": "a", "teacher_layer": "b", "hint_weight": 2.0})
+    s_feat, t_feat = torch.randn(2, 4, 6, 6), torch.randn(2, 8, 3, 3)
+    m.setup([s_feat], [t_feat])
+    m.eval()
+    logits, y = torch.randn(2, 3), torch.tensor([0, 2])
+    losses = m(Outputs(student_logits=logits, targets=y, student_features=[s_feat], teacher_features=[t_feat]))
+    regressed = nn.functional.adaptive_avg_pool2d(m.regressor(s_feat), (3, 3))
+    assert losses["hint"].item() == pytest.approx(2.0 * ((regressed - t_feat) ** 2).mean().item(), rel=1e-5)
+
+
+def test_fitnet_on_vectors_uses_a_linear_regressor() -> None:
+    m = create_method("fitnet", {"student_layer": "a", "teacher_layer": "b"})
+    m.setup([torch.randn(2, 16)], [torch.randn(2, 32)])
+    assert isinstance(m.regressor, nn.Linear)
+    assert m.regressor.in_features == 16 and m.regressor.out_features == 32
+
+
+def test_at_loss_matches_formula() -> None:
+    m = create_method("at", {"student_layers": ["x"], "teacher_layers": ["y"], "beta": 1000.0})
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    logits, y = torch.randn(2, 3), torch.tensor([0, 1])
+
+    def amap(f: torch.Tensor) -> torch.Tensor:
+        a = f.pow(2).mean(1).flatten(1)
+        return a / a.norm(dim=1, keepdim=True)
+
+    expected = 1000.0 / 2 * (amap(s) - amap(t)).pow(2).mean()
+    losses = m(Outputs(student_logits=logits, targets=y, student_features=[s], teacher_features=[t]))
+    assert losses["at"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert m(Outputs(student_logits=logits, targets=y, student_features=[t], teacher_features=[t]))[
+        "at"
+    ].item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ce_method_is_plain_cross_entropy() -> None:
+    m = create_method("ce", {})
+    s, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert m(Outputs(student_logits=s, targets=y))["ce"].item() == pytest.approx(
+        nn.functional.cross_entropy(s, y).item()
+    )

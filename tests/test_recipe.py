@@ -1,0 +1,118 @@
+"""Recipe validation: every problem named by key path, before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdeploy.errors import UserError
+from kdeploy.recipe import apply_overrides, dump_recipe, load_recipe, shipped_recipes, validate
+
+from .conftest import RECIPES, tiny_recipe, write_recipe
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.description, "every shipped recipe has a one-line description"
+
+
+def test_shipped_recipe_list_has_descriptions() -> None:
+    found = dict(shipped_recipes())
+    assert any(p.endswith("mnist_mlp.yaml") for p in found)
+    assert all(found.values())
+
+
+def test_mnist_mlp_recipe_matches_the_reference_system() -> None:
+    r = load_recipe(RECIPES / "mnist_mlp.yaml")
+    assert r.teacher.kwargs["hidden"] == [1200, 1200]
+    assert r.student.kwargs["hidden"] == [800]
+    assert (r.distill.method, r.distill.temperature, r.distill.alpha) == ("kd", 5, 0.7)
+
+
+def check(raw: dict, pattern: str) -> None:
+    with pytest.raises(UserError, match=pattern):
+        validate(raw, "r.yaml")
+
+
+def test_zero_epochs_names_the_key_path() -> None:
+    check(tiny_recipe(Path("/x"), student__epochs=0), r"student\.epochs: must be >= 1, got 0")
+
+
+def test_unknown_key_suggests_the_closest() -> None:
+    check(tiny_recipe(Path("/x"), student__epoch=3), r"student\.epoch: unknown key \(did you mean 'epochs'\?\)")
+
+
+def test_wrong_type() -> None:
+    check(tiny_recipe(Path("/x"), data__batch_size="big"), r"data\.batch_size: .*integer")
+
+
+def test_all_problems_reported_together() -> None:
+    raw = tiny_recipe(Path("/x"), student__epochs=0, teacher__lr=-1)
+    with pytest.raises(UserError) as info:
+        validate(raw, "r.yaml")
+    assert "student.epochs" in str(info.value) and "teacher.lr" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_method_lists_valid_ones() -> None:
+    check(tiny_recipe(Path("/x"), distill__method="kdx"), r"unknown distillation method 'kdx'.*valid: at, ce, dkd")
+
+
+def test_method_parameters_are_validated() -> None:
+    check(tiny_recipe(Path("/x"), distill__temperature=0), r"distill\.temperature: must be > 0")
+    check(tiny_recipe(Path("/x"), distill__temprature=3), r"distill\.temprature: unknown key.*'temperature'")
+    check({**tiny_recipe(Path("/x")), "distill": {"method": "fitnet"}}, r"distill\.student_layer: required")
+
+
+def test_model_or_target_exactly_one() -> None:
+    raw = tiny_recipe(Path("/x"))
+    raw["student"]["target"] = "pkg.mod:Net"
+    check(raw, "exactly one of `model`")
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="must be a YAML mapping"):
+        load_recipe(write_recipe(tmp_path / "r.yaml", ["a", "b"]))  # type: ignore[arg-type]
+
+
+def test_not_yaml(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: [unclosed\n  x: {")
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        load_recipe(p)
+
+
+def test_missing_file() -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_recipe("nope.yaml")
+
+
+def test_set_overrides_are_typed_through_the_schema(tmp_path: Path) -> None:
+    p = write_recipe(tmp_path / "r.yaml", tiny_recipe(Path("/x")))
+    r = load_recipe(p, ["distill.temperature=8", "student.epochs=3", "student.kwargs.hidden=[5, 6]"])
+    assert r.distill.temperature == 8 and r.student.epochs == 3 and r.student.kwargs["hidden"] == [5, 6]
+    with pytest.raises(UserError, match="student.epochs: .*integer"):
+        load_recipe(p, ["student.epochs=many"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["student.epochs"])
+
+
+def test_data_root_option_wins(tmp_path: Path) -> None:
+    p = write_recipe(tmp_path / "r.yaml", tiny_recipe(Path("/x")))
+    assert load_recipe(p, [], data_root="/elsewhere").data.root == "/elsewhere"
+
+
+def test_resolved_recipe_round_trips_with_method_defaults(tmp_path: Path) -> None:
+    raw = tiny_recipe(Path("/x"))
+    raw["distill"] = {"method": "dkd"}
+    r = validate(raw)
+    dumped = dump_recipe(r)
+    assert "warmup: 20" in dumped and "beta: 8.0" in dumped
+    again = load_recipe(write_recipe(tmp_path / "again.yaml", __import__("yaml").safe_load(dumped)))
+    assert dump_recipe(again) == dumped
+
+
+def test_name_cannot_escape_the_runs_folder() -> None:
+    check(tiny_recipe(Path("/x"), name="../../etc"), r"^r\.yaml: name: ")
