@@ -299,9 +299,17 @@ def test_cifar10_tarball_and_cache(tmp_path: Path) -> None:
     assert len(cached) == 1
     again = load_dataset("cifar10", root=tmp_path / "c10", val_size=0)
     assert torch.equal(again.train.images, ds.train.images)
-    # the ImageFolder layout directly
+    # the ImageFolder layout directly, and the tarball given as the root itself
     folder = load_dataset("cifar10", root=tree, val_size=0)
     assert torch.equal(folder.test.labels, ds.test.labels)
+    direct = load_dataset("cifar10", root=tmp_path / "c10" / "cifar10-jpg.tar.gz", val_size=0)
+    assert torch.equal(direct.train.images, ds.train.images)
+    # a truncated archive is a one-line error
+    (tmp_path / "bad").mkdir()
+    data = (tmp_path / "c10" / "cifar10-jpg.tar.gz").read_bytes()
+    (tmp_path / "bad" / "cifar10-jpg.tar.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="cifar10-jpg.tar.gz: corrupt archive .*re-download it"):
+        load_dataset("cifar10", root=tmp_path / "bad")
 
 
 # --- ImageFolder ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from kdeploy.data import download as dl
 from kdeploy.data.datasets import LoadRequest, RawData, Split, check_num_classes, register_dataset
-from kdeploy.data.imagefolder import load_image_tree
+from kdeploy.data.imagefolder import is_tarball, load_image_tree
 from kdeploy.data.roots import resolve
 from kdeploy.errors import UserError
 
@@ -116,7 +116,10 @@ def load_cifar(info: CifarInfo, request: LoadRequest) -> RawData:
     def fetch(target: Path) -> None:
         dl.download_cifar(info.name, info.tv_class, target)
 
-    found = resolve(info.name, request.root, info.aliases, _probe(info), fetch if request.download else None)
+    if request.root is not None and is_tarball(request.root):
+        found = Found("tarball", request.root)
+    else:
+        found = resolve(info.name, request.root, info.aliases, _probe(info), fetch if request.download else None)
     if found.kind == "pickle":
         classes = [str(c) for c in _unpickle(found.path / info.meta_file)[info.names_key]]
         train = _pickle_split(info, found.path, info.train_files)

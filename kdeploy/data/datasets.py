@@ -179,6 +179,7 @@ def load_dataset(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit {limit!r} is invalid; use a positive int or leave it unset")
     size = _image_size(image_size)
+    _val_count(val_size, n=2**62)  # type and range errors before the (slower) load
     request = LoadRequest(name=name, root=Path(root).expanduser() if root else None, download=download, image_size=size)
     raw = loader(request)
     if size is not None:
