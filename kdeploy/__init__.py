@@ -19,6 +19,9 @@ _API = {
     "distill": "kdeploy.distill",
     "Run": "kdeploy.runs",
     "UserError": "kdeploy.errors",
+    "export_onnx": "kdeploy.export",
+    "export_tensorrt": "kdeploy.export",
+    "quantize": "kdeploy.quantize",
 }
 __all__ = sorted(_API)
 

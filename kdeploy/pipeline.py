@@ -52,6 +52,12 @@ class PipelineOptions:
             raise UserError(f"the gate is taken at batch {self.gate_batch}; add it to --batch-sizes")
         if self.gated and "torch" not in self.bench.runtimes:
             raise UserError("the gate compares against the teacher's PyTorch row; keep torch in --runtimes")
+        if self.tensorrt:
+            from kdeploy.export.tensorrt import missing_requirements
+
+            missing = missing_requirements()
+            if missing:
+                raise UserError(f"--tensorrt needs {' and '.join(missing)}; drop --tensorrt on this machine")
         self.bench.check()
 
 
@@ -104,7 +110,8 @@ def run_pipeline(
     if o.gated or (o.gate_batch in o.bench.batch_sizes and "torch" in o.bench.runtimes):
         gate = evaluate_gate(result["rows"], o.max_accuracy_drop, o.min_speedup, o.gate_batch)
         atomic.write_json(run.root / "gate.json", gate)
-        progress.log(("gate passed: " if gate["passed"] else "gate missed: ") + gate["message"])
+        verdict = ("gate passed: " if gate["passed"] else "gate missed: ") if gate["gated"] else ""
+        progress.log(verdict + gate["message"])
     else:
         (run.root / "gate.json").unlink(missing_ok=True)  # a gate from an earlier session would be stale
     report = write_report(run)

@@ -26,7 +26,9 @@ import contextlib
 import io
 import logging
 import math
+import sys
 import time
+import types
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -227,10 +229,13 @@ def convert_dynamic(src: Path, dst: Path, tmp: Path, *, per_channel: bool) -> di
 
 def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     with _quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
+        wrapped = OnnxModel(model)
+        wrapped.topological_sort()  # the converter appends the input Casts last; the checker requires order
+    onnx.save(wrapped.model, str(dst))
     return {"keep_io_types": True, "converter": "onnxruntime.transformers.float16"}
 
 
@@ -411,3 +416,14 @@ def quantize(
     if raise_on_fail and any(e["status"] == "failed" for e in entries):
         raise GateFailed(failures(entries))
     return entries
+
+
+class _CallableModule(types.ModuleType):
+    """``kdeploy.quantize`` is both this module and the stage function: once the module is imported, Python binds
+    the package attribute to the module, so the module forwards calls to :func:`quantize`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return quantize(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

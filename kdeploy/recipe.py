@@ -118,6 +118,8 @@ def _describe(err: dict[str, Any], valid_keys: dict[str, list[str]]) -> str:
         return f"{loc}: {msg}, got {err['input']!r}"
     if err["type"] == "missing":
         return f"{loc}: required key is missing"
+    if err["type"] == "string_pattern_mismatch" and loc == "name":
+        return f"name: must be a plain folder name (letters, digits, _ . -; no slashes), got {err['input']!r}"
     return f"{loc}: {msg}" + (f", got {err['input']!r}" if not isinstance(err["input"], dict) else "")
 
 
@@ -133,6 +135,8 @@ def _valid_keys() -> dict[str, list[str]]:
 
 def validate(raw: Any, source: str = "recipe") -> Recipe:
     """Validate a parsed YAML mapping; all problems are reported together in one UserError."""
+    if raw is None:
+        raise UserError(f"{source}: the file is empty; write a recipe (see `kdeploy recipes` for examples)")
     if not isinstance(raw, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping of keys, got {type(raw).__name__}")
     try:
@@ -163,6 +167,12 @@ def _validate_method_params(recipe: Recipe, source: str) -> None:
 def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:  # !!python/object and friends: never constructed
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(
+            f"{source}: YAML tag not allowed{where} ({exc.problem}); recipes are plain YAML: remove the tag"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -203,6 +203,21 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """A trainer checkpoint (``state/<role>.pt``): tensors and plain values only, never arbitrary pickles."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for a payload, RuntimeError/EOFError for a damaged zip
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        what = "refused to unpickle it" if type(exc).__name__ == "UnpicklingError" else "cannot read it"
+        raise UserError(
+            f"{path}: resume state unusable ({what}: {first}); delete it to retrain that model, or re-run with --force"
+        ) from None
+    if not isinstance(obj, dict) or "epoch" not in obj or "model" not in obj:
+        raise UserError(f"{path}: not a kdeploy resume state; delete it to retrain that model, or re-run with --force")
+    return obj
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]

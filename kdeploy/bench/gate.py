@@ -65,6 +65,7 @@ def evaluate_gate(
         message += f"; no {candidate} row meets both"
     return {
         "passed": passed,
+        "gated": max_accuracy_drop is not None or min_speedup is not None,
         "max_accuracy_drop": max_accuracy_drop,
         "min_speedup": min_speedup,
         "batch_size": batch_size,

@@ -22,9 +22,9 @@ from kdeploy.bench.measure import MB, count_macs, count_params, disk_bytes, memo
 from kdeploy.bench.runners import GRAPH_LEVELS, OrtRunner, Runner, TensorRTRunner, TorchRunner, Unavailable
 from kdeploy.data import Split, iterate_batches
 from kdeploy.errors import UserError
-from kdeploy.export.manifest import read_manifest, usable
+from kdeploy.export.manifest import read_manifest, sha256, usable
 from kdeploy.export.rundata import load_for_recipe, run_recipe
-from kdeploy.runs import Run, environment
+from kdeploy.runs import ROLES, Run, environment
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -69,6 +69,9 @@ class BenchSettings:
             raise UserError(f"--threads {self.threads}: must be >= 1")
         if self.graph_level not in GRAPH_LEVELS:
             raise UserError(f"--graph-level {self.graph_level!r}: choose from {', '.join(GRAPH_LEVELS)}")
+        unknown = [m for m in self.models or () if m not in ROLES]
+        if unknown:
+            raise UserError(f"--models {','.join(unknown)}: unknown role; choose from {', '.join(ROLES)}")
         if self.eval_batch_size < 1:
             raise UserError(f"eval batch size {self.eval_batch_size}: must be >= 1")
 
@@ -168,11 +171,17 @@ def artifact_target(run: Run, art: dict[str, Any], base: Target | None, s: Bench
     """A target for one manifest entry, or the reason it is skipped."""
     fmt = str(art.get("format", ""))
     if not usable(art):
-        return f"export status {art.get('status')}" + (f": {art['reason']}" if art.get("reason") else "")
+        reason = str(art.get("reason") or "").strip().splitlines()
+        return f"export status {art.get('status')}" + (f": {reason[0]}" if reason else "")
     files = [run.export_dir / f for f in art.get("files", [])]
     missing = [f.name for f in files if not f.is_file()]
     if not files or missing:
         return f"artifact files missing ({', '.join(missing) or 'none listed'}); re-run `kdeploy export`"
+    if art.get("sha256") and sha256(files[0]) != art["sha256"]:  # replaced or damaged after it passed its gate
+        raise UserError(
+            f"{files[0]}: changed since it was exported (sha256 differs from export/manifest.json); "
+            "re-run `kdeploy export` (and `kdeploy quantize`)"
+        )
     inp = art.get("input", {})
     mean = inp.get("mean") or (base.mean if base else None)
     std = inp.get("std") or (base.std if base else None)
@@ -239,12 +248,30 @@ def machine_info(s: BenchSettings) -> dict[str, Any]:
     info["cores_available"] = available_cores()
     info["threads"] = s.resolved_threads()
     info["onnxruntime_providers"] = ort.get_available_providers()
+    info["load_average_before"] = load_average()
     for pkg in ("fvcore", "tensorrt"):
         try:
             info["versions"][pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             info["versions"][pkg] = None
     return info
+
+
+def load_average() -> float | None:
+    """1-minute load average (other processes competing for the cores make latencies noisy)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def warn_if_busy(threads: int) -> None:
+    load = load_average()
+    if load is not None and load > max(0.5, available_cores() - threads + 0.5):
+        progress.log(
+            f"warning: load average {load:.1f} on {available_cores()} cores before timing; other "
+            "processes compete for the cores, so latencies will be noisy (bench on a quiet machine)"
+        )
 
 
 def measure_target(t: Target, split: Split, s: BenchSettings, tick: Callable[[], None]) -> list[dict[str, Any]]:
@@ -307,6 +334,8 @@ def bench(run: Run, settings: BenchSettings | None = None) -> dict[str, Any]:
 
     s = settings or BenchSettings()
     s.check()
+    warn_if_busy(s.resolved_threads())
+    machine = machine_info(s)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(s.resolved_threads())
     try:
@@ -328,9 +357,10 @@ def bench(run: Run, settings: BenchSettings | None = None) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads_before)
     add_ratios(rows)
+    machine["load_average_after"] = load_average()
     result = {
         "run": str(run.root),
-        "machine": machine_info(s),
+        "machine": machine,
         "settings": s.to_dict(),
         "rows": rows,
         "skipped": skipped,

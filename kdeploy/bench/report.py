@@ -17,25 +17,11 @@ from kdeploy import atomic
 from kdeploy.errors import UserError
 from kdeploy.runs import Run
 
-COLUMNS = [  # (header, row -> text); shared by the terminal, Markdown and report tables
-    "model",
-    "format",
-    "runtime",
-    "device",
-    "batch",
-    "accuracy",
-    "Δacc",
-    "params",
-    "MMACs",
-    "size MB",
-    "p50 ms",
-    "p90 ms",
-    "p99 ms",
-    "mean ms",
-    "samples/s",
-    "speed-up",
-    "size ×",
-]
+# Table columns, shared by the Markdown tables and the terminal (which shows the COMPACT subset).
+COLUMNS = ["model", "format", "runtime", "device", "batch", "accuracy", "Δacc", "params", "MMACs", "size MB",
+           "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "speed-up", "size ×"]  # fmt: skip
+COMPACT = ["model", "format", "runtime", "batch", "accuracy", "Δacc", "MMACs", "size MB", "p50 ms", "p99 ms",
+           "samples/s", "speed-up", "size ×"]  # fmt: skip
 CSV_FIELDS = [
     "model",
     "format",
@@ -86,9 +72,9 @@ def _ms(v: float) -> str:
     return f"{v:.4f}" if v < 0.1 else f"{v:.3f}" if v < 10 else f"{v:.1f}"
 
 
-def row_cells(r: dict[str, Any]) -> list[str]:
+def row_cells(r: dict[str, Any], columns: list[str] = COLUMNS) -> list[str]:
     lat = r["latency_ms"]
-    return [
+    values = [
         r["model"],
         r["format"],
         r["runtime"],
@@ -107,16 +93,19 @@ def row_cells(r: dict[str, Any]) -> list[str]:
         _ratio(r.get("speedup")),
         _ratio(r.get("size_reduction")),
     ]
+    cells = dict(zip(COLUMNS, values, strict=True))
+    return [cells[c] for c in columns]
 
 
-def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[dict[str, Any]], columns: list[str] = COLUMNS) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells, rows ordered by batch size then as measured."""
     ordered = sorted(rows, key=lambda r: r["batch_size"])  # stable: keeps measurement order per batch
-    return COLUMNS, [row_cells(r) for r in ordered]
+    return columns, [row_cells(r, columns) for r in ordered]
 
 
 def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
-    numeric = {i for i, h in enumerate(headers) if h not in {"model", "format", "runtime", "device", "id", "status"}}
+    text = {"model", "format", "runtime", "device", "id", "status", "compared with", "note"}
+    numeric = {i for i, h in enumerate(headers) if h not in text}
     lines = [
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---:" if i in numeric else "---" for i in range(len(headers))) + "|",
@@ -183,73 +172,80 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+MODEL_COLORS = {"teacher": "#d62728", "baseline": "#7f7f7f", "student": "#1f77b4"}
+FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8": "^", "onnx-int8-dynamic": "v", "onnx-fp16": "D",
+                  "tensorrt-fp16": "P", "tensorrt-int8": "X"}  # fmt: skip
+
+
+def _label_offsets(xy: list[tuple[float, float]], idx: list[int], xspan: float, yspan: float) -> dict[int, int]:
+    """Vertical offsets (points) that stack the labels of nearby points instead of overprinting them."""
+    offsets: dict[int, int] = {}
+    placed: list[tuple[float, float, int]] = []
+    for i in sorted(idx, key=lambda i: (xy[i][1], xy[i][0])):
+        x, y = xy[i]
+        near = [o for px, py, o in placed if abs(px - x) < 0.12 * xspan and abs(py - y) < 0.06 * yspan]
+        offsets[i] = max(near) + 11 if near else 6
+        placed.append((x, y, offsets[i]))
+    return offsets
+
+
 def write_pareto(path: Path, rows: list[dict[str, Any]]) -> Path | None:
-    """Accuracy vs p50 latency at batch 1 (or the smallest), marker area ~ size, teacher highlighted."""
+    """Accuracy vs p50 latency at batch 1 (or the smallest): colour = model, marker = format, area ~ size on
+    disk, the teacher's PyTorch row outlined, the Pareto front dashed and its points labelled."""
+    import math as _m
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter
 
     batch = plot_batch(rows)
     pts = [r for r in rows if r["batch_size"] == batch and r["device"] == rows[0]["device"]] if rows else []
     if not pts:
         return None
-    colors = {"teacher": "#d62728", "baseline": "#7f7f7f", "student": "#1f77b4"}
     biggest = max(r["size_mb"] for r in pts) or 1.0
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
     xy = [(r["latency_ms"]["p50"], r["accuracy"]) for r in pts]
-    for r, (x, y) in zip(pts, xy, strict=True):
-        area = 40 + 900 * r["size_mb"] / biggest
-        teacher = r["model"] == "teacher" and r["format"] == "pytorch"
-        ax.scatter(
-            x,
-            y,
-            s=area,
-            color=colors.get(r["model"], "#2ca02c"),
-            alpha=0.55,
-            edgecolors="black" if teacher else "none",
-            linewidths=2.0 if teacher else 0,
-            zorder=3,
-        )
-        label = f"{r['model']} {r['format']}" + (" (reference)" if teacher else "")
-        ax.annotate(
-            label,
-            (x, y),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
-            fontweight="bold" if teacher else "normal",
-            zorder=4,
-        )
-    front = pareto_front(xy)
-    ax.plot(
-        [xy[i][0] for i in front],
-        [xy[i][1] for i in front],
-        "--",
-        color="black",
-        lw=1,
-        alpha=0.6,
-        label="Pareto front",
-        zorder=2,
-        drawstyle="steps-post",
-    )
-    for role, color in colors.items():
-        if any(r["model"] == role for r in pts):
-            ax.scatter([], [], s=60, color=color, alpha=0.55, label=role)
     lats = [x for x, _ in xy]
     log = max(lats) / max(min(lats), 1e-9) > 10
+    fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
+    reference = [i for i, r in enumerate(pts) if (r["model"], r["format"]) == ("teacher", "pytorch")]
+    for i, (r, (x, y)) in enumerate(zip(pts, xy, strict=True)):
+        ref = i in reference
+        ax.scatter(x, y, s=40 + 900 * r["size_mb"] / biggest, color=MODEL_COLORS.get(r["model"], "#2ca02c"),
+                   marker=FORMAT_MARKERS.get(r["format"], "o"), alpha=0.6, zorder=3,
+                   edgecolors="black" if ref else "none", linewidths=2.0 if ref else 0)  # fmt: skip
+    front = pareto_front(xy)
+    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="black", lw=1, alpha=0.6, zorder=2,
+            drawstyle="steps-post")  # fmt: skip
+    labelled = sorted(set(front) | set(reference))
+    tx = [_m.log10(x) for x in lats] if log else lats
+    ys = [y for _, y in xy]
+    offsets = _label_offsets(
+        [(tx[i], ys[i]) for i in range(len(pts))], labelled, (max(tx) - min(tx)) or 1.0, (max(ys) - min(ys)) or 1.0
+    )
+    for i in labelled:
+        r = pts[i]
+        text = f"{r['model']} {r['format']}" + (" (reference)" if i in reference else "")
+        ax.annotate(text, xy[i], textcoords="offset points", xytext=(8, offsets[i]), fontsize=8, zorder=4,
+                    fontweight="bold" if i in reference else "normal")  # fmt: skip
+    handles = [Line2D([], [], ls="--", color="black", alpha=0.6, label="Pareto front (labelled)")]
+    handles += [Line2D([], [], ls="", marker="o", ms=8, color=c, alpha=0.6, label=m)
+                for m, c in MODEL_COLORS.items() if any(r["model"] == m for r in pts)]  # fmt: skip
+    handles += [Line2D([], [], ls="", marker=FORMAT_MARKERS.get(f, "o"), ms=7, color="#555555", label=f)
+                for f in dict.fromkeys(r["format"] for r in pts)]  # fmt: skip
+    ax.legend(handles=handles, loc="lower right", fontsize=8, ncol=2)
     if log:
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     scale = ", log scale" if log else ""
     ax.set_xlabel(f"p50 latency, ms per batch of {batch} ({pts[0]['device']}{scale})")
     ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs latency (marker area ~ size on disk)")
+    ax.set_title("accuracy vs latency: colour = model, marker = format, area ~ size on disk")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.margins(x=0.25, y=0.15)
+    ax.margins(x=0.2, y=0.2)
     fig.tight_layout()
     atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
@@ -289,10 +285,13 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
 
     data = recipe.get("data", {})
     distill = recipe.get("distill", {})
-    params = ", ".join(f"{k}={v}" for k, v in distill.items() if k != "method")
+    params = ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in distill.items() if k != "method"
+    )
     lines = [
         f"- recipe: `{recipe.get('name')}`: {recipe.get('description', '')}".rstrip(": "),
-        f"- data: {data.get('name')} (limit {data.get('limit')}, val {data.get('val_size')}, "
+        f"- data: {data.get('name')} ({'first ' + str(data['limit']) if data.get('limit') else 'all'} samples, "
+        f"val {data.get('val_size')}, "
         f"seed {recipe.get('seed')})",
         f"- teacher: {model_line(recipe.get('teacher', {}))}",
         f"- student: {model_line(recipe.get('student', {}))}",
@@ -325,27 +324,31 @@ def _parity_section(manifest: dict[str, Any]) -> list[str]:
     arts = manifest.get("artifacts", [])
     if not arts:
         return ["Nothing exported (no export/manifest.json)."]
-    headers = ["id", "status", "MB", "max abs diff", "top-1 agreement", "accuracy", "fp32 accuracy", "note"]
+    headers = ["id", "status", "MB", "compared with", "max abs diff", "top-1 agreement", "accuracy", "fp32 accuracy",
+               "note"]  # fmt: skip
     cells = []
     for a in arts:
-        p = a.get("parity") or {}
+        p = a.get("parity") or a.get("vs_fp32") or {}
+        versus = "PyTorch" if a.get("parity") else "fp32 ONNX" if a.get("vs_fp32") else "-"
+        reason = str(a.get("reason") or "").strip().splitlines()
         cells.append(
             [
                 str(a.get("id")),
                 str(a.get("status")) + ("" if a.get("passed", True) else " (gate missed)"),
                 _num(a["bytes"] / 1e6 if a.get("bytes") is not None else None, ".3f"),
+                versus,
                 _num(p.get("max_abs_diff"), ".3g"),
                 _num(p.get("top1_agreement"), ".4%"),
                 _num(a.get("accuracy"), ".4f"),
                 _num(a.get("fp32_accuracy"), ".4f"),
-                str(a.get("reason") or ""),
+                reason[0] if reason else "",
             ]
         )
     return [markdown_table(headers, cells)]
 
 
 def gate_markdown(gate: dict[str, Any]) -> str:
-    verdict = "PASSED" if gate["passed"] else "FAILED"
+    verdict = ("PASSED" if gate["passed"] else "FAILED") if gate.get("gated", True) else "Best student row"
     return f"**{verdict}**: {gate['message']}"
 
 

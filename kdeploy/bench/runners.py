@@ -79,6 +79,7 @@ class TorchRunner:
             return time_host(lambda: self.model(inp), settings)
         step: Callable[[], Any] = lambda: self.model(inp)  # noqa: E731
         stream = torch.cuda.Stream()
+        torch.cuda.synchronize()  # the input copy ran on the default stream; the side stream must see it
         if self.cuda_graph:
             step = self._capture(inp, stream)
         return time_cuda(step, settings, stream)

@@ -47,6 +47,12 @@ class Split:
             return self
         return Split(self.images[:n].clone(), self.labels[:n].clone())
 
+    def compact(self) -> Split:
+        """This split in memory of its own: a view into a bigger tensor keeps all of that tensor alive."""
+        if self.images.untyped_storage().nbytes() <= self.images.nbytes:
+            return self
+        return Split(self.images.clone(), self.labels.clone())
+
 
 @dataclass
 class Dataset:
@@ -189,6 +195,7 @@ def load_dataset(
         train, val = raw.train, raw.val
     else:
         train, val = split_validation(raw.train, val_size, seed)
+        raw.test = raw.test.compact()  # train/val are copies now; a test view would pin all decoded images
     train, val, test = train.head(limit), val.head(limit), raw.test.head(limit)
     shape = tuple(int(s) for s in raw.train.images.shape[1:])
     channels = shape[0]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdeploy import progress
 from kdeploy.atomic import atomic_path
 from kdeploy.data.datasets import LoadRequest, RawData, Split, channel_stats, register_dataset
 from kdeploy.data.roots import ENV_VAR, decoded_cache_dir
@@ -200,13 +201,14 @@ def decode_listing(listing: Listing, indices: list[int], size: tuple[int, int] |
         out = torch.empty((len(indices), 3, *size), dtype=torch.uint8)
         chunks = [indices[s : s + CHUNK] for s in range(0, len(indices), CHUNK)]
         workers = max(1, min(8, os.cpu_count() or 1, len(chunks)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool, progress.task("decoding images", len(indices)) as bar:
             futures = [
                 pool.submit(decoder.chunk, chunk, size, out[k * CHUNK : k * CHUNK + len(chunk)])
                 for k, chunk in enumerate(chunks)
             ]
-            for future in futures:
+            for future, chunk in zip(futures, chunks, strict=True):
                 future.result()
+                bar.update(len(chunk))
     return out
 
 

@@ -11,9 +11,10 @@ from torch import nn
 
 from kdeploy import atomic, progress
 from kdeploy.data import Dataset, load_dataset
+from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
-from kdeploy.distill.trainer import Result, Trainer, World
+from kdeploy.distill.trainer import Result, Trainer, check_precision
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe
@@ -30,6 +31,16 @@ def load_data(recipe: Recipe) -> Dataset:
     return load_dataset(d.name, root=d.root, download=d.download, val_size=d.val_size, seed=recipe.seed, limit=d.limit)
 
 
+def load_data_once(recipe: Recipe, world: World) -> Dataset:
+    """Rank 0 loads first (downloads, decodes and caches once); the other ranks then read the cache."""
+    if world.main:
+        data = load_data(recipe)
+        world.barrier()
+        return data
+    world.barrier()
+    return load_data(recipe)
+
+
 def model_spec(cfg: ModelConfig, data: Dataset) -> dict[str, Any]:
     return model_meta(cfg.model, cfg.target, dict(cfg.kwargs), data.num_classes, data.in_shape)
 
@@ -44,7 +55,7 @@ def build(cfg: ModelConfig, data: Dataset, seed: int, role: str) -> nn.Module:
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise UserError(
             f"{role}: model outputs shape {tuple(out.shape)}, but {data.name} has {data.num_classes} classes; "
-            f"set num_classes={data.num_classes} in {role}.kwargs"
+            f"make the model output {data.num_classes} logits (give it a num_classes argument: kdeploy passes it)"
         )
     return model
 
@@ -99,16 +110,22 @@ def distill(
     resume: bool = False,
     force: bool = False,
     world: World | None = None,
+    mark_latest: bool = True,
 ) -> Run:
-    """Train teacher (or load it), baseline and student; returns the run folder."""
-    world = world or World()
+    """Train teacher (or load it), baseline and student; returns the run folder.
+
+    Under torchrun every rank calls this; rank 0 alone writes files. ``mark_latest=False`` leaves ``latest``
+    alone (the multi-seed driver points it itself)."""
+    world = world or world_from_env()
+    check_precision(recipe.train, world.device)
     run = run_folder(recipe, out)
     prepare(run, recipe, resume, force)
+    world.barrier()  # every rank has checked the folder before rank 0 changes it
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
 
     t0 = time.perf_counter()
-    data = load_data(recipe)
+    data = load_data_once(recipe, world)
     progress.log(
         f"data: {data.name} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test ({time.perf_counter() - t0:.1f}s)"
@@ -125,8 +142,10 @@ def distill(
             run.clear()
         run.root.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run.recipe_path, dump_recipe(recipe))
-        atomic.write_json(run.environment_path, {**environment(), "world_size": world.size})
-        run.mark_latest()
+        env = {**environment(), "world_size": world.size, "backend": world.backend, "device": str(world.device)}
+        atomic.write_json(run.environment_path, env)
+        if mark_latest:
+            run.mark_latest()
 
     trainer = Trainer(
         data, recipe.data.batch_size, recipe.data.eval_batch_size, recipe.seed, recipe.train, recipe.data.augment, world
@@ -138,6 +157,7 @@ def distill(
             "seed": recipe.seed,
             "method": recipe.distill.method,
             "world_size": world.size,
+            "backend": world.backend,
             "dataset": {
                 "name": data.name,
                 "source": data.source,
@@ -153,11 +173,13 @@ def distill(
         nonlocal history
         entry = {
             "accuracy": result.accuracy,
+            "last_accuracy": result.last_accuracy,
             "val_accuracy": result.val_accuracy,
             "best_epoch": result.best_epoch,
             "params": count_params(model),
             "train_seconds": round(result.train_seconds, 3),
             "samples_per_second": round(result.samples_per_second, 1),
+            **({"compile_seconds": round(result.compile_seconds, 3)} if recipe.train.compile else {}),
             **extra,
         }
         metrics["models"][role] = entry
@@ -177,7 +199,7 @@ def distill(
         from kdeploy.evaluate import accuracy
 
         acc = accuracy(teacher, data.test, data.mean, data.std, recipe.data.eval_batch_size, world.device)
-        result = Result(acc, float("nan"), 0, 0.0, 0.0, [])
+        result = Result(acc, float("nan"), 0, 0.0, 0.0, [], last_accuracy=acc)
         finish("teacher", teacher, recipe.teacher, result, {"checkpoint": recipe.teacher.checkpoint})
     else:
         result = trainer.fit(
@@ -222,4 +244,5 @@ def distill(
     metrics["wall_seconds"] = round(metrics.get("wall_seconds", 0.0) + time.perf_counter() - t0, 2)
     if world.main:
         run.write_metrics(metrics)
+    world.barrier()  # the run folder is complete on every rank's return
     return run

@@ -1,0 +1,144 @@
+"""Issue-2 targets, measured side by side in one process on the same cores.
+
+1. Training throughput of kdeploy's KD loop vs a straightforward loop (torchvision MNIST with
+   per-sample ToTensor/Normalize through a DataLoader, batch 64, teacher forward every step, Adam).
+2. Teacher training rate in GFLOP/s (forward + backward = 3x forward FLOPs) vs the machine's
+   fp32 matmul ceiling (a large torch.mm), measured in the same run.
+
+    python benchmarks/bench_distill.py --data-root ../shared/data/mnist
+
+Prints a Markdown table; numbers in benchmarks/README.md come from this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from kdeploy.data import load_dataset
+from kdeploy.distill import Trainer, create_method
+from kdeploy.distill.methods import kl_soft
+from kdeploy.models import create_model
+from kdeploy.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_gflops(n: int = 4096, dtype: torch.dtype = torch.float32, seconds: float = 3.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        iters += 1
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9
+
+
+def mlp_forward_flops(model: nn.Module) -> int:
+    return sum(2 * m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def straightforward_loop(root: Path, teacher: nn.Module, student: nn.Module, steps: int) -> float:
+    """The notebook loop: torchvision dataset, per-sample transforms, DataLoader, batch 64."""
+    import torchvision
+    from torchvision import transforms
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        for gz in root.glob("*-ubyte.gz"):
+            with gzip.open(gz) as src, open(raw / gz.name.removesuffix(".gz"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        ds = torchvision.datasets.MNIST(tmp, train=True, transform=tf, download=False)
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
+        opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+        teacher.eval()
+        student.train()
+        seen, t0 = 0, time.perf_counter()
+        for step, (x, y) in enumerate(loader):
+            if step == steps:
+                break
+            with torch.no_grad():
+                t_logits = teacher(x)
+            s_logits = student(x)
+            loss = 0.3 * F.cross_entropy(s_logits, y) + 0.7 * kl_soft(s_logits, t_logits, 5.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(y)
+        return seen / (time.perf_counter() - t0)
+
+
+def kdeploy_epoch(recipe_path: Path, root: Path, teacher: nn.Module, student: nn.Module, cached: bool) -> float:
+    recipe = load_recipe(recipe_path, [], str(root))
+    data = load_dataset("mnist", root=str(root), val_size=5000, seed=0)
+    aug = recipe.data.augment if not cached else None
+    trainer = Trainer(data, recipe.data.batch_size, 1000, 0, recipe.train, aug)
+    method = create_method("kd", recipe.distill.params())
+    cfg = recipe.student.model_copy(update={"epochs": 1})
+    logits = trainer.teacher_cache(teacher) if cached else None
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trainer.fit(
+            "student", student, cfg, method, Path(tmp) / "s.pt", teacher=teacher, cached_teacher=logits
+        )
+    return result.samples_per_second
+
+
+def teacher_rate(recipe_path: Path, root: Path) -> tuple[float, float]:
+    """(samples/s, GFLOP/s) of one teacher epoch with the recipe's settings."""
+    recipe = load_recipe(recipe_path, [], str(root))
+    data = load_dataset("mnist", root=str(root), val_size=5000, seed=0)
+    teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), **recipe.teacher.kwargs)
+    trainer = Trainer(data, recipe.data.batch_size, 1000, 0, recipe.train, recipe.data.augment)
+    cfg = recipe.teacher.model_copy(update={"epochs": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trainer.fit("teacher", teacher, cfg, create_method("ce", {}), Path(tmp) / "t.pt")
+    sps = result.samples_per_second
+    return sps, sps * 3 * mlp_forward_flops(teacher) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "mnist_mlp.yaml")
+    parser.add_argument("--steps", type=int, default=300, help="steps of the straightforward loop")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[1200, 1200])
+    make_student = lambda: create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[800])  # noqa: E731
+
+    ceiling = matmul_gflops()
+    naive = straightforward_loop(args.data_root, teacher, make_student(), args.steps)
+    ours_aug = kdeploy_epoch(args.recipe, args.data_root, teacher, make_student(), cached=False)
+    ours_cached = kdeploy_epoch(args.recipe, args.data_root, teacher, make_student(), cached=True)
+    t_sps, t_gflops = teacher_rate(args.recipe, args.data_root)
+
+    print(f"\nfp32 matmul ceiling (4096^2 torch.mm, {threads} threads): {ceiling:.0f} GFLOP/s\n")
+    print("| loop | samples/s | vs straightforward |")
+    print("|---|---:|---:|")
+    print(
+        f"| straightforward (DataLoader, per-sample transforms, batch 64, teacher every step) | {naive:,.0f} | 1.0x |"
+    )
+    print(
+        f"| kdeploy KD, recipe settings (batch augmentation, teacher every step) | {ours_aug:,.0f} "
+        f"| {ours_aug / naive:.1f}x |"
+    )
+    print(f"| kdeploy KD, teacher outputs cached (no augmentation) | {ours_cached:,.0f} | {ours_cached / naive:.1f}x |")
+    print(
+        f"\nteacher training: {t_sps:,.0f} samples/s = {t_gflops:.0f} GFLOP/s "
+        f"= {100 * t_gflops / ceiling:.0f}% of the fp32 matmul ceiling"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Multi-seed distillation: one run per seed in ``<parent>/seed<N>``, then mean ± std of every model's accuracy.
+
+```
+runs/<name>/
+  seed0/ seed1/ ...   complete run folders (export, quantize and bench take any of them)
+  seeds.json          per-seed accuracies and the summary (mean, sample std, n) per model and metric
+  seeds.md            the summary table
+runs/latest -> <name>/seed<first>   a concrete run, so `kdeploy export` / `bench` without arguments work
+```
+
+The seed is the recipe's ``seed``: it draws the validation split, the initial weights and the batch order. The test
+split is the same for every seed. Models are selected on validation ("best epoch"); "last epoch" is the model
+after the final epoch. Std is the sample standard deviation (n - 1), as papers report it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdeploy import atomic, progress
+from kdeploy.errors import UserError
+from kdeploy.recipe import Recipe
+from kdeploy.runs import DEFAULT_RUNS_DIR, ROLES, Run
+
+METRICS = {"accuracy": "best epoch", "last_accuracy": "last epoch"}
+GAIN = "student - baseline"
+SEEDS_FILE = "seeds.json"
+
+
+@dataclass
+class SeedsResult:
+    root: Path
+    runs: dict[int, Run]
+    summary: dict[str, Any]  # the content of seeds.json
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or a range ``"0-4"`` (inclusive) -> distinct integer seeds, in order."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        try:
+            values = list(range(int(m[1]), int(m[2]) + 1)) if m else [int(part)]
+        except ValueError:
+            values = [-1]
+        if min(values, default=-1) < 0:
+            raise UserError(f"--seeds {text!r}: expected integers >= 0 like 0,1,2 or a range like 0-4")
+        seeds += [v for v in values if v not in seeds]
+    if not seeds:
+        raise UserError(f"--seeds {text!r}: no seed given; pass e.g. --seeds 0,1,2")
+    return seeds
+
+
+def seeds_root(recipe: Recipe, out: str | os.PathLike[str] | None) -> Path:
+    return Path(out) if out is not None else DEFAULT_RUNS_DIR / recipe.name
+
+
+def seed_folder(root: Path, seed: int) -> Path:
+    return root / f"seed{seed}"
+
+
+def _is_multi_seed(root: Path) -> bool:
+    return (root / SEEDS_FILE).is_file() or any((p / "recipe.yaml").is_file() for p in root.glob("seed*"))
+
+
+def prepare_parent(root: Path, resume: bool, force: bool) -> None:
+    """Refuse to mix a multi-seed folder into something else; --force clears it, --resume keeps it."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if (root / "recipe.yaml").is_file() and not force:
+        raise UserError(f"{root} holds a single-seed run; pass --force to replace it or --out DIR for the seeds")
+    if not _is_multi_seed(root) and not force:
+        raise UserError(f"{root} exists and is not a kdeploy run; choose another --out or pass --force")
+    if _is_multi_seed(root) and not (resume or force):
+        raise UserError(f"{root} already holds a multi-seed run; pass --resume to continue it, --force or --out DIR")
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std (n - 1; null for one value) and the values themselves; NaNs are left out."""
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return {
+        "mean": statistics.mean(vals) if vals else None,
+        "std": statistics.stdev(vals) if len(vals) > 1 else None,
+        "n": len(vals),
+        "values": vals,
+    }
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{role: {metric: mean_std}}`` over the seeds' ``metrics.json["models"]``, plus the KD gain per seed."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for role in ROLES:
+        found = [m[role] for m in per_seed.values() if role in m]
+        if found:
+            summary[role] = {k: mean_std([float(m[k]) for m in found if k in m]) for k in METRICS}
+    both = [m for m in per_seed.values() if "student" in m and "baseline" in m]
+    if both:
+        summary[GAIN] = {
+            k: mean_std([float(m["student"][k]) - float(m["baseline"][k]) for m in both if k in m["student"]])
+            for k in METRICS
+        }
+    return summary
+
+
+def fmt(stat: dict[str, Any]) -> str:
+    """``98.12 ± 0.08`` in percent points, or ``-`` when there is nothing to show."""
+    if stat["mean"] is None:
+        return "-"
+    text = f"{stat['mean'] * 100:.2f}"
+    return text + (f" ± {stat['std'] * 100:.2f}" if stat["std"] is not None else "")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    lines = [
+        f"# {result['recipe']}: test accuracy (%) over seeds {seeds}",
+        "",
+        "mean ± sample std (n - 1). Best epoch: the model selected on the validation split. Last epoch: after the "
+        "final epoch.",
+        "",
+        "| model | best epoch | last epoch | n | per seed (best epoch) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for role, stats in result["summary"].items():
+        per_seed = ", ".join(f"{v * 100:.2f}" for v in stats["accuracy"]["values"])
+        lines.append(
+            f"| {role} | {fmt(stats['accuracy'])} | {fmt(stats['last_accuracy'])} | {stats['accuracy']['n']} "
+            f"| {per_seed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def point_latest(root: Path, run: Run) -> None:
+    """``<parent of root>/latest`` -> ``<root name>/seed<N>`` (relative symlink, replaced atomically)."""
+    link, tmp = root.parent / "latest", root.parent / ".latest.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path(root.name) / run.root.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # filesystems without symlinks: a text file naming the run
+        atomic.write_text(root.parent / "latest.txt", str(run.root) + "\n")
+
+
+def distill_seeds(
+    recipe: Recipe,
+    seeds: list[int],
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    force: bool = False,
+    world: Any = None,
+) -> SeedsResult:
+    """Run the recipe once per seed into ``<out>/seed<N>`` and summarise; every rank calls it under torchrun."""
+    from kdeploy.distill import distill
+    from kdeploy.distill.distributed import world_from_env
+
+    world = world or world_from_env()
+    root = seeds_root(recipe, out)
+    prepare_parent(root, resume, force)
+    world.barrier()  # all ranks checked before rank 0 clears
+    if world.main and force and not resume and root.is_dir():
+        Run(root).clear()
+    runs: dict[int, Run] = {}
+    for i, seed in enumerate(seeds):
+        progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
+        seeded = recipe.model_copy(deep=True, update={"seed": seed})
+        runs[seed] = distill(
+            seeded, out=seed_folder(root, seed), resume=resume, force=force, world=world, mark_latest=False
+        )
+    world.barrier()  # rank 0 has written every seed's metrics.json
+    per_seed = {s: r.read_metrics()["models"] for s, r in runs.items()}
+    result = {
+        "recipe": recipe.name,
+        "seeds": seeds,
+        "runs": {str(s): r.root.name for s, r in runs.items()},
+        "std": "sample standard deviation (n - 1)",
+        "per_seed": {str(s): {role: {k: m[role].get(k) for k in METRICS} for role in m} for s, m in per_seed.items()},
+        "summary": aggregate(per_seed),
+    }
+    if world.main:
+        atomic.write_json(root / SEEDS_FILE, result)
+        atomic.write_text(root / "seeds.md", markdown(result))
+        point_latest(root, runs[seeds[0]])
+    world.barrier()
+    return SeedsResult(root=root, runs=runs, summary=result)

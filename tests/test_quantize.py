@@ -1,0 +1,230 @@
+"""ONNX Runtime INT8 (static QDQ, dynamic) and FP16 on a small trained MNIST CNN (teacher) and MLP (student)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from kdeploy.cli import app
+from kdeploy.data import Split
+from kdeploy.distill import distill
+from kdeploy.errors import UserError
+from kdeploy.export import export_onnx, onnx_accuracy, read_manifest
+from kdeploy.export.manifest import find
+from kdeploy.export.rundata import load_run_data
+from kdeploy.quantize import (
+    _dynamic_problem,
+    calibration_split,
+    convert_dynamic,
+    gemm_to_matmul,
+    quantize,
+    quantize_one,
+)
+from kdeploy.recipe import validate
+from kdeploy.runs import Run
+
+from .conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A CNN teacher (width 2, 17.9k params) and an MLP student (784-128-10), both trained past 90 % (4000 images)."""
+    raw = tiny_recipe(
+        mnist_root,
+        data__limit=4000,
+        data__val_size=300,
+        teacher__model="cnn",
+        teacher__kwargs={"width": 2, "dropout": 0.0},
+        teacher__epochs=2,
+        teacher__lr=0.01,
+        student__kwargs={"hidden": [128]},
+        student__epochs=10,
+        baseline=False,
+    )
+    out = tmp_path_factory.mktemp("quantize") / "small"
+    r = distill(validate(raw), out=out)
+    export_onnx(r)
+    return r
+
+
+@pytest.fixture(scope="module")
+def static_int8(run: Run) -> list[dict[str, Any]]:
+    return quantize(run, int8=True, calib_samples=256)
+
+
+def by_model(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["model"]: e for e in entries}
+
+
+# ---- static INT8 -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("role", ["student", "teacher"])  # MLP and CNN
+def test_static_int8_within_one_point(run: Run, static_int8: list[dict[str, Any]], role: str) -> None:
+    e = by_model(static_int8)[role]
+    assert e["status"] == "ok" and e["passed"], e["reason"]
+    assert e["fp32_accuracy"] > 0.9, "the model must be trained for the comparison to mean anything"
+    assert e["accuracy_drop"] <= 0.01
+    assert e["files"] == [f"{role}.int8.onnx"] and e["source"] == f"{role}.onnx"
+    path = run.export_dir / e["files"][0]
+    data = load_run_data(run)
+    assert onnx_accuracy(path, data.test, data.mean, data.std) == e["accuracy"], "recorded accuracy is reproducible"
+    assert e["bytes"] < find(run, f"{role}:onnx")["bytes"]
+    assert e["vs_fp32"]["samples"] == len(data.test) and e["vs_fp32"]["top1_agreement"] > 0.97
+
+
+def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[dict[str, Any]]) -> None:
+    """QDQ with signed INT8 and zero point 0 everywhere: the form TensorRT's explicit quantization accepts."""
+    proto = onnx.load(str(run.export_dir / "teacher.int8.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") >= 5 and ops.count("DequantizeLinear") >= 5
+    inits = {t.name: t for t in proto.graph.initializer}
+    zero_points = [n.input[2] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    for name in zero_points:
+        assert inits[name].data_type == TensorProto.INT8
+        assert not numpy_helper.to_array(inits[name]).any()
+    e = by_model(static_int8)["teacher"]
+    assert e["settings"]["calib_samples"] == 256 and e["settings"]["calib_split"] == "train"
+    assert e["settings"]["calib_method"] == "minmax" and e["settings"]["preprocessed"]
+
+
+def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
+    data = load_run_data(run)
+    a, b = calibration_split(data.train, 100, seed=0), calibration_split(data.train, 100, seed=0)
+    assert len(a) == 100 and bool((a.images == b.images).all())
+    train_rows = {bytes(img.numpy().tobytes()) for img in data.train.images}
+    assert all(img.numpy().tobytes() in train_rows for img in a.images)
+    assert len(calibration_split(data.train, 10**6, seed=0)) == len(data.train)
+
+
+# ---- dynamic INT8 and FP16 ------------------------------------------------------------------------------
+def test_dynamic_int8_covers_linear_layers_on_mlp(run: Run) -> None:
+    e = quantize(run, method="dynamic", models="student")[0]
+    assert e["status"] == "ok", e["reason"]
+    assert e["settings"]["gemm_rewritten_as_matmul"] == 2
+    assert e["settings"]["integer_ops"] == {"MatMulInteger": 2}
+    assert e["accuracy_drop"] <= 0.01
+
+
+def test_dynamic_int8_on_cnn_is_loaded_and_run_or_skipped(run: Run) -> None:
+    """ConvInteger support depends on the ORT build: either the artifact runs, or no file is written."""
+    e = quantize(run, method="dynamic", models="teacher", raise_on_fail=False)[0]
+    assert e["id"] == "teacher:onnx-int8-dynamic"
+    path = run.export_dir / "teacher.int8-dynamic.onnx"
+    if e["status"] == "skipped":
+        assert e["files"] == [] and not path.exists() and e["reason"]
+    else:
+        assert "ConvInteger" in e["settings"]["integer_ops"]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0].shape == (2, 10)
+        assert e["accuracy"] is not None and e["status"] in ("ok", "failed")
+
+
+def test_dynamic_int8_problems_are_detected(tmp_path: Path) -> None:
+    # nothing to quantize: a graph without MatMul/Conv/Gemm
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
+    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # fmt: skip
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    settings = convert_dynamic(tmp_path / "plain.onnx", tmp_path / "plain.q.onnx", tmp_path, per_channel=False)
+    sample = np.zeros((2, 4), np.float32)
+    assert "nothing was quantized" in _dynamic_problem(tmp_path / "plain.q.onnx", settings, sample)
+    # a graph ONNX Runtime cannot load (an operator it has no kernel for)
+    node = helper.make_node("NoSuchKernel", ["input"], ["logits"], domain="com.example")
+    odd = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                            opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)], ir_version=10)  # fmt: skip
+    onnx.save(odd, str(tmp_path / "odd.onnx"))
+    problem = _dynamic_problem(tmp_path / "odd.onnx", {"integer_ops": {"ConvInteger": 1}}, sample)
+    assert problem is not None and problem.startswith("ONNX Runtime CPU cannot load")
+
+
+def test_gemm_rewrite_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(size=(5, 8)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])
+    gemm = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="fc")
+    graph = helper.make_graph([gemm], "g", [x], [y], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert gemm_to_matmul(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    inp = rng.normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_allclose(after.run(None, {"x": inp})[0], before.run(None, {"x": inp})[0], rtol=1e-6, atol=1e-6)
+
+
+def test_fp16(run: Run) -> None:
+    entries = quantize(run, int8=False, fp16=True)
+    for e in entries:
+        assert e["status"] == "ok" and abs(e["accuracy_drop"]) <= 0.005
+        proto = onnx.load(str(run.export_dir / e["files"][0]))
+        assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT, "float32 I/O kept"
+        assert any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer)
+
+
+# ---- gates and errors ------------------------------------------------------------------------------------
+def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> None:
+    """The gate compares with the fp32 source's accuracy; with a claimed fp32 accuracy of 1.0 and a zero budget,
+    the real INT8 model misses it: the file is renamed ``.failed`` and the entry marked failed."""
+    work = Run(shutil.copytree(run.root, tmp_path / "run"))
+    data = load_run_data(work)
+    source = {**find(work, "student:onnx"), "accuracy": 1.0}
+    fp32 = np.zeros((len(data.test), 10), np.float32)
+    calib = Split(data.train.images[:64], data.train.labels[:64])
+    e = quantize_one(work, "student", "onnx-int8", source, data, fp32, calib=calib, calib_seed=0,
+                     calib_method="minmax", per_channel=False, max_accuracy_drop=0.0)  # fmt: skip
+    assert e["status"] == "failed" and not e["passed"] and "accuracy gate" in e["reason"]
+    assert e["files"] == ["student.int8.failed.onnx"]
+    assert not (work.export_dir / "student.int8.onnx").exists()
+    assert find(work, "student:onnx-int8")["status"] == "failed"
+
+
+def test_cli_gate_exit_1_and_table(run: Run, tmp_path: Path) -> None:
+    work = shutil.copytree(run.root, tmp_path / "run")
+    ok = CliRunner().invoke(app, ["--quiet", "quantize", str(work), "--fp16", "--models", "student"])
+    assert ok.exit_code == 0, ok.output
+    assert "student:onnx-fp16" in ok.output and "student.fp16.onnx" in ok.output
+    # --max-accuracy-drop is validated before any work
+    bad = CliRunner().invoke(app, ["quantize", str(work), "--int8", "--max-accuracy-drop", "-1"])
+    assert bad.exit_code == 2 and "--max-accuracy-drop" in bad.output
+
+
+def test_quantize_needs_an_onnx_export(run: Run, tmp_path: Path) -> None:
+    work = Run(shutil.copytree(run.root, tmp_path / "run"))
+    shutil.rmtree(work.export_dir)
+    with pytest.raises(UserError, match="run `kdeploy export .* --onnx` first"):
+        quantize(work, int8=True)
+    result = CliRunner().invoke(app, ["quantize", str(work.root), "--int8"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="--calib-method"):
+        quantize(work, calib_method="kl")
+    with pytest.raises(UserError, match="nothing to do"):
+        quantize(work, int8=False, fp16=False)
+
+
+def test_reexport_drops_stale_derived_artifacts(run: Run, tmp_path: Path) -> None:
+    """An INT8 model built from an older student.onnx is removed when student.onnx changes."""
+    work = Run(shutil.copytree(run.root, tmp_path / "run"))
+    assert find(work, "student:onnx-int8") is not None
+    entry = find(work, "student:onnx")
+    entry["sha256"] = "0" * 64  # as if student.onnx had been produced by an older export
+    arts = [a if a["id"] != "student:onnx" else entry for a in read_manifest(work)["artifacts"]]
+    for a in arts:
+        if a.get("source") == "student.onnx":
+            a["source_sha256"] = "0" * 64
+    (work.export_dir / "manifest.json").write_text(json.dumps({"artifacts": arts}))
+    export_onnx(work, models="student")
+    assert find(work, "student:onnx-int8") is None and not (work.export_dir / "student.int8.onnx").exists()
+    assert find(work, "teacher:onnx-int8") is not None
+

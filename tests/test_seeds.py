@@ -1,0 +1,121 @@
+"""`kdeploy distill --seeds`: one real tiny run per seed, then mean ± std checked against the statistics module."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from kdeploy.cli import app
+from kdeploy.errors import UserError
+from kdeploy.runs import Run
+from kdeploy.seeds import aggregate, mean_std, parse_seeds
+
+from .conftest import tiny_recipe, write_recipe
+
+SEEDS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def multi(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    tmp = tmp_path_factory.mktemp("seeds")
+    recipe = write_recipe(tmp / "tiny.yaml", tiny_recipe(mnist_root, teacher__epochs=1, student__epochs=2))
+    out = tmp / "runs" / "tiny"
+    result = CliRunner().invoke(app, ["-q", "distill", str(recipe), "--seeds", "0,1,2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, recipe, result.stdout
+
+
+def _per_seed(root: Path) -> dict[int, dict]:
+    return {s: Run.open(root / f"seed{s}").read_metrics()["models"] for s in SEEDS}
+
+
+def test_one_complete_run_per_seed(multi: tuple[Path, Path, str]) -> None:
+    root, _, _ = multi
+    for s in SEEDS:
+        run = Run.open(root / f"seed{s}")
+        assert yaml.safe_load(run.recipe_path.read_text())["seed"] == s
+        assert run.roles() == ["teacher", "baseline", "student"]
+    teacher = {m["teacher"]["accuracy"] for m in _per_seed(root).values()}
+    assert len(teacher) > 1, "different seeds give different initialisations and batch orders"
+    assert (root.parent / "latest").resolve() == (root / "seed0").resolve(), "latest is a concrete run"
+    assert not (root / "latest").exists()
+
+
+def test_summary_matches_statistics_module(multi: tuple[Path, Path, str]) -> None:
+    root, _, _ = multi
+    saved = json.loads((root / "seeds.json").read_text())
+    per_seed = _per_seed(root)
+    assert saved["seeds"] == list(SEEDS)
+    for role in ("teacher", "baseline", "student"):
+        for key in ("accuracy", "last_accuracy"):
+            values = [per_seed[s][role][key] for s in SEEDS]
+            stat = saved["summary"][role][key]
+            assert stat["values"] == values and stat["n"] == 3
+            assert stat["mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert stat["std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert saved["per_seed"]["1"][role][key] == per_seed[1][role][key]
+    gains = [per_seed[s]["student"]["accuracy"] - per_seed[s]["baseline"]["accuracy"] for s in SEEDS]
+    assert saved["summary"]["student - baseline"]["accuracy"]["mean"] == pytest.approx(statistics.mean(gains))
+    assert saved["summary"]["student - baseline"]["accuracy"]["std"] == pytest.approx(statistics.stdev(gains))
+
+
+def test_last_epoch_accuracy_is_recorded(multi: tuple[Path, Path, str]) -> None:
+    root, _, _ = multi
+    for models in _per_seed(root).values():
+        for m in models.values():
+            assert 0.0 <= m["last_accuracy"] <= 1.0
+        for role in ("baseline", "student"):  # 2 epochs: where the best epoch is the last, both are the same model
+            if models[role]["best_epoch"] == 2:
+                assert models[role]["last_accuracy"] == models[role]["accuracy"]
+        assert models["teacher"]["last_accuracy"] == models["teacher"]["accuracy"], "1 teacher epoch"
+
+
+def test_table_printed_and_written(multi: tuple[Path, Path, str]) -> None:
+    root, _, stdout = multi
+    saved = json.loads((root / "seeds.json").read_text())
+    s = saved["summary"]["student"]["accuracy"]
+    cell = f"{s['mean'] * 100:.2f} ± {s['std'] * 100:.2f}"
+    assert cell in stdout
+    md = (root / "seeds.md").read_text()
+    assert f"| student | {cell} |" in md and "| student - baseline |" in md
+
+
+def test_rerun_refuses_and_resume_keeps_results(multi: tuple[Path, Path, str]) -> None:
+    root, recipe, _ = multi
+    before = (root / "seeds.json").read_text()
+    again = CliRunner().invoke(app, ["-q", "distill", str(recipe), "--seeds", "0,1,2", "--out", str(root)])
+    assert again.exit_code == 2 and "already holds a multi-seed run" in again.output
+    resumed = CliRunner().invoke(
+        app, ["-q", "distill", str(recipe), "--seeds", "0,1,2", "--out", str(root), "--resume"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((root / "seeds.json").read_text())["summary"] == json.loads(before)["summary"]
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("3, 1,3") == [3, 1]
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    for bad in ("", "a", "1,,x", "-1"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_aggregate_by_hand() -> None:
+    per_seed = {
+        0: {"teacher": {"accuracy": 0.90, "last_accuracy": 0.80}, "student": {"accuracy": 0.70, "last_accuracy": 0.7}},
+        1: {"teacher": {"accuracy": 0.92, "last_accuracy": 0.84}, "student": {"accuracy": 0.74, "last_accuracy": 0.7}},
+    }
+    summary = aggregate(per_seed)
+    assert summary["teacher"]["accuracy"]["mean"] == pytest.approx(0.91)
+    assert summary["teacher"]["accuracy"]["std"] == pytest.approx(0.0141421356, abs=1e-9)  # |0.92 - 0.90| / sqrt(2)
+    assert summary["teacher"]["last_accuracy"]["mean"] == pytest.approx(0.82)
+    assert summary["student"]["last_accuracy"]["std"] == 0.0
+    assert "baseline" not in summary and "student - baseline" not in summary
+    one = mean_std([0.5])
+    assert one["mean"] == 0.5 and one["std"] is None and one["n"] == 1
