@@ -56,40 +56,45 @@ def ensure_run(path: Path, data_root: str | None, overrides: list[str]) -> Run:
     return run
 
 
-def matmul_ceiling(threads: int, n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
-    """Best sustained fp32 GFLOP/s of an n x n x n matmul (2 n^3 FLOPs) with torch and with numpy."""
+def matmul_ceiling(
+    threads: int, sizes: tuple[int, ...] = (256, 512, 1024, 2048), seconds: float = 1.0
+) -> dict[str, float]:
+    """Best fp32 GFLOP/s of square matmuls (2 n^3 FLOPs) with torch and numpy, over several sizes: the fastest
+    single run is the ceiling (small sizes fit between scheduler preemptions on a shared machine)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    na, nb = a.numpy(), b.numpy()
     out: dict[str, float] = {}
-    for name, fn in (("torch.mm", lambda: torch.mm(a, b)), ("numpy.matmul", lambda: np.matmul(na, nb))):
-        for _ in range(3):
-            fn()
-        times = []
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds or len(times) < 5:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = 2 * n**3 / min(times) / 1e9  # best run: the ceiling, not the typical
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        na, nb = a.numpy(), b.numpy()
+        calls = (("torch.mm", lambda a=a, b=b: torch.mm(a, b)), ("numpy.matmul", lambda a=na, b=nb: np.matmul(a, b)))
+        for name, fn in calls:
+            for _ in range(3):
+                fn()
+            best = float("inf")
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+            key = f"{name} {n}"
+            out[key] = 2 * n**3 / best / 1e9
     return out
 
 
-def bare_loop(path: Path, x: np.ndarray, threads: int, blocks: int = 30, seconds: float = 3.0) -> float:
-    """Median over blocks of the mean time (ms) of back-to-back ``session.run`` calls; no per-call timers."""
+def bare_loop(path: Path, x: np.ndarray, threads: int, seconds: float = 3.0, block: int = 5) -> float:
+    """Median over blocks of ``block`` back-to-back ``session.run`` calls of the mean call time (ms): no timer
+    around each call, and the median keeps preempted blocks out like the harness's p50 does."""
     session = ort_session(path, threads)
     feed = {session.get_inputs()[0].name: x}
     for _ in range(20):
         session.run(None, feed)
-    t0 = time.perf_counter()
-    session.run(None, feed)
-    per_block = max(1, int(seconds / blocks / max(time.perf_counter() - t0, 1e-7)))
     means = []
-    for _ in range(blocks):
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(means) < 50:
         t0 = time.perf_counter_ns()
-        for _ in range(per_block):
+        for _ in range(block):
             session.run(None, feed)
-        means.append((time.perf_counter_ns() - t0) / per_block / 1e6)
+        means.append((time.perf_counter_ns() - t0) / block / 1e6)
     return statistics.median(means)
 
 
@@ -124,6 +129,7 @@ def main() -> None:
     rows = result["rows"]
     ceiling = matmul_ceiling(threads)
     best_ceiling = max(ceiling.values())
+    best_name = max(ceiling, key=ceiling.__getitem__)
 
     # harness overhead on the student's INT8 and fp32 files, both batch sizes
     from kdeploy.export.rundata import load_run_data
@@ -154,7 +160,8 @@ def main() -> None:
         share = gflops / best_ceiling
         targets.append([
             f"{model} ONNX fp32 (ORT) GFLOP/s at batch 256", ">= 70% of matmul ceiling",
-            f"{gflops:.1f} GFLOP/s = {share:.0%} of {best_ceiling:.1f}", "met" if share >= 0.7 else "MISSED",
+            f"{gflops:.1f} GFLOP/s = {share:.0%} of {best_ceiling:.1f} ({best_name})",
+            "met" if share >= 0.7 else "MISSED",
         ])  # fmt: skip
     for fmt, b, harness, bare, rel in overhead:
         targets.append([
@@ -174,8 +181,8 @@ def main() -> None:
         f"Command: `{command}` (run folder `{run.root.name}`, recipe `recipes/mnist_mlp.yaml`)",
         f"Machine: {m['cpu']}, {m['cores_available']} cores, {threads} threads for torch and ORT; torch "
         f"{m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; 1-min load average "
-        f"{load_before} before, {load_after} after; matmul ceiling (2048^3 fp32, best of >= 2 s): "
-        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in ceiling.items()),
+        f"{load_before} before, {load_after} after; fp32 matmul GFLOP/s (n x n x n, fastest run in 1 s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()),
         md_table(["target", "goal", "measured", "verdict"], targets),
         md_table(["model", "format", "runtime", "batch", "accuracy", "MB", "p50 ms", "p99 ms", "samples/s",
                   "speed-up vs teacher eager"], latency_cells),

@@ -415,8 +415,12 @@ def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
             status,
         )
     (out if out.is_terminal else Console(width=200)).print(t)
-    out.print("max |Δ logit| and top-1 agree: ONNX vs PyTorch (parity gate), quantized vs the fp32 ONNX; "
-              "Δ acc: test accuracy change vs fp32", highlight=False)
+    out.print(
+        "max |Δ logit| and top-1 agree: ONNX vs PyTorch (parity gate), quantized vs the fp32 ONNX; "
+        "Δ acc: test accuracy change vs fp32",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("export")
@@ -448,7 +452,7 @@ def export_cmd(
     if not (onnx or tensorrt):
         onnx = True
     if (fp16 or int8) and not tensorrt:
-        raise UserError("--fp16/--int8 pick TensorRT precisions; for ONNX artifacts use `kdeploy quantize --fp16/--int8`")
+        raise UserError("--fp16/--int8 pick TensorRT precisions; for ONNX use `kdeploy quantize --fp16` or `--int8`")
     precisions = [p for p, on in (("fp16", fp16), ("int8", int8)) if on] or ["fp16"]
     if tensorrt:  # fail fast, before any ONNX work
         for p in precisions:
@@ -457,11 +461,28 @@ def export_cmd(
     run = Run.open(run_dir)
     entries: list[dict[str, Any]] = []
     if onnx:
-        entries += export_onnx(run, models, opset, atol, min_agreement, parity_batch, rtol=rtol,
-                               parity_samples=parity_samples, raise_on_fail=False)
+        entries += export_onnx(
+            run,
+            models,
+            opset,
+            atol,
+            min_agreement,
+            parity_batch,
+            rtol=rtol,
+            parity_samples=parity_samples,
+            raise_on_fail=False,
+        )
     for p in precisions if tensorrt else []:
-        entries += export_tensorrt(run, p, models, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
-                                   max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+        entries += export_tensorrt(
+            run,
+            p,
+            models,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            workspace_mb=workspace_mb,
+            max_accuracy_drop=max_accuracy_drop,
+            raise_on_fail=False,
+        )
     print_artifacts(entries, f"{run.root.name}: exported artifacts ({run.export_dir}/manifest.json)")
     if any(e["status"] == "failed" for e in entries):
         raise GateFailed(failures(entries))
@@ -488,9 +509,18 @@ def quantize_cmd(
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     run = Run.open(run_dir)
-    entries = quantize(run, int8=int8, method=method, fp16=fp16, calib_samples=calib_samples,
-                       calib_method=calib_method, per_channel=per_channel, models=models,
-                       max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    entries = quantize(
+        run,
+        int8=int8,
+        method=method,
+        fp16=fp16,
+        calib_samples=calib_samples,
+        calib_method=calib_method,
+        per_channel=per_channel,
+        models=models,
+        max_accuracy_drop=max_accuracy_drop,
+        raise_on_fail=False,
+    )
     print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
     for e in entries:
         if e["status"] == "skipped":

@@ -18,6 +18,7 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 Quantized artifacts are judged by accuracy, not by atol: the full test set is run with ONNX Runtime and the drop
 from the fp32 ONNX accuracy must be at most ``max_accuracy_drop`` (default 0.01 = one point). A failed artifact
 is kept as ``<role>.<kind>.failed.onnx`` with ``status: "failed"`` and :class:`GateFailed` is raised at the end.
+A converter that raises on a graph gives a ``failed`` entry without files (the reason names the exception).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
 from kdeploy import progress
@@ -44,7 +46,7 @@ from kdeploy.data import Dataset, Split, iterate_batches
 from kdeploy.errors import GateFailed, UserError
 from kdeploy.export import manifest as mf
 from kdeploy.export.onnx import check_model, describe, failures
-from kdeploy.export.ort import input_name, onnx_logits, run_batch, top1_accuracy, try_session
+from kdeploy.export.ort import onnx_logits, run_batch, top1_accuracy, try_session
 from kdeploy.export.parity import compare_logits
 from kdeploy.export.rundata import load_for_recipe, run_recipe
 from kdeploy.export.staging import publish, staging_dir
@@ -78,8 +80,6 @@ def calibration_split(train: Split, samples: int, seed: int) -> Split:
         raise UserError("the run's training split is empty; INT8 calibration needs training images")
     n = min(samples, len(train))
     order = np.random.default_rng(seed).permutation(len(train))[:n]
-    import torch
-
     return train.subset(torch.as_tensor(np.sort(order), dtype=torch.int64))
 
 
@@ -89,8 +89,9 @@ def make_reader(split: Split, mean: Any, std: Any, name: str, batch_size: int = 
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = [x.numpy() for x, _, _ in iterate_batches(split, batch_size, shuffle=False, mean=mean,
-                                                                      std=std)]  # fmt: skip
+            self.batches = [
+                x.numpy() for x, _, _ in iterate_batches(split, batch_size, shuffle=False, mean=mean, std=std)
+            ]
             self.pos = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -178,8 +179,11 @@ def convert_static(
         note = f"quant_pre_process failed ({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r})"
         progress.log(f"  {note}; quantizing without pre-processing")
         pre = src
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[calib_method]  # fmt: skip
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calib_method]
     with _quiet():
         quantize_static(
             str(pre),
@@ -243,8 +247,10 @@ def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
 def _dynamic_problem(path: Path, settings: dict[str, Any], sample: np.ndarray) -> str | None:
     """Why a dynamic-INT8 graph must not be published (nothing quantized, or ORT cannot run it), or None."""
     if not settings["integer_ops"]:
-        return ("nothing was quantized: ORT dynamic quantization covers MatMul/Conv and found none to convert; "
-                "use --method static")  # fmt: skip
+        return (
+            "nothing was quantized: ORT dynamic quantization covers MatMul/Conv and found none to convert; "
+            "use --method static"
+        )
     session, error = try_session(path)
     if session is None:
         ops = ", ".join(settings["integer_ops"])
@@ -252,8 +258,39 @@ def _dynamic_problem(path: Path, settings: dict[str, Any], sample: np.ndarray) -
     try:
         run_batch(session, sample)
     except Exception as exc:  # runtime kernel errors
-        return f"ONNX Runtime CPU cannot run the dynamic INT8 graph: {str(exc).strip().splitlines()[0][:200]}"
+        return f"ONNX Runtime CPU cannot run the dynamic INT8 graph: {_first_line(exc)}"
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else repr(exc))[:300]
+
+
+def convert(
+    fmt: str,
+    src: Path,
+    dst: Path,
+    tmp: Path,
+    data: Dataset,
+    calib: Split | None,
+    *,
+    per_channel: bool,
+    calib_method: str,
+) -> dict[str, Any]:
+    """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
+    if fmt == "onnx-int8":
+        if calib is None:
+            raise ValueError("static INT8 needs calibration images")
+        reader = make_reader(
+            calib, data.mean, data.std, onnx.load(str(src), load_external_data=False).graph.input[0].name
+        )
+        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method)
+    if fmt == "onnx-int8-dynamic":
+        return convert_dynamic(src, dst, tmp, per_channel=per_channel)
+    if fmt == "onnx-fp16":
+        return convert_fp16(src, dst)
+    raise ValueError(f"unknown quantized format {fmt!r}")
 
 
 def quantize_one(
@@ -278,22 +315,21 @@ def quantize_one(
     status = "ok"
     accuracy = None
     vs_fp32 = None
+    settings: dict[str, Any] = {}
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / mf.file_name(role, fmt)
-        if fmt == "onnx-int8":
-            assert calib is not None
-            reader = make_reader(calib, data.mean, data.std, source["input"]["name"])
-            settings = convert_static(src, staged, tmp, reader, per_channel=per_channel, calib_method=calib_method)
+        try:
+            settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method)
+        except Exception as exc:  # the ORT converters raise on graphs they do not handle
+            status, reason = "failed", f"{fmt} conversion raised {type(exc).__name__}: {_first_line(exc)}"
+        if fmt == "onnx-int8" and calib is not None:
             settings.update(calib_samples=len(calib), calib_split="train", calib_seed=calib_seed)
-        elif fmt == "onnx-int8-dynamic":
-            settings = convert_dynamic(src, staged, tmp, per_channel=per_channel)
+        settings["max_accuracy_drop"] = max_accuracy_drop
+        convert_s = time.perf_counter() - t0
+        if status == "ok" and fmt == "onnx-int8-dynamic":
             sample = next(iterate_batches(data.test.head(8), 8, shuffle=False, mean=data.mean, std=data.std))[0]
             reason = _dynamic_problem(staged, settings, sample.numpy())
             status = "skipped" if reason else "ok"
-        else:
-            settings = convert_fp16(src, staged)
-        settings["max_accuracy_drop"] = max_accuracy_drop
-        convert_s = time.perf_counter() - t0
         if status == "ok":
             problem = check_model(staged)
             session, load_error = (None, "") if problem else try_session(staged)
@@ -303,18 +339,20 @@ def quantize_one(
                 logits = onnx_logits(session, data.test, data.mean, data.std)
                 accuracy = top1_accuracy(logits, data.test.labels.numpy())
                 vs_fp32 = {"reference": source["files"][0], **compare_logits(fp32_logits, logits)}
-                drop = source["accuracy"] - accuracy
+                drop = round(source["accuracy"] - accuracy, 6)
                 if not drop <= max_accuracy_drop:
                     status = "failed"
-                    reason = (f"accuracy gate: {accuracy:.4f} vs fp32 {source['accuracy']:.4f}, drop "
-                              f"{drop * 100:.2f} pt > {max_accuracy_drop * 100:.2f} pt")  # fmt: skip
+                    reason = (
+                        f"accuracy gate: {accuracy:.4f} vs fp32 {source['accuracy']:.4f}, drop "
+                        f"{drop * 100:.2f} pt > {max_accuracy_drop * 100:.2f} pt"
+                    )
         old_files = old.get("files", []) if old else []
-        if status == "skipped":
+        if staged.is_file() and status != "skipped":
+            files = publish(staged, [], run.export_dir, mf.file_name(role, fmt, failed=status == "failed"), old_files)
+        else:  # skipped, or the converter crashed before writing: nothing to keep, old files go
             for name in old_files:
                 (run.export_dir / name).unlink(missing_ok=True)
-            files: list[str] = []
-        else:
-            files = publish(staged, [], run.export_dir, mf.file_name(role, fmt, failed=status == "failed"), old_files)
+            files = []
     entry: dict[str, Any] = {
         "id": ident,
         "model": role,
@@ -332,7 +370,7 @@ def quantize_one(
         "vs_fp32": vs_fp32,
         "accuracy": accuracy,
         "fp32_accuracy": source["accuracy"],
-        "accuracy_drop": (source["accuracy"] - accuracy) if accuracy is not None else None,
+        "accuracy_drop": mf.drop(source["accuracy"], accuracy),
         "accuracy_samples": len(data.test),
         "passed": status == "ok",
         "status": status,
@@ -404,13 +442,25 @@ def quantize(
             raise UserError(f"{source['files'][0]}: ONNX Runtime cannot load it; re-run `kdeploy export --onnx`")
         fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
         for fmt in formats:
-            what = {"onnx-int8": f"static INT8 ({calib_method}, {len(calib or [])} calibration samples)",
-                    "onnx-int8-dynamic": "dynamic INT8", "onnx-fp16": "FP16"}[fmt]  # fmt: skip
+            what = {
+                "onnx-int8": f"static INT8 ({calib_method}, {len(calib or [])} calibration samples)",
+                "onnx-int8-dynamic": "dynamic INT8",
+                "onnx-fp16": "FP16",
+            }[fmt]
             progress.log(f"quantizing {role}: {what}")
             entry = quantize_one(
-                run, role, fmt, source, data, fp32_logits, calib=calib, calib_seed=recipe.seed,
-                calib_method=calib_method, per_channel=per_channel, max_accuracy_drop=max_accuracy_drop,
-            )  # fmt: skip
+                run,
+                role,
+                fmt,
+                source,
+                data,
+                fp32_logits,
+                calib=calib,
+                calib_seed=recipe.seed,
+                calib_method=calib_method,
+                per_channel=per_channel,
+                max_accuracy_drop=max_accuracy_drop,
+            )
             progress.log("  " + describe(entry))
             entries.append(entry)
     if raise_on_fail and any(e["status"] == "failed" for e in entries):

@@ -21,12 +21,15 @@ import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdeploy import atomic, progress
 from kdeploy.errors import UserError
 from kdeploy.recipe import Recipe
 from kdeploy.runs import DEFAULT_RUNS_DIR, ROLES, Run
+
+if TYPE_CHECKING:
+    from kdeploy.distill.distributed import World
 
 METRICS = {"accuracy": "best epoch", "last_accuracy": "last epoch"}
 GAIN = "student - baseline"
@@ -153,7 +156,7 @@ def distill_seeds(
     out: str | os.PathLike[str] | None = None,
     resume: bool = False,
     force: bool = False,
-    world: Any = None,
+    world: World | None = None,
 ) -> SeedsResult:
     """Run the recipe once per seed into ``<out>/seed<N>`` and summarise; every rank calls it under torchrun."""
     from kdeploy.distill import distill

@@ -160,8 +160,8 @@ def test_cli_exits_1_on_failed_gate(run: Run, tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 1, result.output
     assert "gate failed: student:onnx: failed" in result.output
     assert "student.failed.onnx" in result.output
-    entry = read_manifest(work)["artifacts"]
-    assert [(a["id"], a["status"]) for a in entry if a["model"] == "student"][0] == ("student:onnx", "failed")
+    arts = read_manifest(work)["artifacts"]
+    assert next((a["id"], a["status"]) for a in arts if a["model"] == "student") == ("student:onnx", "failed")
 
 
 def test_torchscript_fallback_is_recorded(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

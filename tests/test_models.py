@@ -169,9 +169,13 @@ class TinyNet(nn.Module):
     def forward(self, x):
         return self.head(self.body(x))
 
-def make_linear(in_shape, scale=1):
-    c, h, w = in_shape
-    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 3 * scale))
+class Linear3(nn.Sequential):
+    def __init__(self, in_shape, scale=1):
+        c, h, w = in_shape
+        super().__init__(nn.Flatten(), nn.Linear(c * h * w, 3 * scale))
+
+def make_linear(in_shape):
+    return Linear3(in_shape)
 
 NOT_A_MODEL = 42
 """
@@ -190,7 +194,7 @@ def test_build_model_from_target(user_module: str) -> None:
     assert logits(model, (3, 32, 32)).shape == (2, 5)
     assert "body.1" in module_paths(model)
     # in_shape only when the signature names it; num_classes is not accepted here
-    linear = build_model(model_meta(None, f"{user_module}:make_linear", {"scale": 2}, 5, [1, 4, 4]))
+    linear = build_model(model_meta(None, f"{user_module}:Linear3", {"scale": 2}, 5, [1, 4, 4]))
     assert logits(linear, (1, 4, 4)).shape == (2, 6)
 
 
@@ -201,10 +205,13 @@ def test_target_errors(user_module: str) -> None:
         build_model(model_meta(None, "no_such_pkg.mod:Net", {}, 10, [1, 28, 28]))
     with pytest.raises(UserError, match="has no attribute 'Missing'; check the path and PYTHONPATH"):
         build_model(model_meta(None, f"{user_module}:Missing", {}, 10, [1, 28, 28]))
-    with pytest.raises(UserError, match=r"expected 'package\.module:ClassOrFunction'"):
+    with pytest.raises(UserError, match=r"expected 'package\.module:Class'"):
         build_model(model_meta(None, f"{user_module}.TinyNet", {}, 10, [1, 28, 28]))
-    with pytest.raises(UserError, match="not a class or function"):
-        build_model(model_meta(None, f"{user_module}:NOT_A_MODEL", {}, 10, [1, 28, 28]))
+    for not_a_class in ("NOT_A_MODEL", "make_linear"):
+        with pytest.raises(UserError, match="is not a torch.nn.Module class"):
+            build_model(model_meta(None, f"{user_module}:{not_a_class}", {}, 10, [1, 28, 28]))
+    with pytest.raises(UserError, match="is not a torch.nn.Module class"):
+        build_model(model_meta(None, "subprocess:getoutput", {"cmd": "touch /tmp/x"}, 10, [1, 28, 28]))
     with pytest.raises(UserError, match=r"unexpected argument 'hiden' \(did you mean 'hidden'\?\)"):
         build_model(model_meta(None, f"{user_module}:TinyNet", {"hiden": 3}, 10, [1, 28, 28]))
 

@@ -132,16 +132,22 @@ def test_dynamic_int8_problems_are_detected(tmp_path: Path) -> None:
     # nothing to quantize: a graph without MatMul/Conv/Gemm
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
-    plain = helper.make_model(helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # fmt: skip
+    plain = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=10,
+    )
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     settings = convert_dynamic(tmp_path / "plain.onnx", tmp_path / "plain.q.onnx", tmp_path, per_channel=False)
     sample = np.zeros((2, 4), np.float32)
     assert "nothing was quantized" in _dynamic_problem(tmp_path / "plain.q.onnx", settings, sample)
     # a graph ONNX Runtime cannot load (an operator it has no kernel for)
     node = helper.make_node("NoSuchKernel", ["input"], ["logits"], domain="com.example")
-    odd = helper.make_model(helper.make_graph([node], "g", [x], [y]),
-                            opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)], ir_version=10)  # fmt: skip
+    odd = helper.make_model(
+        helper.make_graph([node], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)],
+        ir_version=10,
+    )
     onnx.save(odd, str(tmp_path / "odd.onnx"))
     problem = _dynamic_problem(tmp_path / "odd.onnx", {"integer_ops": {"ConvInteger": 1}}, sample)
     assert problem is not None and problem.startswith("ONNX Runtime CPU cannot load")
@@ -182,8 +188,19 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     source = {**find(work, "student:onnx"), "accuracy": 1.0}
     fp32 = np.zeros((len(data.test), 10), np.float32)
     calib = Split(data.train.images[:64], data.train.labels[:64])
-    e = quantize_one(work, "student", "onnx-int8", source, data, fp32, calib=calib, calib_seed=0,
-                     calib_method="minmax", per_channel=False, max_accuracy_drop=0.0)  # fmt: skip
+    e = quantize_one(
+        work,
+        "student",
+        "onnx-int8",
+        source,
+        data,
+        fp32,
+        calib=calib,
+        calib_seed=0,
+        calib_method="minmax",
+        per_channel=False,
+        max_accuracy_drop=0.0,
+    )
     assert e["status"] == "failed" and not e["passed"] and "accuracy gate" in e["reason"]
     assert e["files"] == ["student.int8.failed.onnx"]
     assert not (work.export_dir / "student.int8.onnx").exists()
@@ -227,4 +244,3 @@ def test_reexport_drops_stale_derived_artifacts(run: Run, tmp_path: Path) -> Non
     export_onnx(work, models="student")
     assert find(work, "student:onnx-int8") is None and not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "teacher:onnx-int8") is not None
-

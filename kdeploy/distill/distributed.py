@@ -110,10 +110,15 @@ def world_from_env() -> World:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if size <= 1:
         return World(0, 1, device, None)
     backend = "nccl" if cuda else "gloo"
+    if cuda and local >= torch.cuda.device_count():
+        raise UserError(
+            f"local rank {local} has no GPU of its own ({torch.cuda.device_count()} visible); "
+            f"start at most {torch.cuda.device_count()} processes per machine"
+        )
     if not dist.is_initialized():
         missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
         if missing:
@@ -167,7 +172,7 @@ def torchrun_main(argv: list[str]) -> int:
         run(parse_args(argv))
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        print(f"kdeploy: rank {rank} failed with exit status {failure.exitcode}", file=sys.stderr, flush=True)
+        progress.log(f"kdeploy: rank {rank} failed with exit status {failure.exitcode}")
         return failure.exitcode if failure.exitcode > 0 else 1
     except (SignalException, KeyboardInterrupt) as exc:
         return 128 + int(getattr(exc, "sigval", 2))

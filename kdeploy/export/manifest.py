@@ -82,7 +82,9 @@ def upsert(run: Run, entry: dict[str, Any]) -> dict[str, Any]:
     data = read_manifest(run)
     arts = [a for a in data["artifacts"] if a.get("id") != entry["id"]]
     arts.append(entry)
-    arts.sort(key=lambda a: (a.get("model", ""), list(SUFFIXES).index(a["format"]) if a.get("format") in SUFFIXES else 99))
+    arts.sort(
+        key=lambda a: (a.get("model", ""), list(SUFFIXES).index(a["format"]) if a.get("format") in SUFFIXES else 99)
+    )
     data["artifacts"] = arts
     atomic.write_json(manifest_path(run), data)
     return entry
@@ -127,6 +129,13 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def drop(reference: float | None, accuracy: float | None) -> float | None:
+    """Accuracy lost versus the reference (positive = worse), rounded to 1e-6 to hide float32 noise."""
+    if reference is None or accuracy is None:
+        return None
+    return round(reference - accuracy, 6)
 
 
 def now() -> str:

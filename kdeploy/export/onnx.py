@@ -181,19 +181,32 @@ def export_one(
             reason = f"ONNX Runtime cannot load it: {load_error}"
         else:
             parity = check_parity(
-                model, session, data.test, data.mean, data.std, batch_size=parity_batch, samples=parity_samples,
-                atol=atol, rtol=rtol, min_agreement=min_agreement,
-            )  # fmt: skip
+                model,
+                session,
+                data.test,
+                data.mean,
+                data.std,
+                batch_size=parity_batch,
+                samples=parity_samples,
+                atol=atol,
+                rtol=rtol,
+                min_agreement=min_agreement,
+            )
             accuracy = top1_accuracy(onnx_logits(session, data.test, data.mean, data.std), data.test.labels.numpy())
             reason = None if parity.passed else f"parity gate: {parity.summary()}"
         passed = reason is None
         companions = sorted(p for p in out_dir.iterdir() if p != staged)
         inp, outp = io_spec(staged, data)
-        files = publish(staged, companions, run.export_dir, mf.file_name(role, "onnx", failed=not passed),
-                        old.get("files", []) if old else [])
+        files = publish(
+            staged,
+            companions,
+            run.export_dir,
+            mf.file_name(role, "onnx", failed=not passed),
+            old.get("files", []) if old else [],
+        )
     main = run.export_dir / files[0]
     digest = mf.sha256(main)
-    fp32 = meta.get("accuracy")
+    fp32 = round(meta["accuracy"], 6) if meta.get("accuracy") is not None else None  # stored as float32
     entry: dict[str, Any] = {
         "id": ident,
         "model": role,
@@ -210,7 +223,7 @@ def export_one(
         "parity": parity.to_dict() if parity else None,
         "accuracy": accuracy,
         "fp32_accuracy": fp32,
-        "accuracy_drop": (fp32 - accuracy) if (fp32 is not None and accuracy is not None) else None,
+        "accuracy_drop": mf.drop(fp32, accuracy),
         "accuracy_samples": len(data.test),
         "passed": passed,
         "status": "ok" if passed else "failed",
@@ -281,9 +294,16 @@ def export_onnx(
     for role in roles:
         progress.log(f"exporting {role} to ONNX (opset {opset})")
         entry = export_one(
-            run, role, data, opset=opset, atol=atol, rtol=rtol, min_agreement=min_agreement,
-            parity_batch=parity_batch, parity_samples=parity_samples,
-        )  # fmt: skip
+            run,
+            role,
+            data,
+            opset=opset,
+            atol=atol,
+            rtol=rtol,
+            min_agreement=min_agreement,
+            parity_batch=parity_batch,
+            parity_samples=parity_samples,
+        )
         progress.log("  " + describe(entry) + (f"; exporter {entry['exporter']}" if entry["exporter"] else ""))
         entries.append(entry)
     if raise_on_fail and any(e["status"] == "failed" for e in entries):

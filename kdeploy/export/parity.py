@@ -134,7 +134,7 @@ def check_parity(
     )
 
 
-def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+def compare_logits(ref: np.ndarray, got: np.ndarray) -> dict[str, float | int]:
     """Informational comparison of a quantized artifact's logits with its fp32 source's (whole test set)."""
     d = Diff()
     d.add(ref, got, atol=float("inf"), rtol=0.0)

@@ -185,8 +185,9 @@ class EngineRunner:
         for chunk in x.split(self.max_batch):
             inp = chunk.to("cuda", dtype=self._dtype(self.input)).contiguous()
             self.context.set_input_shape(self.input, tuple(inp.shape))
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self._dtype(self.output),
-                              device="cuda")  # fmt: skip
+            out = torch.empty(
+                tuple(self.context.get_tensor_shape(self.output)), dtype=self._dtype(self.output), device="cuda"
+            )
             self.context.set_tensor_address(self.input, inp.data_ptr())
             self.context.set_tensor_address(self.output, out.data_ptr())
             if not self.context.execute_async_v3(stream.cuda_stream):
@@ -197,8 +198,10 @@ class EngineRunner:
 
 
 def engine_accuracy(runner: EngineRunner, split: Split, mean: Sequence[float], std: Sequence[float]) -> float:
-    logits = [runner(x).cpu().numpy() for x, _, _ in iterate_batches(split, runner.max_batch, shuffle=False,
-                                                                       mean=mean, std=std)]  # fmt: skip
+    logits = [
+        runner(x).cpu().numpy()
+        for x, _, _ in iterate_batches(split, runner.max_batch, shuffle=False, mean=mean, std=std)
+    ]
     return top1_accuracy(np.concatenate(logits), split.labels.numpy())
 
 
@@ -231,24 +234,36 @@ def export_tensorrt(
         ident = mf.artifact_id(role, fmt)
         old = mf.find(run, ident)
         shapes = profile_shapes(source["input"]["shape"][1:], opt_batch, max_batch)
-        progress.log(f"building TensorRT {precision} engine for {role} from {source['files'][0]} "
-                     f"({'strongly' if strong else 'weakly'} typed, batch {shapes['min'][0]}..{max_batch})")  # fmt: skip
+        progress.log(
+            f"building TensorRT {precision} engine for {role} from {source['files'][0]} "
+            f"({'strongly' if strong else 'weakly'} typed, batch {shapes['min'][0]}..{max_batch})"
+        )
         t0 = time.perf_counter()
-        engine = build_engine(trt, mf.artifact_path(run, source), source["input"]["name"], shapes, precision,
-                              workspace_mb, strong)  # fmt: skip
+        engine = build_engine(
+            trt, mf.artifact_path(run, source), source["input"]["name"], shapes, precision, workspace_mb, strong
+        )
         build_s = time.perf_counter() - t0
         accuracy = engine_accuracy(EngineRunner(trt, engine), data.test, data.mean, data.std)
-        drop = fp32["accuracy"] - accuracy
+        drop = round(fp32["accuracy"] - accuracy, 6)
         passed = drop <= max_accuracy_drop
-        reason = None if passed else (
-            f"accuracy gate: {accuracy:.4f} vs fp32 {fp32['accuracy']:.4f}, drop {drop * 100:.2f} pt > "
-            f"{max_accuracy_drop * 100:.2f} pt"
-        )  # fmt: skip
+        reason = (
+            None
+            if passed
+            else (
+                f"accuracy gate: {accuracy:.4f} vs fp32 {fp32['accuracy']:.4f}, drop {drop * 100:.2f} pt > "
+                f"{max_accuracy_drop * 100:.2f} pt"
+            )
+        )
         with staging_dir(run.export_dir) as tmp:
             staged = tmp / engine_name(role, precision)
             staged.write_bytes(engine)
-            files = publish(staged, [], run.export_dir, engine_name(role, precision, failed=not passed),
-                            old.get("files", []) if old else [])  # fmt: skip
+            files = publish(
+                staged,
+                [],
+                run.export_dir,
+                engine_name(role, precision, failed=not passed),
+                old.get("files", []) if old else [],
+            )
         entry = {
             "id": ident,
             "model": role,
@@ -265,7 +280,7 @@ def export_tensorrt(
             "parity": None,
             "accuracy": accuracy,
             "fp32_accuracy": fp32["accuracy"],
-            "accuracy_drop": drop,
+            "accuracy_drop": mf.drop(fp32["accuracy"], accuracy),
             "accuracy_samples": len(data.test),
             "passed": passed,
             "status": "ok" if passed else "failed",

@@ -100,17 +100,14 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
         if key in accepted and key not in kwargs:
             kwargs[key] = value
     _check_kwargs(label, factory, kwargs, hide=())
-    model = factory(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{label}: returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return factory(**kwargs)
 
 
 def import_target(target: str) -> Callable[..., Any]:
     """Resolve ``"package.module:Attr"`` (``Attr`` may be dotted) to the object it names."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise UserError(f"model target {target!r}: expected 'package.module:ClassOrFunction'")
+        raise UserError(f"model target {target!r}: expected 'package.module:Class'")
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as error:  # ImportError, but also a SyntaxError in the user's file
@@ -125,8 +122,10 @@ def import_target(target: str) -> Callable[..., Any]:
                 "check the path and PYTHONPATH"
             )
         obj = getattr(obj, part)
-    if not callable(obj):
-        raise UserError(f"model target {target!r}: {attr!r} is not a class or function")
+    # Only nn.Module classes: a run folder's weights metadata names its target too, and a shared run must not be
+    # able to call an arbitrary function (``subprocess:getoutput``) when it is exported or benchmarked.
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise UserError(f"model target {target!r}: {attr!r} is not a torch.nn.Module class; name a model class")
     return obj
 
 
