@@ -256,9 +256,19 @@ def _csv(value: str | None, what: str) -> tuple[str, ...]:
     return items
 
 
-def _bench_settings(batch_sizes: str, threads: int | None, runtimes: str, device: str, models: str | None,
-                    warmup: int, iters: int, seconds: float, graph_level: str, cuda_graph: bool,
-                    data_root: str | None) -> Any:
+def _bench_settings(
+    batch_sizes: str,
+    threads: int | None,
+    runtimes: str,
+    device: str,
+    models: str | None,
+    warmup: int,
+    iters: int,
+    seconds: float,
+    graph_level: str,
+    cuda_graph: bool,
+    data_root: str | None,
+) -> Any:
     from kdeploy.bench import BenchSettings, TimingSettings
 
     try:
@@ -266,10 +276,15 @@ def _bench_settings(batch_sizes: str, threads: int | None, runtimes: str, device
     except ValueError:
         raise UserError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,32,256") from None
     return BenchSettings(
-        batch_sizes=sizes, threads=threads, runtimes=_csv(runtimes, "--runtimes"), device=device,
+        batch_sizes=sizes,
+        threads=threads,
+        runtimes=_csv(runtimes, "--runtimes"),
+        device=device,
         models=_csv(models, "--models") if models else None,
-        timing=TimingSettings(warmup=warmup, min_iters=iters, min_seconds=seconds), graph_level=graph_level,
-        cuda_graph=cuda_graph, data_root=data_root,
+        timing=TimingSettings(warmup=warmup, min_iters=iters, min_seconds=seconds),
+        graph_level=graph_level,
+        cuda_graph=cuda_graph,
+        data_root=data_root,
     )
 
 
@@ -310,8 +325,9 @@ def bench(
     from kdeploy.bench import bench as run_bench
     from kdeploy.runs import Run
 
-    settings = _bench_settings(batch_sizes, threads, runtimes, device, models, warmup, iters, seconds, graph_level,
-                               cuda_graph, data_root)
+    settings = _bench_settings(
+        batch_sizes, threads, runtimes, device, models, warmup, iters, seconds, graph_level, cuda_graph, data_root
+    )
     run = Run.open(run_dir)
     result = run_bench(run, settings)
     print_bench(result)
@@ -353,11 +369,17 @@ def run_all(
     from kdeploy.runs import DEFAULT_RUNS_DIR
 
     r = load_recipe(recipe, set_ or [], data_root)
-    settings = _bench_settings(batch_sizes, threads, runtimes, device, None, warmup, iters, seconds, "all", False,
-                               None)
-    options = PipelineOptions(int8=int8, int8_method=int8_method, calib_samples=calib_samples, fp16=fp16,
-                              tensorrt=tensorrt, bench=settings, max_accuracy_drop=max_accuracy_drop,
-                              min_speedup=min_speedup)
+    settings = _bench_settings(batch_sizes, threads, runtimes, device, None, warmup, iters, seconds, "all", False, None)
+    options = PipelineOptions(
+        int8=int8,
+        int8_method=int8_method,
+        calib_samples=calib_samples,
+        fp16=fp16,
+        tensorrt=tensorrt,
+        bench=settings,
+        max_accuracy_drop=max_accuracy_drop,
+        min_speedup=min_speedup,
+    )
     try:
         result = run_pipeline(r, out_dir, resume=resume, force=force, options=options)
     except GateFailed:

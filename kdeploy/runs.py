@@ -140,6 +140,13 @@ class Run:
         writer.writerows(rows)
         atomic.write_text(self.history_path, buf.getvalue())
 
+    def remove_leftovers(self) -> None:
+        """Delete temporary files a killed process left (they never sit under a real name)."""
+        for tmp in self.root.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for staging in self.export_dir.glob(".staging-*"):
+            shutil.rmtree(staging, ignore_errors=True)
+
     def clear(self) -> None:
         """Remove everything kdeploy wrote into this folder (for --force)."""
         if self.root.is_dir():

@@ -146,3 +146,18 @@ def test_diverging_loss_stops_with_epoch_and_step(mnist_root: Path, tmp_path: Pa
     raw["teacher"]["momentum"] = 0.0
     with pytest.raises(UserError, match=r"teacher: loss became (nan|inf) at epoch \d+, step \d+"):
         distill(validate(raw), out=tmp_path / "nan")
+
+
+def test_output_under_a_file_fails_before_loading_data(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    raw = tiny_recipe(Path("/nonexistent"))  # the data root is never reached
+    with pytest.raises(UserError, match=r"is a file; choose another --out"):
+        distill(validate(raw), out=tmp_path / "file" / "run")
+
+
+def test_resume_removes_leftover_temporary_files(tiny_run: Run, mnist_root: Path) -> None:
+    leftover = tiny_run.root / ".student.safetensors.abc.tmp"
+    leftover.write_bytes(b"partial")
+    (tiny_run.export_dir / ".staging-x").mkdir(parents=True)
+    distill(validate(tiny_recipe(mnist_root)), out=tiny_run.root, resume=True)
+    assert not leftover.exists() and not (tiny_run.export_dir / ".staging-x").exists()

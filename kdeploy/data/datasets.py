@@ -47,6 +47,14 @@ class Split:
             return self
         return Split(self.images[:n].clone(), self.labels[:n].clone())
 
+    def sample(self, n: int | None, seed: int) -> Split:
+        """A seeded random subset of ``n`` samples (in their original order), e.g. for quick runs: taking the
+        first ``n`` of a class-sorted source (CIFAR's JPEG folders) would keep only one or two classes."""
+        if n is None or n >= len(self):
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return self.subset(index)
+
     def compact(self) -> Split:
         """This split in memory of its own: a view into a bigger tensor keeps all of that tensor alive."""
         if self.images.untyped_storage().nbytes() <= self.images.nbytes:
@@ -178,7 +186,7 @@ def load_dataset(
     """Load a registered dataset into memory and carve the validation split out of the official train set.
 
     ``val_size``: a count, a fraction in (0, 1), or 0 for an empty val split (ignored when the source ships
-    its own ``val/``). ``limit`` keeps the first ``limit`` samples of each split (for tests).
+    its own ``val/``). ``limit`` keeps a seeded random subset of ``limit`` samples of each split (quick runs, tests).
     ``image_size`` resizes every split (int or (H, W)); ``None`` keeps the native size.
     """
     loader = DATASETS.get(name)
@@ -196,7 +204,7 @@ def load_dataset(
     else:
         train, val = split_validation(raw.train, val_size, seed)
         raw.test = raw.test.compact()  # train/val are copies now; a test view would pin all decoded images
-    train, val, test = train.head(limit), val.head(limit), raw.test.head(limit)
+    train, val, test = train.sample(limit, seed), val.sample(limit, seed), raw.test.sample(limit, seed)
     shape = tuple(int(s) for s in raw.train.images.shape[1:])
     channels = shape[0]
     for stat in (raw.mean, raw.std):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,20 @@ def weights_meta(role: str, recipe: Recipe, cfg: ModelConfig, data: Dataset, ext
     }
 
 
+def check_writable(folder: Path) -> None:
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {folder}: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {existing}: permission denied or read-only; choose another --out")
+
+
 def prepare(run: Run, recipe: Recipe, resume: bool, force: bool) -> None:
-    """Refuse to clobber a run by accident; check a resumed run uses the same recipe."""
+    """Refuse to clobber a run by accident; check a resumed run uses the same recipe and the folder is writable,
+    all before any data is loaded."""
+    check_writable(run.root)
     if not run.recipe_path.is_file():
         if run.root.exists() and any(run.root.iterdir()) and not force:
             raise UserError(f"{run.root} exists and is not a kdeploy run; choose another --out or pass --force")
@@ -140,6 +154,8 @@ def distill(
     if world.main:
         if force and not resume:
             run.clear()
+        elif resume:
+            run.remove_leftovers()
         run.root.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run.recipe_path, dump_recipe(recipe))
         env = {**environment(), "world_size": world.size, "backend": world.backend, "device": str(world.device)}
@@ -174,7 +190,7 @@ def distill(
         entry = {
             "accuracy": result.accuracy,
             "last_accuracy": result.last_accuracy,
-            "val_accuracy": result.val_accuracy,
+            "val_accuracy": None if math.isnan(result.val_accuracy) else result.val_accuracy,
             "best_epoch": result.best_epoch,
             "params": count_params(model),
             "train_seconds": round(result.train_seconds, 3),
