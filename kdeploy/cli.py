@@ -102,9 +102,13 @@ def main(
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file (see `kdeploy recipes`)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: --set student.epochs=3")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="override a recipe key: --set student.epochs=3 (repeatable)"),
+]
 DataRootOpt = Annotated[
-    str | None, typer.Option("--data-root", help="dataset folder (else recipe data.root, then $KDEPLOY_DATA)")
+    str | None,
+    typer.Option("--data-root", metavar="DIR", help="dataset folder (else recipe data.root, then $KDEPLOY_DATA)"),
 ]
 
 

@@ -27,9 +27,7 @@ import contextlib
 import io
 import logging
 import math
-import sys
 import time
-import types
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -467,13 +465,3 @@ def quantize(
         raise GateFailed(failures(entries))
     return entries
 
-
-class _CallableModule(types.ModuleType):
-    """``kdeploy.quantize`` is both this module and the stage function: once the module is imported, Python binds
-    the package attribute to the module, so the module forwards calls to :func:`quantize`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return quantize(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
