@@ -464,4 +464,3 @@ def quantize(
     if raise_on_fail and any(e["status"] == "failed" for e in entries):
         raise GateFailed(failures(entries))
     return entries
-
