@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,22 @@ def tiny_recipe(root: Path, **changes: Any) -> dict[str, Any]:
 def write_recipe(path: Path, raw: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+class InterruptAt:
+    """A progress reporter that raises KeyboardInterrupt (a Ctrl-C) when a given message appears; installed on
+    every rank of a distributed run, since they log at the same points."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def log(self, message: str) -> None:
+        if message.startswith(self.marker):
+            raise KeyboardInterrupt
+
+    def task(self, description: str, total: int) -> Any:
+        class _Task:
+            def update(self, advance: int = 1, **fields: Any) -> None:
+                pass
+
+        return nullcontext(_Task())

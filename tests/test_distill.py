@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from kdeploy.errors import UserError
 from kdeploy.recipe import validate
 from kdeploy.runs import Run
 
-from .conftest import tiny_recipe
+from .conftest import InterruptAt, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -98,24 +96,6 @@ def test_feature_distillation_runs_with_hooks(mnist_root: Path, tmp_path: Path) 
     assert float(hist[-1]["loss_hint"]) > 0
 
 
-class _InterruptAt:
-    """A reporter that raises KeyboardInterrupt when a given progress message appears (a Ctrl-C)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def log(self, message: str) -> None:
-        if message.startswith(self.marker):
-            raise KeyboardInterrupt
-
-    def task(self, description: str, total: int) -> Any:
-        class _T:
-            def update(self, advance: int = 1, **fields: Any) -> None:
-                pass
-
-        return nullcontext(_T())
-
-
 @pytest.mark.parametrize("marker", ["teacher epoch 3/3", "student epoch 2/3"])
 def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marker: str) -> None:
     raw = tiny_recipe(mnist_root, teacher__epochs=3, student__epochs=3, data__augment={"translate": 1})
@@ -123,7 +103,7 @@ def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marke
     full = distill(validate(raw), out=tmp_path / "full")
 
     old = progress.get_reporter()
-    progress.set_reporter(_InterruptAt(marker))
+    progress.set_reporter(InterruptAt(marker))
     try:
         with pytest.raises(KeyboardInterrupt):
             distill(validate(raw), out=tmp_path / "cut")

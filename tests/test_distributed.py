@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 import sys
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.recipe import validate
 
-from .conftest import REPO, tiny_recipe, write_recipe
+from .conftest import REPO, InterruptAt, tiny_recipe, write_recipe
 
 ROLES = ("teacher", "baseline", "student")
 
@@ -42,24 +42,6 @@ def ddp_recipe(mnist: Path) -> dict[str, Any]:
     raw["teacher"]["kwargs"]["dropout"] = 0.2
     raw["distill"] = {"method": "fitnet", "student_layer": "fc1", "teacher_layer": "fc1", "kd_weight": 0.5}
     return raw
-
-
-class _InterruptAt:
-    """Ctrl-C when a given progress message appears (installed on both ranks: they log at the same points)."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def log(self, message: str) -> None:
-        if message.startswith(self.marker):
-            raise KeyboardInterrupt
-
-    def task(self, description: str, total: int) -> Any:
-        class _T:
-            def update(self, advance: int = 1, **fields: Any) -> None:
-                pass
-
-        return nullcontext(_T())
 
 
 def _worker(rank: int, port: int, work: str, mnist: str) -> None:
@@ -114,7 +96,7 @@ def _worker(rank: int, port: int, work: str, mnist: str) -> None:
 
     # the same run, interrupted during the student's 3rd epoch on both ranks, then resumed
     quiet = progress.get_reporter()
-    progress.set_reporter(_InterruptAt("student epoch 2/3"))
+    progress.set_reporter(InterruptAt("student epoch 2/3"))
     with suppress(KeyboardInterrupt):
         distill(validate(raw), out=Path(work) / "cut", world=world)
     progress.set_reporter(quiet)
