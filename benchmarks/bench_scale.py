@@ -238,6 +238,7 @@ def main() -> None:
         f"data.limit={args.mnist_limit}",
         f"teacher.epochs={args.mnist_epochs}",
         f"student.epochs={args.mnist_epochs}",
+        "train.precision=fp32",  # the recipe trains in bf16; the bf16 row below overrides this again
     ]
     recipe = "recipes/mnist_mlp.yaml"
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
