@@ -46,8 +46,9 @@ from kdeploy.export import manifest as mf
 from kdeploy.export.onnx import check_model, describe, failures
 from kdeploy.export.ort import onnx_logits, run_batch, top1_accuracy, try_session
 from kdeploy.export.parity import compare_logits
-from kdeploy.export.rundata import load_for_recipe, run_recipe
+from kdeploy.export.rundata import run_recipe
 from kdeploy.export.staging import publish, staging_dir
+from kdeploy.recipe import load_data
 from kdeploy.runs import Run
 
 METHODS = ("static", "dynamic")
@@ -429,7 +430,7 @@ def quantize(
     roles = mf.select_models(run, models)
     sources = {role: source_entry(run, role) for role in roles}
     recipe = run_recipe(run)
-    data = load_for_recipe(recipe)
+    data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
     formats = ([f"onnx-int8{'-dynamic' if method == 'dynamic' else ''}"] if int8 else []) + (["onnx-fp16"] * fp16)
     entries = []

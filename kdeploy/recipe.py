@@ -15,7 +15,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from kdeploy.data import Augment
+from kdeploy.data import Augment, Dataset, load_dataset
 from kdeploy.errors import UserError
 
 
@@ -226,6 +226,12 @@ def load_recipe(
             if isinstance(raw["data"], dict):
                 raw["data"]["root"] = data_root
     return validate(raw, str(p))
+
+
+def load_data(recipe: Recipe) -> Dataset:
+    """The recipe's dataset: the one call every stage makes (same root, limit, seed and validation split)."""
+    d = recipe.data
+    return load_dataset(d.name, root=d.root, download=d.download, val_size=d.val_size, seed=recipe.seed, limit=d.limit)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -23,7 +23,8 @@ from kdeploy.bench.runners import GRAPH_LEVELS, OrtRunner, Runner, TensorRTRunne
 from kdeploy.data import Split, iterate_batches
 from kdeploy.errors import UserError
 from kdeploy.export.manifest import read_manifest, sha256, usable
-from kdeploy.export.rundata import load_for_recipe, run_recipe
+from kdeploy.export.rundata import run_recipe
+from kdeploy.recipe import load_data
 from kdeploy.runs import ROLES, Run, environment
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
@@ -117,7 +118,7 @@ def load_test_split(run: Run, data_root: str | None = None) -> Split:
     recipe = run_recipe(run)
     if data_root:
         recipe.data.root = data_root
-    data = load_for_recipe(recipe)
+    data = load_data(recipe)
     if len(data.test) == 0:
         raise UserError(f"{recipe.data.name}: the test split is empty; bench needs test samples (check data.limit)")
     return data.test

@@ -12,25 +12,20 @@ import torch
 from torch import nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Dataset, load_dataset
+from kdeploy.data import Dataset
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
 from kdeploy.distill.trainer import Result, Trainer, check_precision
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
-from kdeploy.recipe import ModelConfig, Recipe, dump_recipe
+from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
 from kdeploy.runs import DEFAULT_RUNS_DIR, Run, environment, load_state, load_state_file
 
 
 def run_folder(recipe: Recipe, out: str | Path | None) -> Run:
     root = Path(out) if out is not None else DEFAULT_RUNS_DIR / recipe.name
     return Run(root)
-
-
-def load_data(recipe: Recipe) -> Dataset:
-    d = recipe.data
-    return load_dataset(d.name, root=d.root, download=d.download, val_size=d.val_size, seed=recipe.seed, limit=d.limit)
 
 
 def load_data_once(recipe: Recipe, world: World) -> Dataset:
