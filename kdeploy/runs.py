@@ -246,15 +246,21 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
-def environment() -> dict[str, Any]:
+def package_versions(*packages: str) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (None where one is not installed), for run and artifact records."""
     import importlib.metadata as md
 
-    versions = {}
-    for pkg in ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "kdeploy"):
+    versions: dict[str, str | None] = {}
+    for pkg in packages:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    versions = package_versions("torch", "torchvision", "onnx", "onnxruntime", "numpy", "kdeploy")
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

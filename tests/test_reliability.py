@@ -4,6 +4,7 @@ state, disk full and unwritable folders. CLI cases run as separate ``kdeploy`` p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -262,18 +263,24 @@ def test_resume_refuses_a_planted_pickle(diverged: Diverged, server: ForkServer,
 
 
 # ---- disk full, unwritable folders ---------------------------------------------------------------------------
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 256 KiB file system (needs root and mount rights; skipped otherwise)."""
-    mnt = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str, why_skip: str) -> Iterator[Path]:
+    """A real tmpfs mounted at ``mnt`` (needs root and mount rights; the test is skipped otherwise)."""
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}); atomic ENOSPC is unit-tested")
+        pytest.skip(f"cannot mount a {why_skip} here ({done.stderr.decode().strip()})")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB file system; atomic ENOSPC handling is also unit-tested where mounting is not allowed."""
+    with tmpfs(tmp_path / "small", "size=256k", "tmpfs") as mnt:
+        yield mnt
 
 
 def test_disk_full_is_one_line_and_leaves_no_partial_file(
@@ -301,17 +308,10 @@ def test_unwritable_output_folder_is_one_line(mnist_root: Path, server: ForkServ
 
 
 def test_read_only_file_system_is_one_line(mnist_root: Path, server: ForkServer, tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({done.stderr.decode().strip()})")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k", "read-only tmpfs") as ro:
         recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(mnist_root, data__limit=300))
         result = server.run(["-q", "distill", str(recipe), "--out", str(ro / "run")], tmp_path)
         assert_one_line_error(result, r"cannot write into .*/ro: permission denied or read-only; choose another --out")
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
 def test_weights_files_stay_loadable(audited: AuditedRun) -> None:

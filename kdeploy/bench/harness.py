@@ -25,7 +25,7 @@ from kdeploy.errors import UserError
 from kdeploy.export.manifest import read_manifest, sha256, usable
 from kdeploy.export.rundata import run_recipe
 from kdeploy.recipe import load_data
-from kdeploy.runs import ROLES, Run, environment
+from kdeploy.runs import ROLES, Run, environment, package_versions
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 DEVICES = ("cpu", "cuda")
@@ -241,8 +241,6 @@ def collect_targets(run: Run, s: BenchSettings) -> tuple[list[Target], list[dict
 
 # ---- measuring ------------------------------------------------------------------------------------
 def machine_info(s: BenchSettings) -> dict[str, Any]:
-    import importlib.metadata as md
-
     import onnxruntime as ort
 
     info = environment()
@@ -250,11 +248,7 @@ def machine_info(s: BenchSettings) -> dict[str, Any]:
     info["threads"] = s.resolved_threads()
     info["onnxruntime_providers"] = ort.get_available_providers()
     info["load_average_before"] = load_average()
-    for pkg in ("fvcore", "tensorrt"):
-        try:
-            info["versions"][pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            info["versions"][pkg] = None
+    info["versions"].update(package_versions("fvcore", "tensorrt"))
     return info
 
 

@@ -178,7 +178,7 @@ def distill(
             },
         }
     )
-    history = [r for r in run.read_history() if resume]
+    history = run.read_history() if resume else []
 
     def finish(role: str, model: nn.Module, cfg: ModelConfig, result: Result, extra: dict[str, Any]) -> None:
         nonlocal history

@@ -24,7 +24,7 @@ from typing import Any
 
 from kdeploy import atomic
 from kdeploy.errors import UserError
-from kdeploy.runs import Run
+from kdeploy.runs import Run, package_versions
 
 MANIFEST_NAME = "manifest.json"
 
@@ -143,15 +143,7 @@ def now() -> str:
 
 
 def versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {}
-    for pkg in ("torch", "onnx", "onnxruntime"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return package_versions("torch", "onnx", "onnxruntime")
 
 
 def select_models(run: Run, models: list[str] | str | None) -> list[str]:
