@@ -456,6 +456,22 @@ def test_shards_disjoint_and_equal() -> None:
     assert count_batches(10, 3, shard=(0, 3)) == 2 and count_batches(10, 3, drop_last=True, shard=(0, 3)) == 1
 
 
+def test_ranks_draw_their_own_augmentation() -> None:
+    """Shards of one epoch share the permutation but not the crop/flip randomness."""
+    image = torch.randint(0, 256, (1, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    split = Split(image.expand(64, 3, 16, 16).contiguous(), torch.zeros(64, dtype=torch.int64))  # one image 64 times
+
+    def first_batch(rank: int, world: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(3)
+        batches = iterate_batches(
+            split, 32, shuffle=True, generator=gen, augment=Augment(translate=3), shard=(rank, world)
+        )
+        return next(iter(batches))[0]
+
+    assert not torch.equal(first_batch(0, 2), first_batch(1, 2))
+    torch.testing.assert_close(first_batch(1, 2), first_batch(1, 2))  # reproducible per rank
+
+
 def test_normalisation() -> None:
     split = _split(20)
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)

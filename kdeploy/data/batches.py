@@ -66,6 +66,12 @@ def iterate_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = shard_indices(len(split), shuffle=shuffle, generator=generator, drop_last=drop_last, shard=shard)
+    augment_generator = generator
+    if generator is not None and shard[1] > 1:
+        # ranks share the generator (one permutation) but must not share crop/flip draws: each rank forks its own
+        # stream from the shared state, still reproducible per (seed, epoch, rank)
+        base = int(torch.randint(2**62, (1,), generator=generator))
+        augment_generator = torch.Generator().manual_seed(base + shard[0])
     target = torch.device(device) if device is not None else None
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -77,5 +83,5 @@ def iterate_batches(
             images = images.to(target, non_blocking=True)
             labels = labels.to(target, non_blocking=True)
         if augment is not None and augment.enabled:
-            images = augment_batch(images, augment, generator)
+            images = augment_batch(images, augment, augment_generator)
         yield normalize(images, mean, std), labels, idx
