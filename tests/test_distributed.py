@@ -22,8 +22,10 @@ from torch.utils.data import DistributedSampler
 
 from kdeploy.data import load_dataset, shard_indices
 from kdeploy.distill import distill
+from kdeploy.distill import trainer as trainer_module
+from kdeploy.distill.trainer import Trainer
 from kdeploy.errors import UserError
-from kdeploy.recipe import validate
+from kdeploy.recipe import TrainConfig, validate
 
 from .conftest import REPO, InterruptAt, tiny_recipe, write_recipe
 
@@ -165,6 +167,54 @@ def test_distributed_resume_reaches_the_same_weights(ddp: Path) -> None:
         a, b = load_file(ddp / "full" / f"{role}.safetensors"), load_file(ddp / "cut" / f"{role}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), f"{role} differs after a distributed resume"
     assert not list((ddp / "cut" / "state").glob("*.pt"))
+
+
+def _cache_worker(rank: int, port: int, work: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ["WORLD_SIZE"] = "2"
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from kdeploy.distill.distributed import world_from_env
+
+    world = world_from_env()
+    data, teacher = _cache_inputs()
+    calls: list[int] = []
+    real = trainer_module.predict_logits
+
+    def counting(model: Any, split: Any, *a: Any, **kw: Any) -> Any:
+        calls.append(len(split))
+        return real(model, split, *a, **kw)
+
+    trainer_module.predict_logits = counting
+    cache = Trainer(data, 8, 4, 0, TrainConfig(), None, world=world).teacher_cache(teacher)
+    torch.save({"cache": cache, "calls": calls}, Path(work) / f"cache{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _cache_inputs() -> tuple[Any, torch.nn.Module]:
+    from kdeploy.data import Dataset, Split
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (37, 1, 4, 4), generator=gen, dtype=torch.uint8)
+    split = Split(images, torch.zeros(37, dtype=torch.int64))
+    data = Dataset(
+        name="toy", train=split, val=split, test=split, num_classes=3, classes=["a", "b", "c"], in_shape=(1, 4, 4),
+        mean=(0.5,), std=(0.25,), source="generated",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return data, torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+def test_teacher_cache_is_split_across_ranks(tmp_path: Path) -> None:
+    """Each rank computes half the cached teacher logits; both end with the whole table, equal to one process's."""
+    torch.multiprocessing.spawn(_cache_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"cache{r}.pt") for r in (0, 1))
+    data, teacher = _cache_inputs()
+    alone = Trainer(data, 8, 4, 0, TrainConfig(), None).teacher_cache(teacher)
+    assert torch.equal(r0["cache"], r1["cache"])  # both ranks hold the same table, bit for bit
+    torch.testing.assert_close(r0["cache"], alone, rtol=1e-6, atol=1e-6)  # other batch splits: last-bit changes
+    assert r0["calls"] == [18] and r1["calls"] == [19]
 
 
 def test_shards_match_distributed_sampler() -> None:

@@ -123,10 +123,22 @@ class Trainer:
 
     # ---- teacher outputs -------------------------------------------------------------------
     def teacher_cache(self, teacher: nn.Module) -> Tensor:
-        """Teacher logits for every training sample, computed once (valid only without augmentation)."""
-        return predict_logits(
-            teacher, self.data.train, self.data.mean, self.data.std, self.eval_batch_size, self.world.device
-        )
+        """Teacher logits for every training sample, computed once (valid only without augmentation).
+
+        Distributed, each rank computes one contiguous slice and an all-reduce over zero-filled buffers assembles
+        the whole table on every rank (adding zeros is exact), so the work is split instead of repeated."""
+        world, train = self.world, self.data.train
+        if not world.distributed:
+            return predict_logits(teacher, train, self.data.mean, self.data.std, self.eval_batch_size, world.device)
+        bounds = [len(train) * r // world.size for r in range(world.size + 1)]
+        lo, hi = bounds[world.rank], bounds[world.rank + 1]
+        part = Split(train.images[lo:hi], train.labels[lo:hi])
+        full = torch.zeros(len(train), self.data.num_classes)
+        if hi > lo:
+            full[lo:hi] = predict_logits(
+                teacher, part, self.data.mean, self.data.std, self.eval_batch_size, world.device
+            )
+        return world.sum(full)
 
     # ---- the loop ---------------------------------------------------------------------------
     def fit(
