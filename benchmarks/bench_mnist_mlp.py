@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from _markdown import md_table, replace_section
 
 from kdeploy.bench import BenchSettings, TimingSettings, bench
 from kdeploy.bench.harness import available_cores, load_average, timing_input
@@ -42,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "mnist_mlp.yaml"
 README = Path(__file__).resolve().parent / "README.md"
 ROUNDS = 3  # harness/bare alternations per overhead cell
-BEGIN, END = "<!-- bench_mnist_mlp:begin -->", "<!-- bench_mnist_mlp:end -->"
 
 
 def ensure_run(path: Path, data_root: str | None, overrides: list[str]) -> Run:
@@ -145,11 +145,6 @@ def row(rows: list[dict[str, Any]], model: str, fmt: str, batch: int) -> dict[st
     return next(r for r in rows if (r["model"], r["format"], r["batch_size"]) == (model, fmt, batch))
 
 
-def md_table(headers: list[str], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=REPO / "runs" / "mnist_mlp")
@@ -249,10 +244,7 @@ def main() -> None:
     ])  # fmt: skip
     print(text)
     if args.write_readme:
-        old = README.read_text(encoding="utf-8") if README.is_file() else f"{BEGIN}\n{END}\n"
-        head, _, rest = old.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+        replace_section(README, "bench_mnist_mlp", text)
         print(f"\nwrote {README}", file=sys.stderr)
 
 

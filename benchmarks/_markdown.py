@@ -1,0 +1,21 @@
+"""Markdown helpers shared by the benchmark scripts: tables, and replacing a script's section of README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def md_table(headers: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+
+
+def replace_section(readme: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (appended when the markers are new)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if begin not in old:
+        old += f"\n{begin}\n{end}\n"
+    head, _, rest = old.partition(begin)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}", encoding="utf-8")
