@@ -281,6 +281,10 @@ def test_cli_rejects_unknown_runtime_and_bad_batch_sizes(benched: tuple[Run, dic
     assert res.exit_code == 2 and "openvino" in res.output
     res = CliRunner().invoke(app, ["-q", "bench", root, "--batch-sizes", "1,x"])
     assert res.exit_code == 2 and "--batch-sizes" in res.output
+    before = (benched[0].root / "bench.json").read_bytes()
+    res = CliRunner().invoke(app, ["-q", "bench", root, "--runtimes", "tensorrt"])  # the run has no engines
+    assert res.exit_code == 2 and "nothing to bench" in res.output and "kdeploy export --tensorrt" in res.output
+    assert (benched[0].root / "bench.json").read_bytes() == before  # the earlier results are kept
 
 
 def test_cli_bench_prints_the_table(benched: tuple[Run, dict[str, Any]], tmp_path: Path) -> None:

@@ -232,9 +232,12 @@ def collect_targets(run: Run, s: BenchSettings) -> tuple[list[Target], list[dict
         else:
             targets.append(got)
     if not targets:
+        fixes = {"onnxruntime": "`kdeploy export --onnx`", "tensorrt": "`kdeploy export --tensorrt` (on a GPU)"}
+        build = " or ".join(fixes[r] for r in s.runtimes if r in fixes) or "`kdeploy export`"
+        models = ",".join(s.models) if s.models else "all"
         raise UserError(
-            f"{run.root}: nothing to bench for models={s.models} runtimes={list(s.runtimes)}; "
-            "check --models/--runtimes or run `kdeploy export`"
+            f"{run.root}: nothing to bench for --models {models} --runtimes {','.join(s.runtimes)}; "
+            f"add torch to --runtimes, or build the artifacts with {build}"
         )
     return targets, skipped
 
