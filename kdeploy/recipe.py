@@ -48,6 +48,9 @@ class ModelConfig(_Strict):
     milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies lr")
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
+    augment: Augment | None = Field(
+        None, description="this model's training augmentation instead of data.augment (the baseline follows student)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -74,7 +77,7 @@ class TrainConfig(_Strict):
     compile: bool = False
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")
     teacher_cache: Literal["auto", "never"] = Field(
-        "auto", description="auto: precompute teacher outputs once when data is not augmented"
+        "auto", description="auto: precompute teacher outputs once when the student is not augmented"
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
 
@@ -129,7 +132,8 @@ def _valid_keys() -> dict[str, list[str]]:
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             out[key] = list(ann.model_fields)
-    out["data.augment"] = list(Augment.model_fields)
+    for key in ("data.augment", "teacher.augment", "student.augment"):
+        out[key] = list(Augment.model_fields)
     return out
 
 

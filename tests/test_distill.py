@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from kdeploy import progress
@@ -141,3 +142,37 @@ def test_resume_removes_leftover_temporary_files(tiny_run: Run, mnist_root: Path
     (tiny_run.export_dir / ".staging-x").mkdir(parents=True)
     distill(validate(tiny_recipe(mnist_root)), out=tiny_run.root, resume=True)
     assert not leftover.exists() and not (tiny_run.export_dir / ".staging-x").exists()
+
+
+def test_each_model_can_have_its_own_augmentation(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hinton's setting: a jittered teacher, an unaugmented student and baseline, whose teacher logits are then
+    cached; a model's own `augment` replaces data.augment for that model only."""
+    from kdeploy.distill import trainer as trainer_module
+
+    seen: list[tuple[str, object]] = []
+    real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches
+    current: list[str] = []
+
+    def fit(self: object, role: str, *a: object, **kw: object) -> object:
+        current[:] = [role]
+        return real_fit(self, role, *a, **kw)  # type: ignore[arg-type]
+
+    def iterate(*a: object, **kw: object) -> object:
+        if kw.get("shuffle"):
+            seen.append((current[0], kw.get("augment")))
+        return real_iterate(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", fit)
+    monkeypatch.setattr(trainer_module, "iterate_batches", iterate)
+    raw = tiny_recipe(mnist_root, data__augment={"translate": 2}, student__augment={})
+    run = distill(validate(raw), out=tmp_path / "run")
+    augment = {role: {a.model_dump_json() if a else None for r, a in seen if r == role} for role, _ in seen}
+    assert augment["teacher"] == {'{"crop_padding":0,"flip":false,"translate":2}'}
+    assert augment["baseline"] == augment["student"] == {None}
+    assert json.loads(run.metrics_path.read_text())["teacher_outputs"] == "cached"
+    from kdeploy.bench.report import _recipe_section
+
+    summary = "\n".join(_recipe_section(yaml.safe_load((run.root / "recipe.yaml").read_text())))
+    assert "augmentation translate 2)" in summary and "lr 0.003, augmentation none" in summary

@@ -276,12 +276,18 @@ def read_bench(root: Path) -> dict[str, Any]:
 
 
 # ---- report.md -------------------------------------------------------------------------------------
+def _augment_text(augment: dict[str, Any] | None) -> str:
+    on = {k: v for k, v in (augment or {}).items() if v}
+    return ", ".join(k if v is True else f"{k} {v}" for k, v in on.items()) or "none"
+
+
 def _recipe_section(recipe: dict[str, Any]) -> list[str]:
     def model_line(cfg: dict[str, Any]) -> str:
         what = cfg.get("model") or cfg.get("target")
         kwargs = ", ".join(f"{k}={v}" for k, v in (cfg.get("kwargs") or {}).items())
         source = f", weights {cfg['checkpoint']}" if cfg.get("checkpoint") else f", {cfg.get('epochs')} epochs"
-        return f"{what}({kwargs}){source}, {cfg.get('optimizer')} lr {cfg.get('lr')}"
+        own = f", augmentation {_augment_text(cfg['augment'])}" if cfg.get("augment") is not None else ""
+        return f"{what}({kwargs}){source}, {cfg.get('optimizer')} lr {cfg.get('lr')}{own}"
 
     data = recipe.get("data", {})
     distill = recipe.get("distill", {})
@@ -290,9 +296,8 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
     )
     lines = [
         f"- recipe: `{recipe.get('name')}`: {recipe.get('description', '')}".rstrip(": "),
-        f"- data: {data.get('name')} ({'first ' + str(data['limit']) if data.get('limit') else 'all'} samples, "
-        f"val {data.get('val_size')}, "
-        f"seed {recipe.get('seed')})",
+        f"- data: {data.get('name')} ({str(data['limit']) + '-sample subset' if data.get('limit') else 'all samples'}, "
+        f"val {data.get('val_size')}, seed {recipe.get('seed')}, augmentation {_augment_text(data.get('augment'))})",
         f"- teacher: {model_line(recipe.get('teacher', {}))}",
         f"- student: {model_line(recipe.get('student', {}))}",
         f"- distillation: {distill.get('method')} ({params})",

@@ -233,7 +233,7 @@ def distill(
         cached = None
         if role == "student":
             _, t_paths = job_method.feature_layers()
-            if recipe.train.teacher_cache == "auto" and not recipe.data.augment.enabled and not t_paths:
+            if recipe.train.teacher_cache == "auto" and trainer.augment_for(recipe.student) is None and not t_paths:
                 t = time.perf_counter()
                 cached = trainer.teacher_cache(teacher)
                 cache_mode = "cached"

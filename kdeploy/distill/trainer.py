@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Dataset, Split, iterate_batches
+from kdeploy.data import Augment, Dataset, Split, iterate_batches
 from kdeploy.distill.distributed import World
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.distill.methods import Method, Outputs
@@ -106,7 +106,7 @@ class Trainer:
         eval_batch_size: int,
         seed: int,
         train: TrainConfig,
-        augment: Any,
+        augment: Augment | None,
         world: World | None = None,
     ) -> None:
         self.data = data
@@ -114,7 +114,7 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.train_cfg = train
-        self.augment = augment if augment is not None and augment.enabled else None
+        self.augment = augment  # the recipe's data.augment; a model's own `augment` replaces it in fit()
         self.world = world or World()
         self._eval_parts: dict[int, Split] = {}
         # Late in training, tiny gradients and softmax tails become denormal floats, which x86 CPUs process up to
@@ -140,6 +140,11 @@ class Trainer:
             )
         return world.sum(full)
 
+    def augment_for(self, cfg: ModelConfig) -> Augment | None:
+        """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
+        augment = cfg.augment if cfg.augment is not None else self.augment
+        return augment if augment is not None and augment.enabled else None
+
     # ---- the loop ---------------------------------------------------------------------------
     def fit(
         self,
@@ -154,6 +159,7 @@ class Trainer:
     ) -> Result:
         data, world = self.data, self.world
         device = world.device
+        augment = self.augment_for(cfg)
         model.to(device)
         method.to(device)
         if self.train_cfg.channels_last:
@@ -224,7 +230,7 @@ class Trainer:
                 self.batch_size,
                 shuffle=True,
                 generator=gen,
-                augment=self.augment,
+                augment=augment,
                 mean=data.mean,
                 std=data.std,
                 shard=(world.rank, world.size),
