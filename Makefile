@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_RECIPE ?= recipes/fashion_mnist_mlp.yaml
 
-.PHONY: demo test lint format venv clean bench
+.PHONY: demo test format venv clean
 
 venv: $(VENV)/.installed
 
