@@ -176,3 +176,4 @@ def test_each_model_can_have_its_own_augmentation(
 
     summary = "\n".join(_recipe_section(yaml.safe_load((run.root / "recipe.yaml").read_text())))
     assert "augmentation translate 2)" in summary and "lr 0.003, augmentation none" in summary
+    assert summary.endswith("- training: fp32")

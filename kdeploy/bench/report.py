@@ -302,6 +302,9 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
         f"- student: {model_line(recipe.get('student', {}))}",
         f"- distillation: {distill.get('method')} ({params})",
     ]
+    train = recipe.get("train") or {}
+    flags = [name for name in ("channels_last", "compile", "scale_lr") if train.get(name)]
+    lines.append(f"- training: {train.get('precision', 'fp32')}" + "".join(f", {f}" for f in flags))
     return lines
 
 
