@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typer.testing import CliRunner
 from kdeploy import progress
 from kdeploy.bench import BenchSettings, TimingSettings, bench, count_macs
 from kdeploy.bench.gate import evaluate_gate
+from kdeploy.bench.harness import busy_cores
 from kdeploy.bench.latency import Latency, time_host
 from kdeploy.bench.measure import disk_bytes, memory_bytes
 from kdeploy.bench.report import pareto_front
@@ -148,6 +151,8 @@ def test_outputs_written(benched: tuple[Run, dict[str, Any]]) -> None:
     assert float(table[0]["p50_ms"]) == pytest.approx(result["rows"][0]["latency_ms"]["p50"])
     md = (run.root / "bench.md").read_text()
     assert md.count("\n| ") == len(result["rows"]) + 1 and "![accuracy vs latency](pareto.png)" in md
+    busy = saved["machine"]["busy_cores_before"]
+    assert busy is None or f"other processes used {busy:.1f} cores" in md
     png = run.root / "pareto.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
@@ -243,6 +248,20 @@ def test_timing_loop_meets_minimum_count_and_time() -> None:
     assert 2.0 <= lat.p50 < 20.0 and lat.p50 <= lat.p90 <= lat.p99
     capped = time_host(lambda: time.sleep(0.01), TimingSettings(warmup=0, min_iters=10_000, max_seconds=0.1))
     assert capped.iters < 100, "max_seconds stops a slow loop before min_iters"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy-core sampling reads Linux /proc/stat")
+def test_busy_cores_sees_another_process_spinning() -> None:
+    """The pre-timing check counts other processes' CPU use (not this process's, not a stale load average)."""
+    spin = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # let it start
+        busy = busy_cores(window=1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert busy is not None and busy >= 0.6, busy
 
 
 def test_latency_percentiles() -> None:

@@ -8,8 +8,10 @@ same batch size and device. Writes ``bench.json`` (plus CSV, Markdown and the Pa
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -263,13 +265,59 @@ def load_average() -> float | None:
         return None
 
 
-def warn_if_busy(threads: int) -> None:
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of ``cpus`` since boot, from /proc/stat (Linux); None elsewhere."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return (busy, total) if total else None
+
+
+def busy_cores(window: float = 0.5) -> float | None:
+    """How many of this process's cores other processes kept busy over the next ``window`` seconds.
+
+    Sampled from /proc/stat on the cores this process may use, minus this process's own CPU time; unlike the load
+    average it does not remember the training that just finished in this process. None where /proc is missing."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+    before, own, start = _cpu_jiffies(cpus), time.process_time(), time.perf_counter()
+    time.sleep(window)
+    after = _cpu_jiffies(cpus)
+    own, elapsed = time.process_time() - own, time.perf_counter() - start
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    used = (after[0] - before[0]) / (after[1] - before[1]) * len(cpus)
+    return round(max(0.0, used - own / elapsed), 2)
+
+
+def warn_if_busy(threads: int) -> float | None:
+    """Warn when other processes compete for the cores the timing will use; returns the busy-core estimate."""
+    busy = busy_cores()
+    spare = max(0.5, available_cores() - threads + 0.5)
+    if busy is not None:
+        if busy > spare:
+            progress.log(
+                f"warning: other processes kept {busy:.1f} of {available_cores()} cores busy just before timing; "
+                "latencies will be noisy (bench on a quiet machine)"
+            )
+        return busy
     load = load_average()
-    if load is not None and load > max(0.5, available_cores() - threads + 0.5):
+    if load is not None and load > spare:
         progress.log(
             f"warning: load average {load:.1f} on {available_cores()} cores before timing; other "
             "processes compete for the cores, so latencies will be noisy (bench on a quiet machine)"
         )
+    return None
 
 
 def measure_target(t: Target, split: Split, s: BenchSettings, tick: Callable[[], None]) -> list[dict[str, Any]]:
@@ -332,8 +380,9 @@ def bench(run: Run, settings: BenchSettings | None = None) -> dict[str, Any]:
 
     s = settings or BenchSettings()
     s.check()
-    warn_if_busy(s.resolved_threads())
+    busy = warn_if_busy(s.resolved_threads())
     machine = machine_info(s)
+    machine["busy_cores_before"] = busy  # cores other processes used just before timing (Linux), else None
     threads_before = torch.get_num_threads()
     torch.set_num_threads(s.resolved_threads())
     try:

@@ -123,6 +123,11 @@ def settings_line(result: dict[str, Any]) -> str:
         f"device {s.get('device', '?')}; per row: {t.get('warmup', '?')} warm-up iterations, then >= "
         f"{t.get('min_iters', '?')} iterations and >= {t.get('min_seconds', '?')} s; "
         f"torch {m.get('versions', {}).get('torch', '?')}, onnxruntime {m.get('versions', {}).get('onnxruntime', '?')}"
+        + (
+            f"; other processes used {m['busy_cores_before']:.1f} cores just before timing"
+            if m.get("busy_cores_before") is not None
+            else ""
+        )
     )
 
 
