@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -19,3 +20,11 @@ def replace_section(readme: Path, name: str, text: str) -> None:
     head, _, rest = old.partition(begin)
     _, _, tail = rest.partition(end)
     readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}", encoding="utf-8")
+
+
+def emit(text: str, readme: Path, name: str, write: bool) -> None:
+    """Print a script's results; with ``write`` (its --write-readme flag) also replace its README section."""
+    print(text)
+    if write:
+        replace_section(readme, name, text)
+        print(f"\nwrote {readme}", file=sys.stderr)

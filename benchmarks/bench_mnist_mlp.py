@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from _markdown import md_table, replace_section
+from _markdown import emit, md_table
 
 from kdeploy.bench import BenchSettings, TimingSettings, bench
 from kdeploy.bench.harness import available_cores, load_average, timing_input
@@ -242,10 +242,7 @@ def main() -> None:
         md_table(["model", "format", "runtime", "batch", "accuracy", "MB", "p50 ms", "p99 ms", "samples/s",
                   "speed-up vs teacher eager"], latency_cells),
     ])  # fmt: skip
-    print(text)
-    if args.write_readme:
-        replace_section(README, "bench_mnist_mlp", text)
-        print(f"\nwrote {README}", file=sys.stderr)
+    emit(text, README, "bench_mnist_mlp", args.write_readme)
 
 
 if __name__ == "__main__":

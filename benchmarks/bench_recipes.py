@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _markdown import md_table, replace_section
+from _markdown import emit, md_table
 
 from kdeploy.errors import UserError
 from kdeploy.recipe import load_recipe, validate
@@ -147,10 +147,7 @@ def main() -> None:
         "(distill, ONNX export with parity, static INT8 + FP16, bench on 2 threads).",
         table(ENTRIES),
     ])  # fmt: skip
-    print(text)
-    if args.write_readme:
-        replace_section(README, "bench_recipes", text)
-        print(f"\nwrote {README}", file=sys.stderr)
+    emit(text, README, "bench_recipes", args.write_readme)
 
 
 if __name__ == "__main__":

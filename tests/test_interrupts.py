@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import time
@@ -35,7 +36,7 @@ def interrupt_recipe(mnist: Path) -> dict:
         "seed": 3,
         "data": {"name": "mnist", "root": str(mnist), "batch_size": 64, "val_size": 500, "limit": 6000},
         "teacher": {"model": "mlp", "kwargs": {"hidden": [512], "dropout": 0.2}, "epochs": 3, "lr": 0.002},
-        "student": {"model": "mlp", "kwargs": {"hidden": [32]}, "epochs": 2, "lr": 0.003},
+        "student": {"model": "mlp", "kwargs": {"hidden": [32]}, "epochs": 3, "lr": 0.003},
         "distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7},
         "train": {"threads": 1},
     }
@@ -153,7 +154,8 @@ def test_sigkill_lands_mid_run(scenario: Scenario) -> None:
 def test_resume_continues_from_the_last_epoch(scenario: Scenario) -> None:
     log = scenario.final_stderr
     assert "teacher: done in an earlier session" in log
-    assert "baseline: resuming after epoch 1 of 2" in log
+    # 3 student epochs keep state/baseline.pt on disk for two baseline epochs, so a loaded machine still sees it
+    assert re.search(r"baseline: resuming after epoch [12] of 3", log), log
 
 
 def test_resumed_run_equals_an_uninterrupted_run(scenario: Scenario) -> None:
