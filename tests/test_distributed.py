@@ -46,18 +46,24 @@ def ddp_recipe(mnist: Path) -> dict[str, Any]:
     return raw
 
 
-def _worker(rank: int, port: int, work: str, mnist: str) -> None:
-    """One rank, joined through the same environment variables torchrun sets."""
+def _join(rank: int, port: int) -> Any:
+    """Join a 2-process group through the same environment variables torchrun sets; this rank's World."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
     os.environ["WORLD_SIZE"] = "2"
     torch.set_num_threads(1)
+    from kdeploy.distill.distributed import world_from_env
+
+    return world_from_env()
+
+
+def _worker(rank: int, port: int, work: str, mnist: str) -> None:
+    """One rank of a full distillation run."""
+    world = _join(rank, port)
     import torch.distributed as dist
 
     from kdeploy import atomic, progress
     from kdeploy.distill import trainer as trainer_module
-    from kdeploy.distill.distributed import world_from_env
 
-    world = world_from_env()
     record: dict[str, Any] = {"shards": [], "writes": [], "states": {}, "world": (world.rank, world.size)}
 
     real_iterate = trainer_module.iterate_batches
@@ -170,14 +176,9 @@ def test_distributed_resume_reaches_the_same_weights(ddp: Path) -> None:
 
 
 def _cache_worker(rank: int, port: int, work: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
-    os.environ["WORLD_SIZE"] = "2"
-    torch.set_num_threads(1)
+    world = _join(rank, port)
     import torch.distributed as dist
 
-    from kdeploy.distill.distributed import world_from_env
-
-    world = world_from_env()
     data, teacher = _cache_inputs()
     calls: list[int] = []
     real = trainer_module.predict_logits
