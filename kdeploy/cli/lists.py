@@ -9,41 +9,43 @@ from rich.table import Table
 from kdeploy.cli.main import command, out
 
 
+def _print_table(headers: tuple[str, str], rows: list[tuple[str, str]]) -> None:
+    table = Table(show_header=True)
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
 @command("recipes")
 def list_recipes() -> None:
     """List the shipped recipes with one-line descriptions."""
-    from kdeploy.recipe import shipped_recipes
+    from kdeploy.catalog import shipped_recipes
 
-    table = Table(show_header=True)
-    table.add_column("recipe")
-    table.add_column("description")
-    for path, description in shipped_recipes():
-        table.add_row(os.path.relpath(path), description)
-    out.print(table)
+    _print_table(("recipe", "description"), [(os.path.relpath(p), d) for p, d in shipped_recipes()])
 
 
 @command("models")
 def list_models() -> None:
-    """List the registered model names."""
-    from kdeploy.models import list_models as names
+    """List the registered model names (use them as teacher.model / student.model)."""
+    from kdeploy.catalog import MODELS
 
-    out.print("\n".join(names()))
+    _print_table(("model", "description"), sorted(MODELS.items()))
 
 
 @command("methods")
 def list_methods() -> None:
-    """List the distillation methods and their parameters."""
-    from kdeploy.distill import METHODS
+    """List the distillation methods and their parameters (with defaults)."""
+    from kdeploy.distill.methods.params import METHOD_PARAMS, describe
 
-    for name in METHODS.names():
-        params = METHODS.get(name).Params.model_fields
-        desc = ", ".join(f"{k}={v.default!r}" if not v.is_required() else k for k, v in params.items())
-        out.print(f"{name}: {desc}", highlight=False)
+    for name in METHOD_PARAMS.names():
+        out.print(describe(name), highlight=False, soft_wrap=True)
 
 
 @command("datasets")
 def list_datasets() -> None:
-    """List the supported datasets."""
-    from kdeploy.data import list_datasets as names
+    """List the supported datasets (use them as data.name)."""
+    from kdeploy.catalog import DATASETS
 
-    out.print("\n".join(names()))
+    _print_table(("dataset", "description"), sorted(DATASETS.items()))
