@@ -228,7 +228,12 @@ def load_recipe(
             raw.setdefault("data", {})
             if isinstance(raw["data"], dict):
                 raw["data"]["root"] = data_root
-    return validate(raw, str(p))
+    recipe = validate(raw, str(p))
+    if recipe.teacher.target or recipe.student.target:  # user models may sit next to the recipe
+        from kdeploy.models.registry import add_model_folder
+
+        add_model_folder(p.parent)
+    return recipe
 
 
 def load_data(recipe: Recipe) -> Dataset:
