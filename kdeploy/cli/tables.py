@@ -43,18 +43,56 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     out.print(table)
 
 
-def print_bench(result: dict[str, Any]) -> None:
-    from kdeploy.bench.report import COMPACT, settings_line, table
+# What a narrow terminal keeps first; the rest of COMPACT follows in this order while it fits (bench.md has all).
+BENCH_PRIORITY = ("model", "format", "runtime", "batch", "accuracy", "p50 ms", "speed-up", "size MB", "Δacc",
+                  "samples/s", "p99 ms", "MMACs", "size ×")  # fmt: skip
+TEXT_COLUMNS = {"model", "format", "runtime"}
+
+
+def fit_columns(headers: list[str], cells: list[list[str]], width: int) -> list[int]:
+    """Indices of the columns to show in ``width`` characters: by BENCH_PRIORITY while they fit, in table order.
+
+    A rich table with borders takes 1 character plus, per column, its widest cell + 2 padding + 1 border.
+    """
+    need = {i: max([len(h), *(len(row[i]) for row in cells)]) + 3 for i, h in enumerate(headers)}
+    rank = {h: n for n, h in enumerate(BENCH_PRIORITY)}
+    chosen, used = [], 1
+    for i in sorted(range(len(headers)), key=lambda i: rank.get(headers[i], len(rank))):
+        if used + need[i] <= width or not chosen:
+            chosen.append(i)
+            used += need[i]
+    return sorted(chosen)
+
+
+def fitted_table(title: str, headers: list[str], cells: list[list[str]], width: int) -> tuple[Table, list[str]]:
+    """A table of the columns that fit ``width`` characters, and the names of the columns left out."""
+    keep = fit_columns(headers, cells, width)
+    t = Table(title=title, title_justify="left")
+    for i in keep:
+        t.add_column(headers[i], justify="left" if headers[i] in TEXT_COLUMNS else "right", no_wrap=True)
+    for row in cells:
+        t.add_row(*(row[i] for i in keep))
+    return t, [h for i, h in enumerate(headers) if i not in keep]
+
+
+def bench_table(result: dict[str, Any], width: int) -> tuple[Table, list[str]]:
+    """The bench rows (the COMPACT columns) as a table that fits ``width``, and the columns left out."""
+    from kdeploy.bench.report import COMPACT, table
 
     headers, cells = table(result["rows"], COMPACT)
     device = ", ".join(sorted({r["device"] for r in result["rows"]}))
     title = f"bench on {device}: latency ms per batch, ratios vs teacher PyTorch fp32 (all columns: bench.md)"
-    t = Table(title=title, title_justify="left")
-    for h in headers:
-        t.add_column(h, justify="left" if h in {"model", "format", "runtime"} else "right")
-    for row in cells:
-        t.add_row(*row)
-    _wide().print(t)
+    return fitted_table(title, headers, cells, width)
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    from kdeploy.bench.report import settings_line
+
+    console = _wide()
+    t, hidden = bench_table(result, console.width)
+    console.print(t)
+    if hidden:
+        out.print(f"not shown at this width: {', '.join(hidden)} (see bench.md)", highlight=False, soft_wrap=True)
     out.print(settings_line(result), highlight=False, soft_wrap=True)
     for s in result.get("skipped", []):
         out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
