@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 
 from kdeploy import progress
 from kdeploy.errors import GateFailed, UserError, os_error_message
+
+if TYPE_CHECKING:
+    from kdeploy.artifacts import Artifact
 
 app = typer.Typer(
     add_completion=False,
@@ -422,23 +425,22 @@ MaxDropOpt = Annotated[
 ]
 
 
-def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
+def print_artifacts(artifacts: list[Artifact], title: str) -> None:
     t = Table(title=title, title_justify="left")
     for col in ("artifact", "file", "MB", "max |Δ logit|", "top-1 agree", "accuracy", "Δ acc (pt)", "status"):
         t.add_column(col, justify="left" if col in {"artifact", "file", "status"} else "right")
-    for e in entries:
-        p = e.get("parity") or e.get("vs_fp32") or {}  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
-        acc, drop = e.get("accuracy"), e.get("accuracy_drop")
-        status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('reason') or ''}"
+    for art in artifacts:
+        compared = art.parity or art.vs_fp32  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
+        drop = art.accuracy_drop
         t.add_row(
-            e["id"],
-            e["files"][0] if e.get("files") else "-",
-            f"{e['bytes'] / 1e6:.3f}" if e.get("files") else "-",
-            f"{p['max_abs_diff']:.2e}" if p else "-",
-            f"{p['top1_agreement']:.2%}" if p else "-",
-            f"{acc:.4f}" if acc is not None else "-",
-            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and e["format"] != "onnx" else "-",
-            status,
+            art.id,
+            art.files[0] if art.files else "-",
+            f"{art.bytes / 1e6:.3f}" if art.files else "-",
+            f"{compared.max_abs_diff:.2e}" if compared else "-",
+            f"{compared.top1_agreement:.2%}" if compared else "-",
+            f"{art.accuracy:.4f}" if art.accuracy is not None else "-",
+            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and art.format != "onnx" else "-",
+            art.status if art.status == "ok" else f"{art.status}: {art.reason or ''}",
         )
     (out if out.is_terminal else Console(width=200)).print(t)
     out.print(
@@ -470,8 +472,8 @@ def export_cmd(
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Export a run's models to ONNX (gated on PyTorch parity) and/or TensorRT engines, into <run>/export/."""
+    from kdeploy.artifacts import finish_stage
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.export.onnx import failures
     from kdeploy.export.tensorrt import check_args, require_tensorrt
     from kdeploy.runs import Run
 
@@ -485,9 +487,9 @@ def export_cmd(
             check_args(p, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
         require_tensorrt()
     run = Run.open(run_dir)
-    entries: list[dict[str, Any]] = []
+    artifacts: list[Artifact] = []
     if onnx:
-        entries += export_onnx(
+        artifacts += export_onnx(
             run,
             models,
             opset,
@@ -499,7 +501,7 @@ def export_cmd(
             raise_on_fail=False,
         )
     for p in precisions if tensorrt else []:
-        entries += export_tensorrt(
+        artifacts += export_tensorrt(
             run,
             p,
             models,
@@ -509,9 +511,8 @@ def export_cmd(
             max_accuracy_drop=max_accuracy_drop,
             raise_on_fail=False,
         )
-    print_artifacts(entries, f"{run.root.name}: exported artifacts ({run.export_dir}/manifest.json)")
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: exported artifacts ({run.manifest_path})")
+    finish_stage(artifacts)
 
 
 @app.command("quantize")
@@ -528,14 +529,14 @@ def quantize_cmd(
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Quantize a run's ONNX exports (run `kdeploy export --onnx` first); each artifact is gated on accuracy."""
-    from kdeploy.export.onnx import failures
+    from kdeploy.artifacts import finish_stage
     from kdeploy.quantize import quantize
     from kdeploy.runs import Run
 
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     run = Run.open(run_dir)
-    entries = quantize(
+    artifacts = quantize(
         run,
         int8=int8,
         method=method,
@@ -547,12 +548,11 @@ def quantize_cmd(
         max_accuracy_drop=max_accuracy_drop,
         raise_on_fail=False,
     )
-    print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
-    for e in entries:
-        if e["status"] == "skipped":
-            out.print(f"skipped {e['id']}: {e['reason']}", highlight=False, soft_wrap=True)
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
+    for art in artifacts:
+        if art.status == "skipped":
+            out.print(f"skipped {art.id}: {art.reason}", highlight=False, soft_wrap=True)
+    finish_stage(artifacts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+MNIST = Path(os.environ.get("KDEPLOY_DATA", REPO.parent / "shared" / "data")) / "mnist"  # worktrees: KDEPLOY_DATA
 RECIPES = REPO / "recipes"
 
 
