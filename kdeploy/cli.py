@@ -139,7 +139,7 @@ def distill(
         from kdeploy.distill.trainer import check_precision
         from kdeploy.seeds import parse_seeds, prepare_parent, seeds_root
 
-        check_precision(r.train, world_from_env().device)  # user errors: once here, not once per process
+        check_precision(r.train, world_from_env(r.train.device).device)  # user errors: once here, not once per process
         if seeds is None:
             prepare(run_folder(r, out_dir), r, resume, force)
         else:
@@ -151,7 +151,7 @@ def distill(
         args += ["--resume"] * resume + ["--force"] * force + (["--seeds", seeds] if seeds else [])
         flags = ["--debug"] * _state["debug"] + ["--quiet"] * bool(getattr(progress.get_reporter(), "quiet", False))
         raise typer.Exit(launch(nproc, [*flags, *args]))
-    world = world_from_env()
+    world = world_from_env(r.train.device)
     if seeds is not None:
         from kdeploy.seeds import distill_seeds, parse_seeds
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 from torch import Tensor
-from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, kl_soft, register_method
+from kdeploy.distill.methods.base import Method, MethodParams, Outputs, hard_label_ce, kl_soft, register_method
 
 
 class KDParams(MethodParams):
@@ -39,6 +38,6 @@ class KD(Method):
         p = self.params
         assert out.teacher_logits is not None
         return {
-            "ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets),
+            "ce": p.ce_weight * hard_label_ce(out),
             "kd": p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature),
         }
