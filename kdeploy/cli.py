@@ -21,6 +21,7 @@ from kdeploy.errors import GateFailed, UserError, os_error_message
 
 if TYPE_CHECKING:
     from kdeploy.artifacts import Artifact
+    from kdeploy.bench.records import BenchResult
 
 app = typer.Typer(
     add_completion=False,
@@ -295,11 +296,11 @@ def _bench_settings(
     )
 
 
-def print_bench(result: dict[str, Any]) -> None:
-    from kdeploy.bench.report import COMPACT, settings_line, table
+def print_bench(result: BenchResult) -> None:
+    from kdeploy.bench.tables import COMPACT, settings_line, table
 
-    headers, cells = table(result["rows"], COMPACT)
-    device = ", ".join(sorted({r["device"] for r in result["rows"]}))
+    headers, cells = table(result.rows, COMPACT)
+    device = ", ".join(sorted({r.device for r in result.rows}))
     title = f"bench on {device}: latency ms per batch, ratios vs teacher PyTorch fp32 (all columns: bench.md)"
     t = Table(title=title, title_justify="left")
     for h in headers:
@@ -308,8 +309,8 @@ def print_bench(result: dict[str, Any]) -> None:
         t.add_row(*row)
     (out if out.is_terminal else Console(width=200)).print(t)  # pipes and files: no 80-column squeeze
     out.print(settings_line(result), highlight=False, soft_wrap=True)
-    for s in result.get("skipped", []):
-        out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
+    for skip in result.skipped:
+        out.print(f"skipped {skip.model} {skip.format} ({skip.runtime}): {skip.reason}", highlight=False)
 
 
 @app.command()
@@ -338,7 +339,7 @@ def bench(
     run = Run.open(run_dir)
     result = run_bench(run, settings)
     print_bench(result)
-    out.print(f"wrote {run.root}/bench.json, bench.csv, bench.md, pareto.png", highlight=False)
+    out.print(f"wrote {run.bench_path}, bench.csv, bench.md, pareto.png", highlight=False)
 
 
 @app.command("run")
@@ -373,7 +374,7 @@ def run_all(
     from kdeploy.bench.report import read_bench
     from kdeploy.pipeline import PipelineOptions, run_pipeline
     from kdeploy.recipe import load_recipe
-    from kdeploy.runs import DEFAULT_RUNS_DIR
+    from kdeploy.runs import Run, default_run_dir
 
     r = load_recipe(recipe, set_ or [], data_root)
     settings = _bench_settings(batch_sizes, threads, runtimes, device, None, warmup, iters, seconds, "all", False, None)
@@ -390,9 +391,9 @@ def run_all(
     try:
         result = run_pipeline(r, out_dir, resume=resume, force=force, options=options)
     except GateFailed:
-        root = out_dir if out_dir is not None else DEFAULT_RUNS_DIR / r.name
-        if (root / "bench.json").is_file():
-            print_bench(read_bench(root))
+        failed_run = Run(default_run_dir(r.name, out_dir))
+        if failed_run.bench_path.is_file():
+            print_bench(read_bench(failed_run))
         raise
     print_metrics(result.run.read_metrics())
     print_bench(result.bench)
@@ -411,8 +412,8 @@ def report(run_dir: RunArg = None) -> None:
 
     run = Run.open(run_dir)
     path = write_report(run)
-    if (run.root / "bench.json").is_file():
-        print_bench(read_bench(run.root))
+    if run.bench_path.is_file():
+        print_bench(read_bench(run))
     out.print(f"report: {path}", highlight=False)
 
 
