@@ -9,7 +9,8 @@ import pytest
 
 from kdeploy.artifacts import Artifact, accuracy_gate, failures, finish_stage
 from kdeploy.bench.harness import add_ratios
-from kdeploy.bench.records import BenchResult, BenchRow, LatencyMs
+from kdeploy.bench.latency import LatencyMs
+from kdeploy.bench.records import BenchResult, BenchRow
 from kdeploy.errors import GateFailed, first_line
 from kdeploy.runs import ModelMetrics, Run, point_latest
 

@@ -17,7 +17,7 @@ from kdeploy import atomic, progress
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.machine import load_average, machine_info, warn_if_busy
 from kdeploy.bench.measure import MB
-from kdeploy.bench.records import BenchResult, BenchRow, LatencyMs, Skipped
+from kdeploy.bench.records import BenchResult, BenchRow, Skipped
 from kdeploy.bench.runners import Runner, Unavailable
 from kdeploy.bench.settings import PRECISION, BenchSettings
 from kdeploy.bench.targets import Target, collect_targets, load_test_split, timing_input
@@ -55,7 +55,7 @@ def measure_target(target: Target, split: Split, opts: BenchSettings, tick: Call
                     device=runner.device,
                     batch_size=b,
                     accuracy=acc,
-                    latency_ms=LatencyMs(**lat.ms()),
+                    latency_ms=lat.ms(),
                     iters=lat.iters,
                     throughput=lat.throughput(b),
                     params=target.params,

@@ -11,20 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdeploy.bench.latency import LatencyMs
+
 # runtime details a runner reports; present only for the runtimes that have them
 RUNTIME_FIELDS = ("threads", "inter_op_threads", "graph_optimization_level", "input_dtype", "cuda_graph", "tensorrt")
-
-
-@dataclass
-class LatencyMs:
-    """Latency per batch in milliseconds."""
-
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    min: float
-    std: float
 
 
 @dataclass
