@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = Path(os.environ.get("KDEPLOY_DATA", REPO.parent / "shared" / "data")) / "mnist"  # worktrees: KDEPLOY_DATA
+# $KDEPLOY_DATA when set (a git worktree has no ../shared), else the checkout's neighbour folder
+MNIST = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data") / "mnist"
 RECIPES = REPO / "recipes"
 
 
