@@ -92,11 +92,7 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for every sample of ``split``, in order (eval mode; the module's mode is restored)."""
     with _eval_mode(model):
-        outs = [
-            torch_predict(model, device)(x)
-            for x, _, _ in iterate_batches(split, batch_size, shuffle=False, mean=mean, std=std)
-        ]
-    return torch.cat(outs) if outs else torch.empty(0)
+        return torch.from_numpy(split_logits(torch_predict(model, device), split, mean, std, batch_size))
 
 
 def accuracy(

@@ -23,6 +23,7 @@ from kdeploy import atomic, progress
 from kdeploy.artifacts import Artifact, describe
 from kdeploy.bench import BenchSettings, bench
 from kdeploy.bench.gate import evaluate_gate
+from kdeploy.bench.records import BenchResult
 from kdeploy.bench.report import write_report
 from kdeploy.errors import GateFailed, UserError
 from kdeploy.recipe import Recipe
@@ -67,7 +68,7 @@ class PipelineOptions:
 @dataclass
 class PipelineResult:
     run: Run
-    bench: dict[str, Any]
+    bench: BenchResult
     gate: dict[str, Any] | None
     stage_failures: list[str]
     report: Path
@@ -117,7 +118,7 @@ def run_pipeline(
     result = bench(run, opts.bench)
     gate: dict[str, Any] | None = None
     if opts.gated or (opts.gate_batch in opts.bench.batch_sizes and "torch" in opts.bench.runtimes):
-        gate = evaluate_gate(result["rows"], opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
+        gate = evaluate_gate(result.rows, opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
         atomic.write_json(run.gate_path, gate)
         verdict = ("gate passed: " if gate["passed"] else "gate missed: ") if gate["gated"] else ""
         progress.log(verdict + gate["message"])

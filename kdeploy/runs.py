@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,28 @@ def default_run_dir(name: str, out: str | os.PathLike[str] | None = None) -> Pat
     return Path(out) if out is not None else DEFAULT_RUNS_DIR / name
 
 
+class SeedsFolder:
+    """A multi-seed parent: ``seed<N>/`` run folders plus ``seeds.json`` and ``seeds.md`` (:mod:`kdeploy.seeds`)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def seed_run(self, seed: int) -> Path:
+        return self.root / f"seed{seed}"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / "seeds.json"
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.root / "seeds.md"
+
+    def holds_seeds(self) -> bool:
+        """Whether the folder is (part of) a multi-seed run."""
+        return self.summary_path.is_file() or any((p / "recipe.yaml").is_file() for p in self.root.glob("seed*"))
+
+
 def point_latest(parent: Path, target: Path) -> None:
     """``<parent>/latest`` -> ``target`` (a relative symlink, replaced atomically); a text file where symlinks
     are not supported. ``target`` may sit deeper (a multi-seed run's ``<name>/seed0``)."""
@@ -60,6 +83,37 @@ def point_latest(parent: Path, target: Path) -> None:
         os.replace(tmp, link)
     except OSError:  # filesystems without symlinks: a text file naming the run
         atomic.write_text(parent / f"{LATEST}.txt", str(target) + "\n")
+
+
+@dataclass
+class ModelMetrics:
+    """One model's entry in ``metrics.json`` (what the trainer measured); unknown keys are kept in ``extra``."""
+
+    accuracy: float | None = None  # test accuracy of the model selected on validation
+    last_accuracy: float | None = None  # test accuracy after the last epoch
+    val_accuracy: float | None = None
+    best_epoch: int | None = None
+    params: int | None = None
+    train_seconds: float | None = None
+    samples_per_second: float | None = None
+    compile_seconds: float | None = None
+    checkpoint: str | None = None  # a teacher loaded from weights instead of trained
+    method: str | None = None  # the student's distillation method
+    teacher_outputs: str | None = None  # "cached" or "per-batch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        for optional in ("compile_seconds", "checkpoint", "method", "teacher_outputs"):
+            if out[optional] is None:
+                del out[optional]
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetrics:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
 class Run:
@@ -137,9 +191,9 @@ class Run:
             raise UserError(f"{root}: not a kdeploy run (no recipe.yaml); pass a folder written by `kdeploy distill`")
         return run
 
-    def mark_latest(self, parent: Path | None = None) -> None:
-        """Point ``<parent>/latest`` at this run (default parent: the run's own parent folder)."""
-        point_latest(parent or self.root.parent, self.root)
+    def mark_latest(self) -> None:
+        """Point ``<parent>/latest`` at this run."""
+        point_latest(self.root.parent, self.root)
 
     # ---- weights ------------------------------------------------------------------------
     def save_weights(self, role: str, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -160,6 +214,11 @@ class Run:
             return json.loads(self.metrics_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise UserError(f"{self.metrics_path}: corrupt JSON; re-run `kdeploy distill --resume`") from None
+
+    def model_metrics(self) -> dict[str, ModelMetrics]:
+        """``metrics.json``'s per-model entries, typed (empty when nothing was trained here)."""
+        models = self.read_metrics().get("models") or {}
+        return {role: ModelMetrics.from_dict(m) for role, m in models.items() if isinstance(m, dict)}
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic.write_json(self.metrics_path, metrics)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 Status = Literal["ok", "failed", "skipped"]
 
@@ -105,13 +105,10 @@ class Artifact:
     status: Status = "failed"
     reason: str | None = None
     created: str | None = None
-    seconds: float | None = None  # time the stage spent making it (key per stage, see SECONDS_KEYS)
+    seconds: float | None = None  # time the stage spent: export_seconds / convert_seconds / build_seconds on disk
     settings: dict[str, Any] = field(default_factory=dict)  # the stage's options, free-form by stage
     versions: dict[str, str | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept on rewrite
-
-    # the on-disk key of ``seconds`` per format family (kept from the dict era)
-    SECONDS_KEYS: ClassVar[dict[str, str]] = {"onnx": "export_seconds", "tensorrt": "build_seconds"}
 
     # ---- state --------------------------------------------------------------------------------------------
     @property
@@ -134,13 +131,14 @@ class Artifact:
     # ---- JSON ----------------------------------------------------------------------------------------------
     @property
     def _seconds_key(self) -> str:
-        family = "onnx" if self.format == "onnx" else self.format.split("-")[0]
-        return self.SECONDS_KEYS.get(family, "convert_seconds")
+        if self.format == "onnx":
+            return "export_seconds"
+        return "build_seconds" if self.runtime == "tensorrt" else "convert_seconds"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            if f.name in ("extra", "seconds", "vs_fp32"):
+            if f.name in ("extra", "seconds", "vs_fp32") or (f.name == "exporter_note" and self.format != "onnx"):
                 continue
             value = getattr(self, f.name)
             if f.name in ("input", "output"):

@@ -19,8 +19,6 @@ from torch import nn
 
 from kdeploy.bench.latency import Latency, TimingSettings, time_cuda, time_host
 
-GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
-
 
 class Unavailable(Exception):
     """This runtime/device combination cannot run here; ``str()`` is the reason."""
@@ -106,29 +104,17 @@ _ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 
 def ort_session(path: Path, threads: int | None, device: str = "cpu", graph_level: str = "all") -> Any:
-    """An InferenceSession with fixed threads (intra-op ``threads``, inter-op 1, sequential execution)."""
+    """The one session factory (:func:`kdeploy.export.ort.make_session`) with the providers for ``device``."""
     import onnxruntime as ort
 
-    if graph_level not in GRAPH_LEVELS:
-        raise ValueError(f"graph_level must be one of {GRAPH_LEVELS}, got {graph_level!r}")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_level]
-    opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
+    from kdeploy.export.ort import CPU, make_session
+
+    providers = CPU
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise Unavailable("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        providers = ["CUDAExecutionProvider", *CPU]
+    return make_session(path, threads, providers, graph_level)
 
 
 class OrtRunner:

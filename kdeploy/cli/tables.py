@@ -11,6 +11,7 @@ from kdeploy.cli.main import out
 
 if TYPE_CHECKING:
     from kdeploy.artifacts import Artifact
+    from kdeploy.bench.records import BenchResult
 
 
 def _wide() -> Console:
@@ -78,18 +79,18 @@ def fitted_table(title: str, headers: list[str], cells: list[list[str]], width: 
     return t, [h for i, h in enumerate(headers) if i not in keep]
 
 
-def bench_table(result: dict[str, Any], width: int) -> tuple[Table, list[str]]:
+def bench_table(result: BenchResult, width: int) -> tuple[Table, list[str]]:
     """The bench rows (the COMPACT columns) as a table that fits ``width``, and the columns left out."""
-    from kdeploy.bench.report import COMPACT, table
+    from kdeploy.bench.tables import COMPACT, table
 
-    headers, cells = table(result["rows"], COMPACT)
-    device = ", ".join(sorted({r["device"] for r in result["rows"]}))
+    headers, cells = table(result.rows, COMPACT)
+    device = ", ".join(sorted({r.device for r in result.rows}))
     title = f"bench on {device}: latency ms per batch, ratios vs teacher PyTorch fp32 (all columns: bench.md)"
     return fitted_table(title, headers, cells, width)
 
 
-def print_bench(result: dict[str, Any]) -> None:
-    from kdeploy.bench.report import settings_line
+def print_bench(result: BenchResult) -> None:
+    from kdeploy.bench.tables import settings_line
 
     console = _wide()
     t, hidden = bench_table(result, console.width)
@@ -97,8 +98,8 @@ def print_bench(result: dict[str, Any]) -> None:
     if hidden:
         out.print(f"not shown at this width: {', '.join(hidden)} (see bench.md)", highlight=False, soft_wrap=True)
     out.print(settings_line(result), highlight=False, soft_wrap=True)
-    for s in result.get("skipped", []):
-        out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
+    for skip in result.skipped:
+        out.print(f"skipped {skip.model} {skip.format} ({skip.runtime}): {skip.reason}", highlight=False)
 
 
 def print_artifacts(artifacts: list[Artifact], title: str) -> None:
