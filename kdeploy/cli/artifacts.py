@@ -109,8 +109,8 @@ def quantize_cmd(
         raise_on_fail=False,
     )
     print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
-    for e in entries:
-        if e["status"] == "skipped":
-            out.print(f"skipped {e['id']}: {e['reason']}", highlight=False, soft_wrap=True)
+    for entry in entries:
+        if entry["status"] == "skipped":
+            out.print(f"skipped {entry['id']}: {entry['reason']}", highlight=False, soft_wrap=True)
     if any(e["status"] == "failed" for e in entries):
         raise GateFailed(failures(entries))

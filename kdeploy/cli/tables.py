@@ -31,14 +31,14 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     table = Table(title=f"{metrics.get('recipe', '')}: test accuracy", title_justify="left")
     for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, m in metrics.get("models", {}).items():
+    for role, model in metrics.get("models", {}).items():
         table.add_row(
             role,
-            f"{m['accuracy']:.4f}",
-            f"{m['params']:,}",
-            str(m.get("best_epoch", "")),
-            f"{m['train_seconds']:.1f}",
-            f"{m['samples_per_second']:,.0f}",
+            f"{model['accuracy']:.4f}",
+            f"{model['params']:,}",
+            str(model.get("best_epoch", "")),
+            f"{model['train_seconds']:.1f}",
+            f"{model['samples_per_second']:,.0f}",
         )
     out.print(table)
 
@@ -94,26 +94,27 @@ def print_bench(result: dict[str, Any]) -> None:
     if hidden:
         out.print(f"not shown at this width: {', '.join(hidden)} (see bench.md)", highlight=False, soft_wrap=True)
     out.print(settings_line(result), highlight=False, soft_wrap=True)
-    for s in result.get("skipped", []):
-        out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
+    for skip in result.get("skipped", []):
+        out.print(f"skipped {skip['model']} {skip['format']} ({skip['runtime']}): {skip['reason']}", highlight=False)
 
 
 def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
     t = Table(title=title, title_justify="left")
     for col in ("artifact", "file", "MB", "max |Δ logit|", "top-1 agree", "accuracy", "Δ acc (pt)", "status"):
         t.add_column(col, justify="left" if col in {"artifact", "file", "status"} else "right")
-    for e in entries:
-        p = e.get("parity") or e.get("vs_fp32") or {}  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
-        acc, drop = e.get("accuracy"), e.get("accuracy_drop")
-        status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('reason') or ''}"
+    for entry in entries:
+        # fp32 ONNX: compared with PyTorch; quantized: with the fp32 ONNX
+        parity = entry.get("parity") or entry.get("vs_fp32") or {}
+        acc, drop = entry.get("accuracy"), entry.get("accuracy_drop")
+        status = entry["status"] if entry["status"] == "ok" else f"{entry['status']}: {entry.get('reason') or ''}"
         t.add_row(
-            e["id"],
-            e["files"][0] if e.get("files") else "-",
-            f"{e['bytes'] / 1e6:.3f}" if e.get("files") else "-",
-            f"{p['max_abs_diff']:.2e}" if p else "-",
-            f"{p['top1_agreement']:.2%}" if p else "-",
+            entry["id"],
+            entry["files"][0] if entry.get("files") else "-",
+            f"{entry['bytes'] / 1e6:.3f}" if entry.get("files") else "-",
+            f"{parity['max_abs_diff']:.2e}" if parity else "-",
+            f"{parity['top1_agreement']:.2%}" if parity else "-",
             f"{acc:.4f}" if acc is not None else "-",
-            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and e["format"] != "onnx" else "-",
+            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and entry["format"] != "onnx" else "-",
             status,
         )
     _wide().print(t)
