@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kdeploy.cli.main import command, out
 from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, RunArg
 from kdeploy.cli.tables import print_artifacts
-from kdeploy.errors import GateFailed, UserError
+from kdeploy.errors import UserError
+
+if TYPE_CHECKING:
+    from kdeploy.artifacts import Artifact
 
 
 @command("export")
@@ -32,8 +35,8 @@ def export_cmd(
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Export a run's models to ONNX (gated on PyTorch parity) and/or TensorRT engines, into <run>/export/."""
+    from kdeploy.artifacts import finish_stage
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.export.onnx import failures
     from kdeploy.export.tensorrt import check_args, require_tensorrt
     from kdeploy.runs import Run
 
@@ -47,9 +50,9 @@ def export_cmd(
             check_args(p, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
         require_tensorrt()
     run = Run.open(run_dir)
-    entries: list[dict[str, Any]] = []
+    artifacts: list[Artifact] = []
     if onnx:
-        entries += export_onnx(
+        artifacts += export_onnx(
             run,
             models,
             opset,
@@ -61,7 +64,7 @@ def export_cmd(
             raise_on_fail=False,
         )
     for p in precisions if tensorrt else []:
-        entries += export_tensorrt(
+        artifacts += export_tensorrt(
             run,
             p,
             models,
@@ -71,9 +74,8 @@ def export_cmd(
             max_accuracy_drop=max_accuracy_drop,
             raise_on_fail=False,
         )
-    print_artifacts(entries, f"{run.root.name}: exported artifacts ({run.export_dir}/manifest.json)")
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: exported artifacts ({run.manifest_path})")
+    finish_stage(artifacts)
 
 
 @command("quantize")
@@ -89,14 +91,14 @@ def quantize_cmd(
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Quantize a run's ONNX exports (run `kdeploy export --onnx` first); each artifact is gated on accuracy."""
-    from kdeploy.export.onnx import failures
+    from kdeploy.artifacts import finish_stage
     from kdeploy.quantize import quantize
     from kdeploy.runs import Run
 
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     run = Run.open(run_dir)
-    entries = quantize(
+    artifacts = quantize(
         run,
         int8=int8,
         method=method,
@@ -108,9 +110,8 @@ def quantize_cmd(
         max_accuracy_drop=max_accuracy_drop,
         raise_on_fail=False,
     )
-    print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
-    for entry in entries:
-        if entry["status"] == "skipped":
-            out.print(f"skipped {entry['id']}: {entry['reason']}", highlight=False, soft_wrap=True)
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
+    for art in artifacts:
+        if art.status == "skipped":
+            out.print(f"skipped {art.id}: {art.reason}", highlight=False, soft_wrap=True)
+    finish_stage(artifacts)

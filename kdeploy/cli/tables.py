@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from kdeploy.cli.main import out
+
+if TYPE_CHECKING:
+    from kdeploy.artifacts import Artifact
 
 
 def _wide() -> Console:
@@ -98,24 +101,22 @@ def print_bench(result: dict[str, Any]) -> None:
         out.print(f"skipped {skip['model']} {skip['format']} ({skip['runtime']}): {skip['reason']}", highlight=False)
 
 
-def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
+def print_artifacts(artifacts: list[Artifact], title: str) -> None:
     t = Table(title=title, title_justify="left")
     for col in ("artifact", "file", "MB", "max |Δ logit|", "top-1 agree", "accuracy", "Δ acc (pt)", "status"):
         t.add_column(col, justify="left" if col in {"artifact", "file", "status"} else "right")
-    for entry in entries:
-        # fp32 ONNX: compared with PyTorch; quantized: with the fp32 ONNX
-        parity = entry.get("parity") or entry.get("vs_fp32") or {}
-        acc, drop = entry.get("accuracy"), entry.get("accuracy_drop")
-        status = entry["status"] if entry["status"] == "ok" else f"{entry['status']}: {entry.get('reason') or ''}"
+    for art in artifacts:
+        compared = art.parity or art.vs_fp32  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
+        drop = art.accuracy_drop
         t.add_row(
-            entry["id"],
-            entry["files"][0] if entry.get("files") else "-",
-            f"{entry['bytes'] / 1e6:.3f}" if entry.get("files") else "-",
-            f"{parity['max_abs_diff']:.2e}" if parity else "-",
-            f"{parity['top1_agreement']:.2%}" if parity else "-",
-            f"{acc:.4f}" if acc is not None else "-",
-            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and entry["format"] != "onnx" else "-",
-            status,
+            art.id,
+            art.files[0] if art.files else "-",
+            f"{art.bytes / 1e6:.3f}" if art.files else "-",
+            f"{compared.max_abs_diff:.2e}" if compared else "-",
+            f"{compared.top1_agreement:.2%}" if compared else "-",
+            f"{art.accuracy:.4f}" if art.accuracy is not None else "-",
+            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and art.format != "onnx" else "-",
+            art.status if art.status == "ok" else f"{art.status}: {art.reason or ''}",
         )
     _wide().print(t)
     out.print(

@@ -44,7 +44,7 @@ def distill(
         args += ["--out", str(out_dir)] if out_dir is not None else []
         args += ["--resume"] * resume + ["--force"] * force + (["--seeds", seeds] if seeds else [])
         raise typer.Exit(_launch(config, nproc, args, out_dir, resume, force, seeds))
-    world = world_from_env()
+    world = world_from_env(config.train.device)
     if not world.main:  # under torchrun only rank 0 reports
         progress.set_reporter(SilentReporter())
     if seeds is not None:
@@ -71,7 +71,7 @@ def _launch(
     from kdeploy.distill.trainer import check_precision
     from kdeploy.seeds import parse_seeds, prepare_parent, seeds_root
 
-    check_precision(config.train, world_from_env().device)  # user errors: once here, not once per process
+    check_precision(config.train, world_from_env(config.train.device).device)  # user errors: once, not per process
     if seeds is None:
         prepare(run_folder(config, out_dir), config, resume, force)
     else:
