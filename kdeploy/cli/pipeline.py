@@ -60,7 +60,7 @@ def run_all(
     from kdeploy.recipe import load_recipe
     from kdeploy.runs import Run, default_run_dir
 
-    r = load_recipe(recipe, set_ or [], data_root)
+    config = load_recipe(recipe, set_ or [], data_root)
     timing = bench_settings(batch_sizes, threads, runtimes, device, None, warmup, iters, seconds, "all", False, None)
     options = PipelineOptions(
         int8=int8,
@@ -73,9 +73,9 @@ def run_all(
         min_speedup=min_speedup,
     )
     try:
-        result = run_pipeline(r, out_dir, resume=resume, force=force, options=options)
+        result = run_pipeline(config, out_dir, resume=resume, force=force, options=options)
     except GateFailed:
-        failed_run = Run(default_run_dir(r.name, out_dir))
+        failed_run = Run(default_run_dir(config.name, out_dir))
         if failed_run.bench_path.is_file():
             print_bench(read_bench(failed_run))
         raise

@@ -35,14 +35,14 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     table = Table(title=f"{metrics.get('recipe', '')}: test accuracy", title_justify="left")
     for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, m in metrics.get("models", {}).items():
+    for role, model in metrics.get("models", {}).items():
         table.add_row(
             role,
-            f"{m['accuracy']:.4f}",
-            f"{m['params']:,}",
-            str(m.get("best_epoch", "")),
-            f"{m['train_seconds']:.1f}",
-            f"{m['samples_per_second']:,.0f}",
+            f"{model['accuracy']:.4f}",
+            f"{model['params']:,}",
+            str(model.get("best_epoch", "")),
+            f"{model['train_seconds']:.1f}",
+            f"{model['samples_per_second']:,.0f}",
         )
     out.print(table)
 
