@@ -7,7 +7,9 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 - ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation),
   then ``quantize_static`` calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random
   subset), MinMax / Entropy / Percentile calibration, optional per-channel weights. Activations and weights are
-  signed INT8 with zero point 0 (symmetric), the form TensorRT's explicit quantization accepts.
+  signed INT8 with zero point 0 (symmetric). ``target="tensorrt"`` writes TensorRT's explicit-quantization form
+  instead (float biases, per-channel weights, no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the
+  manifest's ``tensorrt_compatible`` is read from the written graph (``kdeploy/export/qdq_check.py``).
 - ``<role>.int8-dynamic.onnx``: ``quantize_dynamic`` (weights INT8, activations quantized at run time). ORT's
   dynamic quantizer ignores ``Gemm`` (what ``nn.Linear`` exports as), so plain ``Gemm`` nodes are first rewritten
   as the equivalent ``MatMul`` + ``Add``. Convolutions become ``ConvInteger``, which the CPU provider may not
@@ -46,6 +48,7 @@ from kdeploy.export import manifest as mf
 from kdeploy.export.onnx import check_model, describe, failures
 from kdeploy.export.ort import onnx_logits, run_batch, top1_accuracy, try_session
 from kdeploy.export.parity import compare_logits
+from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target, extra_options, finish, per_channel_for
 from kdeploy.export.rundata import run_recipe
 from kdeploy.export.staging import publish, staging_dir
 from kdeploy.recipe import load_data
@@ -164,7 +167,14 @@ def op_counts(path: Path) -> Counter[str]:
 
 # ---- the three conversions --------------------------------------------------------------------------
 def convert_static(
-    src: Path, dst: Path, tmp: Path, reader: Any, *, per_channel: bool, calib_method: str
+    src: Path,
+    dst: Path,
+    tmp: Path,
+    reader: Any,
+    *,
+    per_channel: bool,
+    calib_method: str,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -183,6 +193,7 @@ def convert_static(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[calib_method]
+    per_channel = per_channel_for(target, per_channel)
     with _quiet():
         quantize_static(
             str(pre),
@@ -193,8 +204,9 @@ def convert_static(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options=extra_options(target),
         )
+    checked = finish(dst, target)  # TensorRT form, then tensorrt_compatible read from the graph
     ops = op_counts(dst)
     return {
         "method": "static",
@@ -207,7 +219,7 @@ def convert_static(
         "preprocessed": note is None,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],
-        "tensorrt_compatible": True,
+        **checked,
     }
 
 
@@ -276,6 +288,7 @@ def convert(
     *,
     per_channel: bool,
     calib_method: str,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
     if fmt == "onnx-int8":
@@ -284,7 +297,7 @@ def convert(
         reader = make_reader(
             calib, data.mean, data.std, onnx.load(str(src), load_external_data=False).graph.input[0].name
         )
-        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method)
+        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method, target=target)
     if fmt == "onnx-int8-dynamic":
         return convert_dynamic(src, dst, tmp, per_channel=per_channel)
     if fmt == "onnx-fp16":
@@ -305,6 +318,7 @@ def quantize_one(
     calib_method: str,
     per_channel: bool,
     max_accuracy_drop: float,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     src = mf.artifact_path(run, source)
     ident = mf.artifact_id(role, fmt)
@@ -318,7 +332,9 @@ def quantize_one(
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / mf.file_name(role, fmt)
         try:
-            settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method)
+            settings = convert(
+                fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method, target=target
+            )
         except Exception as exc:  # the ORT converters raise on graphs they do not handle
             status, reason = "failed", f"{fmt} conversion raised {type(exc).__name__}: {_first_line(exc)}"
         if fmt == "onnx-int8" and calib is not None:
@@ -421,10 +437,12 @@ def quantize(
     *,
     max_accuracy_drop: float = 0.01,
     raise_on_fail: bool = True,
+    target: str = DEFAULT_TARGET,
 ) -> list[dict[str, Any]]:
     """Quantize the run's exported ONNX models; returns the new manifest entries (see the module docstring)."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
+    check_target(target)
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     roles = mf.select_models(run, models)
@@ -459,6 +477,7 @@ def quantize(
                 calib_method=calib_method,
                 per_channel=per_channel,
                 max_accuracy_drop=max_accuracy_drop,
+                target=target,
             )
             progress.log("  " + describe(entry))
             entries.append(entry)
