@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+DATA = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data")  # worktrees: set KDEPLOY_DATA
+MNIST = DATA / "mnist"
+CIFAR10 = DATA / "cifar10"
 RECIPES = REPO / "recipes"
 
 
