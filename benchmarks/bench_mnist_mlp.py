@@ -171,7 +171,7 @@ def main() -> None:
 
     # harness overhead on the student's INT8 and fp32 files, both batch sizes: the harness's own runner and timing
     # loop (what `kdeploy bench` calls) alternated with the bare loop, so machine drift hits both alike
-    from kdeploy.export.rundata import load_run_data
+    from kdeploy.rundata import load_run_data
 
     data = load_run_data(run)
     overhead = []

@@ -177,11 +177,11 @@ def job_overrides(job: Job, seed: int, args: argparse.Namespace, runs: Path) -> 
 
 def worker(spec_json: str) -> None:
     """Child process: load the recipe with the overrides and distill it into the run folder."""
-    import kdeploy
+    from kdeploy.distill.run import distill
+    from kdeploy.recipe import load_recipe
 
     spec = json.loads(spec_json)
-    recipe = kdeploy.load_recipe(spec["recipe"], spec["overrides"])
-    kdeploy.distill(recipe, out=spec["out"], force=True, mark_latest=False)
+    distill(load_recipe(spec["recipe"], spec["overrides"]), out=spec["out"], force=True, mark_latest=False)
 
 
 def read_run(res: JobResult) -> None:

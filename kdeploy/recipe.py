@@ -15,7 +15,9 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kdeploy.catalog import shipped_recipes  # noqa: F401  (kdeploy.recipe.shipped_recipes, as before)
 from kdeploy.data import Augment, Dataset, load_dataset
+from kdeploy.distill.methods.params import METHOD_PARAMS
 from kdeploy.errors import UserError
 
 
@@ -44,10 +46,17 @@ class ModelConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    schedule: Literal["none", "cosine", "step", "onecycle", "linear"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies lr")
     gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int | float = Field(0, ge=0, description="linear lr warm-up; a float is a fraction of epochs")
+    batch_size: int | None = Field(None, ge=1, description="this model's training batch size instead of data's")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="smoothing of this model's cross-entropy term")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="decay of an EMA of the weights (e.g. 0.999): validated, tested and saved"
+    )
+    mixup: float = Field(0.0, ge=0, description="Beta(a, a) batch mixup; 0: off")
+    cutmix: float = Field(0.0, ge=0, description="Beta(a, a) batch CutMix; 0: off (with mixup: one per batch)")
     augment: Augment | None = Field(
         None, description="this model's training augmentation instead of data.augment (the baseline follows student)"
     )
@@ -80,6 +89,7 @@ class TrainConfig(_Strict):
         "auto", description="auto: precompute teacher outputs once when the student is not augmented"
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
 
 
 class Recipe(_Strict):
@@ -95,10 +105,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _method_params(self) -> Recipe:
-        from kdeploy.distill.methods import METHODS
-
-        if self.distill.method not in METHODS:
-            raise ValueError(METHODS.unknown_message(self.distill.method))
+        if self.distill.method not in METHOD_PARAMS:
+            raise ValueError(METHOD_PARAMS.unknown_message(self.distill.method))
         return self
 
 
@@ -154,16 +162,15 @@ def validate(raw: Any, source: str = "recipe") -> Recipe:
 
 
 def _validate_method_params(recipe: Recipe, source: str) -> None:
-    from kdeploy.distill.methods import METHODS
-
-    schema = METHODS.get(recipe.distill.method).Params
+    schema = METHOD_PARAMS.get(recipe.distill.method)
     try:
         params = schema.model_validate(recipe.distill.params())
     except pydantic.ValidationError as exc:
         keys = {"distill": ["method", *schema.model_fields]}
         problems = [_describe({**e, "loc": ("distill", *e["loc"])}, keys) for e in exc.errors()]
         raise UserError(f"{source}: " + "; ".join(problems)) from None
-    # store the defaults too, so the resolved recipe written into the run folder is complete
+    # store the defaults too, so the resolved recipe written into the run folder is complete; the schemas derive
+    # nothing from other keys (KD's weights stay None unless given), so the resolved recipe means what was written
     for key, value in params.model_dump().items():
         setattr(recipe.distill, key, value)
 
@@ -229,7 +236,12 @@ def load_recipe(
             raw.setdefault("data", {})
             if isinstance(raw["data"], dict):
                 raw["data"]["root"] = data_root
-    return validate(raw, str(p))
+    recipe = validate(raw, str(p))
+    if recipe.teacher.target or recipe.student.target:  # user models may sit next to the recipe
+        from kdeploy.models.registry import add_model_folder
+
+        add_model_folder(p.parent)
+    return recipe
 
 
 def load_data(recipe: Recipe) -> Dataset:
@@ -241,16 +253,3 @@ def load_data(recipe: Recipe) -> Dataset:
 def dump_recipe(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json")
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def shipped_recipes(folder: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
-    """(path, description) of every recipe in ``recipes/``."""
-    root = Path(folder) if folder else Path(__file__).resolve().parent.parent / "recipes"
-    found = []
-    for p in sorted(root.glob("*.yaml")):
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            continue
-        found.append((str(p), str(raw.get("description", "")).strip()))
-    return found

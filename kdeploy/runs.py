@@ -11,8 +11,13 @@ runs/<name>/
   metrics.json         test accuracy, params, time per model
   state/<role>.pt      resume state of an unfinished model (weights_only-loadable)
   export/              artifacts and manifest.json (export, quantize)
+  bench.json           bench rows (+ bench.csv, bench.md, pareto.png)
+  gate.json            the deployment gate's thresholds and verdict (`kdeploy run`)
+  report.md            everything above in one page
 runs/latest -> <name>  the newest run
 ```
+This module is the only one that spells these names: every other module asks a :class:`Run` for a path.
+A multi-seed parent (:mod:`kdeploy.seeds`) holds ``seed<N>/`` run folders plus ``seeds.json`` and ``seeds.md``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,29 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from kdeploy import atomic
-from kdeploy.errors import UserError
+from kdeploy.errors import UserError, first_line
 
 ROLES = ("teacher", "baseline", "student")
 META_KEY = "kdeploy"
 DEFAULT_RUNS_DIR = Path("runs")
+LATEST = "latest"
+
+
+def default_run_dir(name: str, out: str | os.PathLike[str] | None = None) -> Path:
+    """Where a recipe's run goes: ``out`` when given, else ``runs/<recipe name>``."""
+    return Path(out) if out is not None else DEFAULT_RUNS_DIR / name
+
+
+def point_latest(parent: Path, target: Path) -> None:
+    """``<parent>/latest`` -> ``target`` (a relative symlink, replaced atomically); a text file where symlinks
+    are not supported. ``target`` may sit deeper (a multi-seed run's ``<name>/seed0``)."""
+    link, tmp = parent / LATEST, parent / f".{LATEST}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target.resolve(), parent.resolve()), target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # filesystems without symlinks: a text file naming the run
+        atomic.write_text(parent / f"{LATEST}.txt", str(target) + "\n")
 
 
 class Run:
@@ -66,6 +89,30 @@ class Run:
     def export_dir(self) -> Path:
         return self.root / "export"
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.export_dir / "manifest.json"
+
+    @property
+    def bench_path(self) -> Path:
+        return self.root / "bench.json"
+
+    def bench_output(self, suffix: str) -> Path:
+        """``bench.csv``, ``bench.md`` (``suffix`` = ``.csv`` / ``.md``)."""
+        return self.root / f"bench{suffix}"
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.root / "pareto.png"
+
+    @property
+    def gate_path(self) -> Path:
+        return self.root / "gate.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.md"
+
     def weights_path(self, role: str) -> Path:
         return self.root / f"{role}.safetensors"
 
@@ -80,7 +127,7 @@ class Run:
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Run:
         """An existing, finished-or-partial run; ``None`` means ``runs/latest``."""
-        root = Path(path) if path is not None else DEFAULT_RUNS_DIR / "latest"
+        root = Path(path) if path is not None else DEFAULT_RUNS_DIR / LATEST
         if not root.exists():
             if path is None:
                 raise UserError("no run given and runs/latest does not exist; run `kdeploy distill RECIPE` first")
@@ -90,16 +137,9 @@ class Run:
             raise UserError(f"{root}: not a kdeploy run (no recipe.yaml); pass a folder written by `kdeploy distill`")
         return run
 
-    def mark_latest(self) -> None:
-        """Point ``<parent>/latest`` at this run (a relative symlink, replaced atomically)."""
-        link = self.root.parent / "latest"
-        tmp = self.root.parent / ".latest.tmp"
-        try:
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self.root.name, target_is_directory=True)
-            os.replace(tmp, link)
-        except OSError:  # filesystems without symlinks: a text file naming the run
-            atomic.write_text(self.root.parent / "latest.txt", str(self.root) + "\n")
+    def mark_latest(self, parent: Path | None = None) -> None:
+        """Point ``<parent>/latest`` at this run (default parent: the run's own parent folder)."""
+        point_latest(parent or self.root.parent, self.root)
 
     # ---- weights ------------------------------------------------------------------------
     def save_weights(self, role: str, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -192,9 +232,8 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found; fix the path") from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{path}: cannot load weights ({first[:200]}); pass a .safetensors file or a plain state_dict"
+            f"{path}: cannot load weights ({first_line(exc, 200)}); pass a .safetensors file or a plain state_dict"
         ) from None
     except Exception as exc:  # pickle.UnpicklingError for payload-carrying pickles
         if type(exc).__name__ == "UnpicklingError":
@@ -215,7 +254,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for a payload, RuntimeError/EOFError for a damaged zip
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         what = "refused to unpickle it" if type(exc).__name__ == "UnpicklingError" else "cannot read it"
         raise UserError(
             f"{path}: resume state unusable ({what}: {first}); delete it to retrain that model, or re-run with --force"
@@ -257,6 +296,14 @@ def package_versions(*packages: str) -> dict[str, str | None]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return versions
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask on Linux, else every core): the default thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def environment() -> dict[str, Any]:

@@ -162,7 +162,7 @@ def distill_seeds(
     from kdeploy.distill import distill
     from kdeploy.distill.distributed import world_from_env
 
-    world = world or world_from_env()
+    world = world or world_from_env(recipe.train.device)
     root = seeds_root(recipe, out)
     prepare_parent(root, resume, force)
     world.barrier()  # all ranks checked before rank 0 clears

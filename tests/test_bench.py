@@ -21,6 +21,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from kdeploy import progress
+from kdeploy.artifacts import Artifact
 from kdeploy.bench import BenchSettings, TimingSettings, bench, count_macs
 from kdeploy.bench.gate import evaluate_gate
 from kdeploy.bench.harness import busy_cores
@@ -30,9 +31,9 @@ from kdeploy.bench.report import pareto_front
 from kdeploy.cli import app
 from kdeploy.distill import distill
 from kdeploy.export import export_onnx, read_manifest
-from kdeploy.export.rundata import load_run_data
 from kdeploy.quantize import quantize
 from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 from .conftest import tiny_recipe
@@ -63,20 +64,20 @@ def benched(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return run, bench(run, settings)
 
 
-def usable_onnx(run: Run) -> list[dict[str, Any]]:
-    return [a for a in read_manifest(run)["artifacts"] if a["status"] == "ok" and a["passed"]]
+def usable_onnx(run: Run) -> list[Artifact]:
+    return [a for a in read_manifest(run).artifacts if a.usable]
 
 
 def test_every_model_and_artifact_has_a_row_per_batch_size(benched: tuple[Run, dict[str, Any]]) -> None:
     run, result = benched
     arts = usable_onnx(run)
-    assert {(a["model"], a["format"]) for a in arts} == {
+    assert {(a.model, a.format) for a in arts} == {
         ("teacher", "onnx"),
         ("student", "onnx"),
         ("student", "onnx-int8"),
     }
     expected = {(role, "pytorch", b) for role in ("teacher", "baseline", "student") for b in BATCHES}
-    expected |= {(a["model"], a["format"], b) for a in arts for b in BATCHES}
+    expected |= {(a.model, a.format, b) for a in arts for b in BATCHES}
     got = [(r["model"], r["format"], r["batch_size"]) for r in result["rows"]]
     assert sorted(got) == sorted(expected)
 
@@ -101,12 +102,12 @@ def test_onnx_accuracy_matches_an_independent_onnxruntime_evaluation(benched: tu
     x = (images - mean) / std
     labels = data.test.labels.numpy()
     for a in usable_onnx(run):
-        session = ort.InferenceSession(str(run.export_dir / a["files"][0]), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(run.export_dir / a.files[0]), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         logits = np.concatenate([session.run(None, {name: x[i : i + 97]})[0] for i in range(0, len(x), 97)])
         expected = float((logits.argmax(1) == labels).mean())
-        rows = [r for r in result["rows"] if r["artifact"] == a["id"]]
-        assert rows and all(r["accuracy"] == pytest.approx(expected, abs=1.5 / len(labels)) for r in rows), a["id"]
+        rows = [r for r in result["rows"] if r["artifact"] == a.id]
+        assert rows and all(r["accuracy"] == pytest.approx(expected, abs=1.5 / len(labels)) for r in rows), a.id
 
 
 def test_torch_accuracy_matches_the_trainers_evaluation(benched: tuple[Run, dict[str, Any]]) -> None:
@@ -183,9 +184,9 @@ def test_tensorrt_artifact_is_skipped_with_a_reason_without_gpu(
     manifest = read_manifest(run)
     engine = run.export_dir / "student.fp16.engine"
     engine.write_bytes(b"not run: no GPU")
-    manifest["artifacts"].append({"id": "student:tensorrt-fp16", "model": "student", "format": "tensorrt-fp16",
-                                  "files": [engine.name], "status": "ok", "passed": True, "input": {}})  # fmt: skip
-    (run.export_dir / "manifest.json").write_text(json.dumps(manifest))
+    manifest.artifacts.append(Artifact(id="student:tensorrt-fp16", model="student", format="tensorrt-fp16",
+                                       files=[engine.name], status="ok", passed=True))  # fmt: skip
+    run.manifest_path.write_text(json.dumps(manifest.to_dict()))
     result = bench(run, BenchSettings(batch_sizes=(1,), threads=1, runtimes=("tensorrt",), timing=FAST))
     assert result["rows"] == []
     assert [(s["format"], s["runtime"]) for s in result["skipped"]] == [("tensorrt-fp16", "tensorrt")]

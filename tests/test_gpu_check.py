@@ -38,8 +38,11 @@ def test_smoke_run_writes_json_and_markdown(tmp_path: Path) -> None:
     if feature["status"] == "ok":  # the logits row's teacher was reused, not retrained
         assert feature["accuracy"]["teacher"] == logits["accuracy"]["teacher"]
         assert "baseline" not in feature["accuracy"]
-    if not (REPO / "recipes" / "cifar10_fast.yaml").is_file():
-        assert jobs["cifar10_fast"]["status"] == "skipped" and "does not exist" in jobs["cifar10_fast"]["reason"]
+    fast = jobs["cifar10_fast"]
+    if (REPO / "recipes" / "cifar10_fast.yaml").is_file():
+        assert fast["status"] in ("ok", "timeout"), fast["reason"]
+    else:
+        assert fast["status"] == "skipped" and "does not exist" in fast["reason"]
     rows = [(r["job"], r["role"], r["batch"]) for r in report["latency"]]
     assert ("cifar10_cnn_logits", "teacher", 1) in rows and ("cifar10_cnn_logits", "student", 8) in rows
     assert all(r["eager_ms"] and r["eager_ms"] > 0 for r in report["latency"] if not r["error"])

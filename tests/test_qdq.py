@@ -46,8 +46,8 @@ def run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return r
 
 
-def by_model(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {e["model"]: e for e in entries}
+def by_model(entries: list[Any]) -> dict[str, Any]:
+    return {e.model: e for e in entries}
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +68,22 @@ def test_checker_rejects_onnxruntime_default(both: dict[str, Any]) -> None:
         assert {"int8-dequantize", "output-qdq"} <= set(report.rules()), report.summary()
         int32 = [v for v in report.violations if v.rule == "int8-dequantize"]
         assert int32 and all("INT32" in v.detail and "QuantizeBias=False" in v.detail for v in int32)
-        assert both["onnxruntime"][role]["settings"]["tensorrt_compatible"] is False
-        assert both["onnxruntime"][role]["settings"]["tensorrt_violations"]
+        assert both["onnxruntime"][role].settings["tensorrt_compatible"] is False
+        assert both["onnxruntime"][role].settings["tensorrt_violations"]
 
 
 def test_tensorrt_target_is_accepted_and_as_accurate(run: Run, both: dict[str, Any]) -> None:
     for role in ("teacher", "student"):
         e = both["tensorrt"][role]
-        assert e["status"] == "ok", e["reason"]
-        s = e["settings"]
+        assert e.status == "ok", e.reason
+        s = e.settings
         assert s["target"] == "tensorrt" and s["tensorrt_compatible"] is True and s["tensorrt_violations"] == []
         assert s["per_channel"] and s["per_channel_weights"] >= 2 and s["output_qdq_removed"] == 1
         report = check_tensorrt_qdq(run.export_dir / f"{role}.int8.onnx")
         assert report.ok, report.summary()
-        assert e["fp32_accuracy"] > 0.85, "the model must be trained for the comparison to mean anything"
-        assert abs(e["accuracy"] - e["fp32_accuracy"]) <= 0.002, (e["accuracy"], e["fp32_accuracy"])
-        assert abs(e["accuracy"] - both["onnxruntime"][role]["accuracy"]) <= 0.002
+        assert e.fp32_accuracy > 0.85, "the model must be trained for the comparison to mean anything"
+        assert abs(e.accuracy - e.fp32_accuracy) <= 0.002, (e.accuracy, e.fp32_accuracy)
+        assert abs(e.accuracy - both["onnxruntime"][role].accuracy) <= 0.002
         proto = onnx.load(str(run.export_dir / f"{role}.int8.onnx"))
         producers = {o: n.op_type for n in proto.graph.node for o in n.output}
         assert producers[proto.graph.output[0].name] in ("Gemm", "MatMul", "Add")

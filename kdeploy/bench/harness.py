@@ -18,15 +18,16 @@ import numpy as np
 import torch
 
 from kdeploy import atomic, progress
+from kdeploy.artifacts import Artifact, read_manifest
+from kdeploy.artifacts.manifest import sha256
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.latency import TimingSettings
 from kdeploy.bench.measure import MB, count_macs, count_params, disk_bytes, memory_bytes
 from kdeploy.bench.runners import GRAPH_LEVELS, OrtRunner, Runner, TensorRTRunner, TorchRunner, Unavailable
 from kdeploy.data import Split, iterate_batches
-from kdeploy.errors import UserError
-from kdeploy.export.manifest import read_manifest, sha256, usable
-from kdeploy.export.rundata import run_recipe
+from kdeploy.errors import UserError, first_line
 from kdeploy.recipe import load_data
+from kdeploy.rundata import run_recipe
 from kdeploy.runs import ROLES, Run, environment, package_versions
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
@@ -170,38 +171,34 @@ def torch_targets(run: Run, s: BenchSettings) -> dict[str, Target]:
     return out
 
 
-def artifact_target(run: Run, art: dict[str, Any], base: Target | None, s: BenchSettings) -> Target | str:
+def artifact_target(run: Run, art: Artifact, base: Target | None, s: BenchSettings) -> Target | str:
     """A target for one manifest entry, or the reason it is skipped."""
-    fmt = str(art.get("format", ""))
-    if not usable(art):
-        reason = str(art.get("reason") or "").strip().splitlines()
-        return f"export status {art.get('status')}" + (f": {reason[0]}" if reason else "")
-    files = [run.export_dir / f for f in art.get("files", [])]
+    if not art.usable:
+        reason = first_line(art.reason or "")
+        return f"export status {art.status}" + (f": {reason}" if reason else "")
+    files = art.paths(run.export_dir)
     missing = [f.name for f in files if not f.is_file()]
     if not files or missing:
         return f"artifact files missing ({', '.join(missing) or 'none listed'}); re-run `kdeploy export`"
-    if art.get("sha256") and sha256(files[0]) != art["sha256"]:  # replaced or damaged after it passed its gate
+    if art.sha256 and sha256(files[0]) != art.sha256:  # replaced or damaged after it passed its gate
         raise UserError(
             f"{files[0]}: changed since it was exported (sha256 differs from export/manifest.json); "
             "re-run `kdeploy export` (and `kdeploy quantize`)"
         )
-    inp = art.get("input", {})
-    mean = inp.get("mean") or (base.mean if base else None)
-    std = inp.get("std") or (base.std if base else None)
+    mean = art.input.mean or (base.mean if base else None)
+    std = art.input.std or (base.std if base else None)
     if mean is None or std is None:
         return "no input mean/std in the manifest"
-    if fmt.startswith("tensorrt"):
+    if art.runtime == "tensorrt":
         engine = next((f for f in files if f.suffix in {".engine", ".plan", ".trt"}), files[0])
         make: Callable[[], Runner] = lambda: TensorRTRunner(engine)  # noqa: E731
-        runtime = "tensorrt"
     else:
         onnx_file = next((f for f in files if f.suffix == ".onnx"), files[0])
         make = lambda: OrtRunner(onnx_file, s.device, s.resolved_threads(), s.graph_level)  # noqa: E731
-        runtime = "onnxruntime"
     return Target(
-        model=str(art.get("model")),
-        format=fmt,
-        runtime=runtime,
+        model=art.model,
+        format=art.format,
+        runtime=art.runtime,
         make=make,
         params=base.params if base else None,
         macs=base.macs if base else None,
@@ -209,7 +206,7 @@ def artifact_target(run: Run, art: dict[str, Any], base: Target | None, s: Bench
         memory_bytes=None,
         mean=mean,
         std=std,
-        artifact=art.get("id"),
+        artifact=art.id,
         files=[f.name for f in files],
     )
 
@@ -218,19 +215,15 @@ def collect_targets(run: Run, s: BenchSettings) -> tuple[list[Target], list[dict
     skipped: list[dict[str, Any]] = []
     bases = torch_targets(run, s)
     targets = [t for t in bases.values() if "torch" in s.runtimes]
-    artifacts = read_manifest(run)["artifacts"]
+    artifacts = read_manifest(run).artifacts
     if not artifacts and ({"onnxruntime", "tensorrt"} & set(s.runtimes)):
         progress.log(f"{run.root}: no export/manifest.json, so PyTorch rows only; run `kdeploy export` first")
     for art in artifacts:
-        model = str(art.get("model"))
-        if s.models and model not in s.models:
+        if (s.models and art.model not in s.models) or art.runtime not in s.runtimes:
             continue
-        runtime = "tensorrt" if str(art.get("format", "")).startswith("tensorrt") else "onnxruntime"
-        if runtime not in s.runtimes:
-            continue
-        got = artifact_target(run, art, bases.get(model), s)
+        got = artifact_target(run, art, bases.get(art.model), s)
         if isinstance(got, str):
-            skipped.append({"model": model, "format": art.get("format"), "runtime": runtime, "reason": got})
+            skipped.append({"model": art.model, "format": art.format, "runtime": art.runtime, "reason": got})
         else:
             targets.append(got)
     if not targets:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy import atomic
-from kdeploy.errors import UserError
+from kdeploy.artifacts import Manifest
+from kdeploy.errors import UserError, first_line
 from kdeploy.runs import Run
 
 # Table columns, shared by the Markdown tables and the terminal (which shows the COMPACT subset).
@@ -333,28 +334,26 @@ def _training_section(metrics: dict[str, Any]) -> list[str]:
     return [markdown_table(headers, cells)]
 
 
-def _parity_section(manifest: dict[str, Any]) -> list[str]:
-    arts = manifest.get("artifacts", [])
-    if not arts:
+def _parity_section(manifest: Manifest) -> list[str]:
+    if not manifest.artifacts:
         return ["Nothing exported (no export/manifest.json)."]
     headers = ["id", "status", "MB", "compared with", "max abs diff", "top-1 agreement", "accuracy", "fp32 accuracy",
                "note"]  # fmt: skip
     cells = []
-    for a in arts:
-        p = a.get("parity") or a.get("vs_fp32") or {}
-        versus = "PyTorch" if a.get("parity") else "fp32 ONNX" if a.get("vs_fp32") else "-"
-        reason = str(a.get("reason") or "").strip().splitlines()
+    for art in manifest.artifacts:
+        versus = "PyTorch" if art.parity else "fp32 ONNX" if art.vs_fp32 else "-"
+        compared = art.parity or art.vs_fp32
         cells.append(
             [
-                str(a.get("id")),
-                str(a.get("status")) + ("" if a.get("passed", True) else " (gate missed)"),
-                _num(a["bytes"] / 1e6 if a.get("bytes") is not None else None, ".3f"),
+                art.id,
+                art.status + ("" if art.passed or art.status == "skipped" else " (gate missed)"),
+                _num(art.bytes / 1e6 if art.files else None, ".3f"),
                 versus,
-                _num(p.get("max_abs_diff"), ".3g"),
-                _num(p.get("top1_agreement"), ".4%"),
-                _num(a.get("accuracy"), ".4f"),
-                _num(a.get("fp32_accuracy"), ".4f"),
-                reason[0] if reason else "",
+                _num(compared.max_abs_diff if compared else None, ".3g"),
+                _num(compared.top1_agreement if compared else None, ".4%"),
+                _num(art.accuracy, ".4f"),
+                _num(art.fp32_accuracy, ".4f"),
+                first_line(art.reason or ""),
             ]
         )
     return [markdown_table(headers, cells)]
@@ -369,7 +368,7 @@ def report_markdown(
     recipe: dict[str, Any],
     metrics: dict[str, Any],
     bench: dict[str, Any] | None,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     gate: dict[str, Any] | None,
 ) -> str:
     parts = [f"# kdeploy report: {recipe.get('name', '?')}", "", "## Recipe", "", *_recipe_section(recipe)]
@@ -402,7 +401,7 @@ def write_report(run: Run) -> Path:
     """Re-render bench.csv/.md/pareto.png from bench.json (if any) and write ``report.md``; measures nothing."""
     import yaml
 
-    from kdeploy.export.manifest import read_manifest
+    from kdeploy.artifacts import read_manifest
 
     recipe = yaml.safe_load(run.recipe_path.read_text(encoding="utf-8")) or {}
     bench = read_bench(run.root) if (run.root / "bench.json").is_file() else None

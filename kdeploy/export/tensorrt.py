@@ -38,14 +38,13 @@ from typing import Any
 import numpy as np
 
 from kdeploy import progress
-from kdeploy.data import Split, iterate_batches
-from kdeploy.errors import GateFailed, UserError
-from kdeploy.export import manifest as mf
-from kdeploy.export.onnx import describe, failures
-from kdeploy.export.ort import top1_accuracy
+from kdeploy.artifacts import Artifact, accuracy_gate, build_artifact, describe, finish_stage, manifest, source_artifact
+from kdeploy.data import Dataset, Split
+from kdeploy.errors import UserError, first_line
+from kdeploy.evaluate import split_accuracy
 from kdeploy.export.qdq_check import check_tensorrt_qdq
-from kdeploy.export.rundata import load_run_data
 from kdeploy.export.staging import publish, staging_dir
+from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 PRECISIONS = ("fp16", "int8")
@@ -101,7 +100,7 @@ def profile_shapes(in_shape: Sequence[int], opt_batch: int, max_batch: int) -> d
 
 
 def engine_name(role: str, precision: str, failed: bool = False) -> str:
-    return mf.file_name(role, f"tensorrt-{precision}", failed=failed)
+    return manifest.file_name(role, f"tensorrt-{precision}", failed=failed)
 
 
 def missing_requirements() -> list[str]:
@@ -157,24 +156,12 @@ def source_format(precision: str, strong: bool) -> str:
     return "onnx-fp16" if strong else "onnx"
 
 
-def source_entry(run: Run, role: str, fmt: str) -> dict[str, Any]:
-    entry = mf.find(run, mf.artifact_id(role, fmt))
-    fix = {
-        "onnx": f"kdeploy export {run.root} --onnx",
-        "onnx-int8": f"kdeploy quantize {run.root} --int8 --target tensorrt",
-        "onnx-fp16": f"kdeploy quantize {run.root} --fp16",
-    }[fmt]
-    if entry is None or not mf.usable(entry):
-        state = "is missing" if entry is None else f"did not pass ({entry.get('reason')})"
-        raise UserError(f"{role}: the {fmt} artifact a TensorRT engine is built from {state}; run `{fix}` first")
-    return entry
-
-
 def check_int8_sources(run: Run | str | Path | None, models: list[str] | str | None = None) -> None:
     """Refuse, in one line, an INT8 QDQ ONNX that TensorRT's explicit quantization would reject (no GPU needed)."""
     run = run if isinstance(run, Run) else Run.open(run)
-    for role in mf.select_models(run, models):
-        check_tensorrt_qdq(mf.artifact_path(run, source_entry(run, role, "onnx-int8"))).raise_if_invalid()
+    for role in manifest.select_models(run, models):
+        source = source_artifact(run, role, "onnx-int8", "a TensorRT int8 engine")
+        check_tensorrt_qdq(manifest.artifact_path(run, source)).raise_if_invalid()
 
 
 def preflight(
@@ -316,14 +303,70 @@ class EngineRunner:
 
 
 def engine_accuracy(runner: EngineRunner, split: Split, mean: Sequence[float], std: Sequence[float]) -> float:
-    logits = [
-        runner(x).cpu().numpy()
-        for x, _, _ in iterate_batches(split, runner.max_batch, shuffle=False, mean=mean, std=std)
-    ]
-    return top1_accuracy(np.concatenate(logits), split.labels.numpy())
+    return split_accuracy(lambda x: runner(x), split, mean, std, runner.max_batch)
 
 
 # ---- the stage -----------------------------------------------------------------------------------------------
+def build_one(
+    trt: Any,
+    run: Run,
+    role: str,
+    precision: str,
+    data: Dataset,
+    sources: tuple[Artifact, Artifact],
+    plist: Sequence[Profile],
+    *,
+    workspace_mb: int,
+    max_accuracy_drop: float,
+    strong: bool,
+) -> Artifact:
+    """Build, gate, publish and record one engine; a build or run that raises is recorded as failed (no file)."""
+    import torch
+
+    source, fp32 = sources
+    fmt = f"tensorrt-{precision}"
+    old = manifest.find(run, manifest.artifact_id(role, fmt))
+    t0 = time.perf_counter()
+    accuracy, files = None, []
+    try:
+        onnx_path = manifest.artifact_path(run, source)
+        in_shape = source.input.shape[1:]
+        engine = build_engine(trt, onnx_path, source.input.name, plist, in_shape, precision, workspace_mb, strong)
+        build_s = time.perf_counter() - t0
+        accuracy = engine_accuracy(EngineRunner(trt, engine), data.test, data.mean, data.std)
+        reason = accuracy_gate(accuracy, fp32.accuracy, max_accuracy_drop)
+        with staging_dir(run.export_dir) as tmp:
+            staged = tmp / engine_name(role, precision)
+            staged.write_bytes(engine)
+            name = engine_name(role, precision, failed=reason is not None)
+            files = publish(staged, [], run.export_dir, name, old.files if old else [])
+    except (UserError, RuntimeError) as exc:  # parser/builder refusals and runtime errors: recorded, not fatal
+        build_s, reason = time.perf_counter() - t0, f"{fmt} build raised {type(exc).__name__}: {first_line(exc)}"
+    art = build_artifact(
+        run,
+        role,
+        fmt,
+        files,
+        status="ok" if reason is None else "failed",
+        reason=reason,
+        accuracy=accuracy,
+        fp32_accuracy=fp32.accuracy,
+        samples=len(data.test),
+        seconds=build_s,
+        built_from=source,
+        settings={
+            "precision": precision,
+            "typing": "strong" if strong else "weak",
+            "profiles": [{k: list(v) for k, v in p.shapes(source.input.shape[1:]).items()} for p in plist],
+            "workspace_mb": workspace_mb,
+            "max_accuracy_drop": max_accuracy_drop,
+            "tensorrt": trt.__version__,
+            "device": torch.cuda.get_device_name(0),
+        },
+    )
+    return manifest.upsert(run, art)
+
+
 def export_tensorrt(
     run: Run | str | Path | None = None,
     precision: str = "fp16",
@@ -334,93 +377,41 @@ def export_tensorrt(
     workspace_mb: int = 1024,
     max_accuracy_drop: float = 0.01,
     raise_on_fail: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[Artifact]:
     """Build ``<run>/export/<role>.<precision>.engine`` for each model and gate it on test accuracy."""
     check_args(precision, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
     run = run if isinstance(run, Run) else Run.open(run)
-    roles = mf.select_models(run, models)
+    roles = manifest.select_models(run, models)
     trt = require_tensorrt()
-    import torch
-
     strong = strongly_typed(trt, precision)
     fmt_src = source_format(precision, strong)
-    pairs = [(role, source_entry(run, role, fmt_src), source_entry(run, role, "onnx")) for role in roles]
+    purpose = f"a TensorRT {precision} engine"
+    pairs = {
+        role: (source_artifact(run, role, fmt_src, purpose), source_artifact(run, role, "onnx", purpose))
+        for role in roles
+    }
     if precision == "int8":
         check_int8_sources(run, roles)
     plist = profiles(opt_batch, max_batch)
     data = load_run_data(run)
-    entries = []
-    for role, source, fp32 in pairs:
-        fmt = f"tensorrt-{precision}"
-        ident = mf.artifact_id(role, fmt)
-        old = mf.find(run, ident)
-        in_shape = source["input"]["shape"][1:]
+    artifacts = []
+    for role, sources in pairs.items():
         progress.log(
-            f"building TensorRT {precision} engine for {role} from {source['files'][0]} "
+            f"building TensorRT {precision} engine for {role} from {sources[0].files[0]} "
             f"({'strongly' if strong else 'weakly'} typed, profiles {', '.join(f'{p.lo}..{p.hi}' for p in plist)})"
         )
-        t0 = time.perf_counter()
-        src_path, name = mf.artifact_path(run, source), source["input"]["name"]
-        engine = build_engine(trt, src_path, name, plist, in_shape, precision, workspace_mb, strong)
-        build_s = time.perf_counter() - t0
-        accuracy = engine_accuracy(EngineRunner(trt, engine), data.test, data.mean, data.std)
-        drop = round(fp32["accuracy"] - accuracy, 6)
-        passed = drop <= max_accuracy_drop
-        reason = (
-            None
-            if passed
-            else (
-                f"accuracy gate: {accuracy:.4f} vs fp32 {fp32['accuracy']:.4f}, drop {drop * 100:.2f} pt > "
-                f"{max_accuracy_drop * 100:.2f} pt"
-            )
+        art = build_one(
+            trt,
+            run,
+            role,
+            precision,
+            data,
+            sources,
+            plist,
+            workspace_mb=workspace_mb,
+            max_accuracy_drop=max_accuracy_drop,
+            strong=strong,
         )
-        with staging_dir(run.export_dir) as tmp:
-            staged = tmp / engine_name(role, precision)
-            staged.write_bytes(engine)
-            files = publish(
-                staged,
-                [],
-                run.export_dir,
-                engine_name(role, precision, failed=not passed),
-                old.get("files", []) if old else [],
-            )
-        entry = {
-            "id": ident,
-            "model": role,
-            "format": fmt,
-            "files": files,
-            "bytes": mf.file_bytes(run.export_dir, files),
-            "sha256": mf.sha256(run.export_dir / files[0]),
-            "opset": source.get("opset"),
-            "exporter": source.get("exporter"),
-            "source": source["files"][0],
-            "source_sha256": source.get("sha256"),
-            "input": source["input"],
-            "output": source["output"],
-            "parity": None,
-            "accuracy": accuracy,
-            "fp32_accuracy": fp32["accuracy"],
-            "accuracy_drop": mf.drop(fp32["accuracy"], accuracy),
-            "accuracy_samples": len(data.test),
-            "passed": passed,
-            "status": "ok" if passed else "failed",
-            "reason": reason,
-            "created": mf.now(),
-            "build_seconds": round(build_s, 3),
-            "settings": {
-                "precision": precision,
-                "typing": "strong" if strong else "weak",
-                "profiles": [{k: list(v) for k, v in p.shapes(in_shape).items()} for p in plist],
-                "workspace_mb": workspace_mb,
-                "max_accuracy_drop": max_accuracy_drop,
-                "tensorrt": trt.__version__,
-                "device": torch.cuda.get_device_name(0),
-            },
-            "versions": mf.versions(),
-        }
-        mf.upsert(run, entry)
-        progress.log("  " + describe(entry))
-        entries.append(entry)
-    if raise_on_fail and any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
-    return entries
+        progress.log("  " + describe(art))
+        artifacts.append(art)
+    return finish_stage(artifacts, raise_on_fail)

@@ -8,20 +8,11 @@ Layers are module paths (``stage2``, ``layer3.0``, ``fc1``) captured by forward 
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, kl_soft, register_method
-
-
-class FitNetParams(MethodParams):
-    student_layer: str
-    teacher_layer: str
-    hint_weight: float = Field(100.0, ge=0)
-    ce_weight: float = Field(1.0, ge=0)
-    kd_weight: float = Field(0.0, ge=0)
-    temperature: float = Field(4.0, gt=0)
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, kl_soft, register_method
+from kdeploy.distill.methods.params import FitNetParams
 
 
 def make_regressor(student: Tensor, teacher: Tensor) -> nn.Module:
@@ -66,7 +57,7 @@ class FitNet(Method):
         if s.dim() != 4 or t.dim() != 4:
             s = s.flatten(1)
         hint = F.mse_loss(match(self.regressor(s), t).float(), t.float())
-        losses = {"ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets), "hint": p.hint_weight * hint}
+        losses = {"ce": p.ce_weight * hard_label_ce(out), "hint": p.hint_weight * hint}
         if p.kd_weight:
             assert out.teacher_logits is not None
             losses["kd"] = p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature)
