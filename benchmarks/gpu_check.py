@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker)
         return 0
+    args.data_root = str(Path(args.data_root).resolve())  # the row processes may run from another folder
     start = time.monotonic()
     deadline = start + args.budget_s
     missing = missing_modules()
