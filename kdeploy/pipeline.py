@@ -87,8 +87,16 @@ def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
     ok_roles = [a.model for a in exported if a.usable]
     made: list[Artifact] = []
     if ok_roles and (opts.int8 or opts.fp16):
-        made += quantize(run, int8=opts.int8, method=opts.int8_method, fp16=opts.fp16,
-                         calib_samples=opts.calib_samples, models=ok_roles, raise_on_fail=False)  # fmt: skip
+        made += quantize(
+            run,
+            int8=opts.int8,
+            method=opts.int8_method,
+            fp16=opts.fp16,
+            calib_samples=opts.calib_samples,
+            models=ok_roles,
+            raise_on_fail=False,
+            target="tensorrt" if opts.tensorrt else "onnxruntime",
+        )  # fmt: skip; engines need TRT's form
     if ok_roles and opts.tensorrt:
         made += export_tensorrt(run, "fp16", ok_roles, raise_on_fail=False)
         int8_roles = [a.model for a in made if a.format == "onnx-int8" and a.usable]

@@ -37,7 +37,7 @@ def export_cmd(
     """Export a run's models to ONNX (gated on PyTorch parity) and/or TensorRT engines, into <run>/export/."""
     from kdeploy.artifacts import finish_stage
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.export.tensorrt import check_args, require_tensorrt
+    from kdeploy.export.tensorrt import preflight
     from kdeploy.runs import Run
 
     if not (onnx or tensorrt):
@@ -45,10 +45,16 @@ def export_cmd(
     if (fp16 or int8) and not tensorrt:
         raise UserError("--fp16/--int8 pick TensorRT precisions; for ONNX use `kdeploy quantize --fp16` or `--int8`")
     precisions = [p for p, on in (("fp16", fp16), ("int8", int8)) if on] or ["fp16"]
-    if tensorrt:  # fail fast, before any ONNX work
-        for p in precisions:
-            check_args(p, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
-        require_tensorrt()
+    if tensorrt:  # fail fast, before any ONNX work: arguments, an INT8 graph TensorRT would reject, TensorRT
+        preflight(
+            run_dir,
+            precisions,
+            models,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            workspace_mb=workspace_mb,
+            max_accuracy_drop=max_accuracy_drop,
+        )
     run = Run.open(run_dir)
     artifacts: list[Artifact] = []
     if onnx:
@@ -87,6 +93,9 @@ def quantize_cmd(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
+    target: Annotated[
+        str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
+    ] = "onnxruntime",
     models: ExportModelsOpt = None,
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
@@ -109,6 +118,7 @@ def quantize_cmd(
         models=models,
         max_accuracy_drop=max_accuracy_drop,
         raise_on_fail=False,
+        target=target,
     )
     print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
     for art in artifacts:

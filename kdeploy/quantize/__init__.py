@@ -7,7 +7,9 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 - ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation),
   then ``quantize_static`` calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random
   subset), MinMax / Entropy / Percentile calibration, optional per-channel weights. Activations and weights are
-  signed INT8 with zero point 0 (symmetric), the form TensorRT's explicit quantization accepts.
+  signed INT8 with zero point 0 (symmetric). ``target="tensorrt"`` writes TensorRT's explicit-quantization form
+  instead (float biases, per-channel weights, no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the
+  manifest's ``tensorrt_compatible`` is read from the written graph (``kdeploy/export/qdq_check.py``).
 - ``<role>.int8-dynamic.onnx``: ``quantize_dynamic`` (weights INT8, activations quantized at run time). ORT's
   dynamic quantizer ignores ``Gemm`` (what ``nn.Linear`` exports as), so plain ``Gemm`` nodes are first rewritten
   as the equivalent ``MatMul`` + ``Add``. Convolutions become ``ConvInteger``, which the CPU provider may not

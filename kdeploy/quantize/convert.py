@@ -17,6 +17,7 @@ from kdeploy import progress
 from kdeploy.data import Dataset, Split
 from kdeploy.errors import first_line
 from kdeploy.export.ort import run_batch, try_session
+from kdeploy.export.qdq_target import DEFAULT_TARGET, extra_options, finish, per_channel_for
 from kdeploy.quantize.calibration import make_reader
 from kdeploy.quantize.graph import INTEGER_OPS, gemm_to_matmul, op_counts
 
@@ -39,7 +40,14 @@ def _quiet() -> Iterator[None]:
 
 
 def convert_static(
-    src: Path, dst: Path, tmp: Path, reader: Any, *, per_channel: bool, calib_method: str
+    src: Path,
+    dst: Path,
+    tmp: Path,
+    reader: Any,
+    *,
+    per_channel: bool,
+    calib_method: str,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -58,6 +66,7 @@ def convert_static(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[calib_method]
+    per_channel = per_channel_for(target, per_channel)
     with _quiet():
         quantize_static(
             str(pre),
@@ -68,8 +77,9 @@ def convert_static(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            extra_options=extra_options(target),
         )
+    checked = finish(dst, target)  # TensorRT form, then tensorrt_compatible read from the graph
     ops = op_counts(dst)
     return {
         "method": "static",
@@ -82,7 +92,7 @@ def convert_static(
         "preprocessed": note is None,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],
-        "tensorrt_compatible": True,
+        **checked,
     }
 
 
@@ -127,6 +137,7 @@ def convert(
     *,
     per_channel: bool,
     calib_method: str,
+    target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
     if fmt == "onnx-int8":
@@ -135,7 +146,7 @@ def convert(
         reader = make_reader(
             calib, data.mean, data.std, onnx.load(str(src), load_external_data=False).graph.input[0].name
         )
-        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method)
+        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method, target=target)
     if fmt == "onnx-int8-dynamic":
         return convert_dynamic(src, dst, tmp, per_channel=per_channel)
     if fmt == "onnx-fp16":

@@ -28,6 +28,7 @@ from kdeploy.evaluate import top1_accuracy
 from kdeploy.export.onnx import check_model
 from kdeploy.export.ort import onnx_logits, try_session
 from kdeploy.export.parity import compare_logits
+from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target
 from kdeploy.export.staging import publish, staging_dir
 from kdeploy.quantize.calibration import calibration_split
 from kdeploy.quantize.convert import CALIB_METHODS, convert, dynamic_problem
@@ -77,6 +78,7 @@ def quantize_one(
     calib_method: str,
     per_channel: bool,
     max_accuracy_drop: float,
+    target: str = DEFAULT_TARGET,
 ) -> Artifact:
     """Convert ``source`` to ``fmt``, gate it, publish the file (``.failed`` when it missed) and record it."""
     src = manifest.artifact_path(run, source)
@@ -88,7 +90,9 @@ def quantize_one(
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / manifest.file_name(role, fmt)
         try:
-            settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method)
+            settings = convert(
+                fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method, target=target
+            )
         except Exception as exc:  # the ORT converters raise on graphs they do not handle
             outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
         if fmt == "onnx-int8" and calib is not None:
@@ -150,10 +154,12 @@ def quantize(
     *,
     max_accuracy_drop: float = 0.01,
     raise_on_fail: bool = True,
+    target: str = DEFAULT_TARGET,
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`)."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
+    check_target(target)
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     roles = manifest.select_models(run, models)
@@ -184,6 +190,7 @@ def quantize(
                 calib_method=calib_method,
                 per_channel=per_channel,
                 max_accuracy_drop=max_accuracy_drop,
+                target=target,
             )
             progress.log("  " + describe(art))
             artifacts.append(art)
