@@ -93,7 +93,7 @@ def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     scale = ", log scale" if log else ""
-    ax.set_xlabel(f"p50 latency, ms per batch of {batch} ({pts[0]['device']}{scale})")
+    ax.set_xlabel(f"p50 latency, ms per batch of {batch} ({pts[0].device}{scale})")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs latency: colour = model, marker = format, area ~ size on disk")
     ax.grid(True, which="both", alpha=0.3)
