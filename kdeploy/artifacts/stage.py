@@ -113,7 +113,9 @@ def source_artifact(run: Run, role: str, fmt: str, purpose: str) -> Artifact:
         )
     path = artifact_path(run, art)
     if art.sha256 and sha256(path) != art.sha256:
-        raise UserError(f"{path}: changed since it was made and gated; run `{fix}` again")
+        made = "exported" if fmt == "onnx" else "quantized"
+        again = MAKES[fmt].replace(" {root}", "")
+        raise UserError(f"{path}: changed since it was {made} and gated; re-run `{again}`")
     return art
 
 
