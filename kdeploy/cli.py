@@ -211,11 +211,15 @@ def list_recipes() -> None:
 
 @app.command("models")
 @handle_errors
-def list_models() -> None:
-    """List the registered model names."""
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="a model family (timm, torchvision): list its archs")] = None,
+    pattern: Annotated[str, typer.Argument(help="shell pattern for the archs, e.g. 'resnet*'")] = "*",
+) -> None:
+    """List the registered model names, or with NAME the archs that family accepts."""
+    from kdeploy.models import list_archs
     from kdeploy.models import list_models as names
 
-    out.print("\n".join(names()))
+    out.print("\n".join(list_archs(name, pattern) if name else names()), highlight=False)
 
 
 @app.command("methods")
