@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy import atomic
+from kdeploy.bench.curves import curves_markdown
 from kdeploy.errors import UserError
 from kdeploy.runs import Run
 
@@ -410,4 +411,5 @@ def write_report(run: Run) -> Path:
         write_bench_outputs(run.root, bench)
     gate = regate(run.root, bench)
     text = report_markdown(recipe, run.read_metrics(), bench, read_manifest(run), gate)
+    text += curves_markdown(run.root, run.read_history())
     return atomic.write_text(run.root / "report.md", text)
