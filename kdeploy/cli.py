@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -247,7 +248,12 @@ def list_datasets() -> None:
 RunArg = Annotated[Path | None, typer.Argument(help="run folder (default: runs/latest)")]
 BatchOpt = Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch and ORT intra-op threads (default: all)")]
-RuntimesOpt = Annotated[str, typer.Option("--runtimes", help="comma-separated: torch, onnxruntime, tensorrt")]
+RuntimesOpt = Annotated[
+    str, typer.Option("--runtimes", help="comma-separated: torch, onnxruntime, tensorrt, openvino (kdeploy[openvino])")
+]
+OvPrecisionOpt = Annotated[
+    str, typer.Option("--openvino-precision", help="OpenVINO inference precision: auto (plugin default), f32, bf16")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda")]
 ModelsOpt = Annotated[str | None, typer.Option("--models", help="roles to bench, e.g. teacher,student (default all)")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", help="untimed iterations before timing")]
@@ -328,6 +334,7 @@ def bench(
     graph_level: GraphOpt = "all",
     cuda_graph: CudaGraphOpt = False,
     data_root: DataRootOpt = None,
+    openvino_precision: OvPrecisionOpt = "auto",
 ) -> None:
     """Measure accuracy, params, MACs, size and latency of every model and artifact of a run."""
     from kdeploy.bench import bench as run_bench
@@ -336,6 +343,8 @@ def bench(
     settings = _bench_settings(
         batch_sizes, threads, runtimes, device, models, warmup, iters, seconds, graph_level, cuda_graph, data_root
     )
+    settings = dataclasses.replace(settings, openvino_precision=openvino_precision)
+    settings.check()  # a missing optional runtime is reported before the run folder is read
     run = Run.open(run_dir)
     result = run_bench(run, settings)
     print_bench(result)

@@ -21,6 +21,7 @@ from kdeploy import atomic, progress
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.latency import TimingSettings
 from kdeploy.bench.measure import MB, count_macs, count_params, disk_bytes, memory_bytes
+from kdeploy.bench.openvino_runner import OpenVINORunner, check_openvino
 from kdeploy.bench.runners import GRAPH_LEVELS, OrtRunner, Runner, TensorRTRunner, TorchRunner, Unavailable
 from kdeploy.data import Split, iterate_batches
 from kdeploy.errors import UserError
@@ -30,6 +31,7 @@ from kdeploy.recipe import load_data
 from kdeploy.runs import ROLES, Run, environment, package_versions
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+OPTIONAL_RUNTIMES = ("openvino",)  # not in the default list: an optional extra
 DEVICES = ("cpu", "cuda")
 PRECISION = {
     "pytorch": "fp32",
@@ -54,6 +56,7 @@ class BenchSettings:
     cuda_graph: bool = False  # replay PyTorch CUDA graphs (small models: removes launch overhead)
     eval_batch_size: int = 1000
     data_root: str | None = None  # override the recipe's data.root
+    openvino_precision: str = "auto"  # OpenVINO INFERENCE_PRECISION_HINT; auto: the CPU plugin's default
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
@@ -61,9 +64,11 @@ class BenchSettings:
     def check(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"--batch-sizes {list(self.batch_sizes)}: give positive integers, e.g. 1,32,256")
-        bad = [r for r in self.runtimes if r not in RUNTIMES]
+        bad = [r for r in self.runtimes if r not in RUNTIMES + OPTIONAL_RUNTIMES]
         if bad or not self.runtimes:
-            raise UserError(f"--runtimes: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+            known = ", ".join(RUNTIMES + OPTIONAL_RUNTIMES)
+            raise UserError(f"--runtimes: unknown {', '.join(bad) or '(none)'}; choose from {known}")
+        check_openvino(self.runtimes, self.openvino_precision)
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}: choose cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -170,8 +175,10 @@ def torch_targets(run: Run, s: BenchSettings) -> dict[str, Target]:
     return out
 
 
-def artifact_target(run: Run, art: dict[str, Any], base: Target | None, s: BenchSettings) -> Target | str:
-    """A target for one manifest entry, or the reason it is skipped."""
+def artifact_target(
+    run: Run, art: dict[str, Any], base: Target | None, s: BenchSettings, runtime: str = "onnxruntime"
+) -> Target | str:
+    """A target for one manifest entry on ``runtime`` (onnxruntime or openvino for ONNX files), or why it is skipped."""
     fmt = str(art.get("format", ""))
     if not usable(art):
         reason = str(art.get("reason") or "").strip().splitlines()
@@ -197,7 +204,10 @@ def artifact_target(run: Run, art: dict[str, Any], base: Target | None, s: Bench
     else:
         onnx_file = next((f for f in files if f.suffix == ".onnx"), files[0])
         make = lambda: OrtRunner(onnx_file, s.device, s.resolved_threads(), s.graph_level)  # noqa: E731
-        runtime = "onnxruntime"
+        if runtime == "openvino":
+            if s.device != "cpu":
+                return "OpenVINO is benched on the CPU only (--device cpu)"
+            make = lambda: OpenVINORunner(onnx_file, s.resolved_threads(), s.openvino_precision)  # noqa: E731
     return Target(
         model=str(art.get("model")),
         format=fmt,
@@ -219,23 +229,28 @@ def collect_targets(run: Run, s: BenchSettings) -> tuple[list[Target], list[dict
     bases = torch_targets(run, s)
     targets = [t for t in bases.values() if "torch" in s.runtimes]
     artifacts = read_manifest(run)["artifacts"]
-    if not artifacts and ({"onnxruntime", "tensorrt"} & set(s.runtimes)):
+    if not artifacts and ({"onnxruntime", "openvino", "tensorrt"} & set(s.runtimes)):
         progress.log(f"{run.root}: no export/manifest.json, so PyTorch rows only; run `kdeploy export` first")
     for art in artifacts:
         model = str(art.get("model"))
         if s.models and model not in s.models:
             continue
-        runtime = "tensorrt" if str(art.get("format", "")).startswith("tensorrt") else "onnxruntime"
-        if runtime not in s.runtimes:
-            continue
-        got = artifact_target(run, art, bases.get(model), s)
-        if isinstance(got, str):
-            skipped.append({"model": model, "format": art.get("format"), "runtime": runtime, "reason": got})
-        else:
-            targets.append(got)
+        onnx = ("onnxruntime", "openvino")
+        for runtime in ("tensorrt",) if str(art.get("format", "")).startswith("tensorrt") else onnx:
+            if runtime not in s.runtimes:
+                continue
+            got = artifact_target(run, art, bases.get(model), s, runtime)
+            if isinstance(got, str):
+                skipped.append({"model": model, "format": art.get("format"), "runtime": runtime, "reason": got})
+            else:
+                targets.append(got)
     if not targets:
-        fixes = {"onnxruntime": "`kdeploy export --onnx`", "tensorrt": "`kdeploy export --tensorrt` (on a GPU)"}
-        build = " or ".join(fixes[r] for r in s.runtimes if r in fixes) or "`kdeploy export`"
+        fixes = {
+            "onnxruntime": "`kdeploy export --onnx`",
+            "openvino": "`kdeploy export --onnx`",
+            "tensorrt": "`kdeploy export --tensorrt` (on a GPU)",
+        }
+        build = " or ".join(dict.fromkeys(fixes[r] for r in s.runtimes if r in fixes)) or "`kdeploy export`"
         models = ",".join(s.models) if s.models else "all"
         raise UserError(
             f"{run.root}: nothing to bench for --models {models} --runtimes {','.join(s.runtimes)}; "

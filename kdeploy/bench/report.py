@@ -15,6 +15,8 @@ from typing import Any
 
 from kdeploy import atomic
 from kdeploy.bench.curves import curves_markdown
+from kdeploy.bench.winners import FILENAME as WINNERS_PLOT
+from kdeploy.bench.winners import runtime_label, winners_markdown, write_runtime_plot
 from kdeploy.errors import UserError
 from kdeploy.runs import Run
 
@@ -78,7 +80,7 @@ def row_cells(r: dict[str, Any], columns: list[str] = COLUMNS) -> list[str]:
     values = [
         r["model"],
         r["format"],
-        r["runtime"],
+        runtime_label(r),
         r["device"],
         str(r["batch_size"]),
         _num(r["accuracy"], ".4f"),
@@ -148,6 +150,7 @@ def bench_markdown(result: dict[str, Any], plot: str | None = "pareto.png") -> s
         parts += [f"- {s['model']} {s['format']} ({s['runtime']}): {s['reason']}" for s in result["skipped"]]
     if plot:
         parts += ["", f"![accuracy vs latency]({plot})"]
+    parts.append(winners_markdown(result["rows"], WINNERS_PLOT if plot else None))
     return "\n".join(parts) + "\n"
 
 
@@ -233,7 +236,8 @@ def write_pareto(path: Path, rows: list[dict[str, Any]]) -> Path | None:
     )
     for i in labelled:
         r = pts[i]
-        text = f"{r['model']} {r['format']}" + (" (reference)" if i in reference else "")
+        runtime = f" {runtime_label(r)}" if len({x["runtime"] for x in pts if x["format"] != "pytorch"}) > 1 else ""
+        text = f"{r['model']} {r['format']}{runtime}" + (" (reference)" if i in reference else "")
         ax.annotate(text, xy[i], textcoords="offset points", xytext=(8, offsets[i]), fontsize=8, zorder=4,
                     fontweight="bold" if i in reference else "normal")  # fmt: skip
     handles = [Line2D([], [], ls="--", color="black", alpha=0.6, label="Pareto front (labelled)")]
@@ -262,6 +266,7 @@ def write_bench_outputs(root: Path, result: dict[str, Any]) -> list[Path]:
     """bench.csv, bench.md and pareto.png next to bench.json."""
     written = [atomic.write_text(root / "bench.csv", bench_csv(result["rows"]))]
     plot = write_pareto(root / "pareto.png", result["rows"])
+    written += [p for p in [write_runtime_plot(root / WINNERS_PLOT, result["rows"])] if p]
     written.append(atomic.write_text(root / "bench.md", bench_markdown(result, plot.name if plot else None)))
     if plot:
         written.append(plot)
