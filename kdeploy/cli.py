@@ -568,5 +568,19 @@ def quantize_cmd(
         raise GateFailed(failures(entries))
 
 
+@app.command("qat")
+@handle_errors
+def qat_cmd(run_dir: RunArg = None, max_accuracy_drop: MaxDropOpt = 0.01) -> None:
+    """Quantization-aware distillation of the run's student -> export/student.qat.int8.onnx (recipe `qat:`)."""
+    from kdeploy.qat import qat
+    from kdeploy.runs import Run
+
+    run = Run.open(run_dir)
+    entry = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    print_artifacts([entry], f"{run.root.name}: quantization-aware distilled student ({run.export_dir}/manifest.json)")
+    if entry["status"] == "failed":
+        raise GateFailed(f"{entry['id']}: {entry['reason']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -73,6 +73,7 @@ class PipelineResult:
 def _export_stages(run: Run, o: PipelineOptions) -> list[str]:
     """Export and quantize every model; returns the stage failures that must fail the run."""
     from kdeploy.export import export_onnx, export_tensorrt
+    from kdeploy.export.rundata import run_recipe
     from kdeploy.quantize import quantize
 
     fatal: list[str] = []
@@ -85,6 +86,12 @@ def _export_stages(run: Run, o: PipelineOptions) -> list[str]:
         for e in entries:
             if e["status"] == "failed":
                 progress.log(f"note: {e['id']} missed quantize's accuracy budget ({e.get('reason')}); not benched")
+    if "student" in ok_roles and run_recipe(run).qat is not None:  # the recipe asks for quantization-aware KD
+        from kdeploy.qat import qat
+
+        e = qat(run, raise_on_fail=False)
+        if e["status"] == "failed":
+            progress.log(f"note: {e['id']} missed its accuracy budget ({e.get('reason')}); not benched")
     if o.tensorrt:
         export_tensorrt(run, models=ok_roles, precision="fp16")
     return fatal

@@ -278,7 +278,7 @@ def convert(
     calib_method: str,
 ) -> dict[str, Any]:
     """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
-    if fmt == "onnx-int8":
+    if fmt in ("onnx-int8", "onnx-int8-qat"):  # QAT: the fine-tuned float model, quantized the same way
         if calib is None:
             raise ValueError("static INT8 needs calibration images")
         reader = make_reader(
@@ -321,7 +321,7 @@ def quantize_one(
             settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method)
         except Exception as exc:  # the ORT converters raise on graphs they do not handle
             status, reason = "failed", f"{fmt} conversion raised {type(exc).__name__}: {_first_line(exc)}"
-        if fmt == "onnx-int8" and calib is not None:
+        if fmt in ("onnx-int8", "onnx-int8-qat") and calib is not None:
             settings.update(calib_samples=len(calib), calib_split="train", calib_seed=calib_seed)
         settings["max_accuracy_drop"] = max_accuracy_drop
         convert_s = time.perf_counter() - t0

@@ -37,6 +37,7 @@ PRECISION = {
     "pytorch": "fp32",
     "onnx": "fp32",
     "onnx-int8": "int8",
+    "onnx-int8-qat": "int8",
     "onnx-int8-dynamic": "int8-dynamic",
     "onnx-fp16": "fp16",
     "tensorrt-fp16": "fp16",

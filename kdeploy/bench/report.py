@@ -182,8 +182,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 MODEL_COLORS = {"teacher": "#d62728", "baseline": "#7f7f7f", "student": "#1f77b4"}
-FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8": "^", "onnx-int8-dynamic": "v", "onnx-fp16": "D",
-                  "tensorrt-fp16": "P", "tensorrt-int8": "X"}  # fmt: skip
+FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8": "^", "onnx-int8-qat": "*", "onnx-int8-dynamic": "v",
+                  "onnx-fp16": "D", "tensorrt-fp16": "P", "tensorrt-int8": "X"}  # fmt: skip
 
 
 def _label_offsets(xy: list[tuple[float, float]], idx: list[int], xspan: float, yspan: float) -> dict[int, int]:
