@@ -6,19 +6,20 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 
 class Task(Protocol):
+    """One unit of work with a known size: ``update`` after each step, with the latest figures."""
+
     def update(self, advance: int = 1, **fields: Any) -> None: ...
 
 
 class Reporter(Protocol):
     def log(self, message: str) -> None: ...
 
-    def task(self, description: str, total: int) -> Any:  # a context manager yielding a Task
-        ...
+    def task(self, description: str, total: int) -> AbstractContextManager[Task]: ...
 
 
 def _fmt(fields: dict[str, Any]) -> str:
@@ -70,5 +71,6 @@ def log(message: str) -> None:
     _current.log(message)
 
 
-def task(description: str, total: int) -> Any:
+def task(description: str, total: int) -> AbstractContextManager[Task]:
+    """``with progress.task("epoch 1/10", total=steps) as t: ... t.update(loss=0.3)``"""
     return _current.task(description, total)

@@ -15,7 +15,9 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kdeploy.catalog import shipped_recipes  # noqa: F401  (kdeploy.recipe.shipped_recipes, as before)
 from kdeploy.data import Augment, Dataset, load_dataset
+from kdeploy.distill.methods.params import METHOD_PARAMS
 from kdeploy.errors import UserError
 
 
@@ -108,10 +110,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _method_params(self) -> Recipe:
-        from kdeploy.distill.methods import METHODS
-
-        if self.distill.method not in METHODS:
-            raise ValueError(METHODS.unknown_message(self.distill.method))
+        if self.distill.method not in METHOD_PARAMS:
+            raise ValueError(METHOD_PARAMS.unknown_message(self.distill.method))
         return self
 
 
@@ -168,16 +168,15 @@ def validate(raw: Any, source: str = "recipe") -> Recipe:
 
 
 def _validate_method_params(recipe: Recipe, source: str) -> None:
-    from kdeploy.distill.methods import METHODS
-
-    schema = METHODS.get(recipe.distill.method).Params
+    schema = METHOD_PARAMS.get(recipe.distill.method)
     try:
         params = schema.model_validate(recipe.distill.params())
     except pydantic.ValidationError as exc:
         keys = {"distill": ["method", *schema.model_fields]}
         problems = [_describe({**e, "loc": ("distill", *e["loc"])}, keys) for e in exc.errors()]
         raise UserError(f"{source}: " + "; ".join(problems)) from None
-    # store the defaults too, so the resolved recipe written into the run folder is complete
+    # store the defaults too, so the resolved recipe written into the run folder is complete; the schemas derive
+    # nothing from other keys (KD's weights stay None unless given), so the resolved recipe means what was written
     for key, value in params.model_dump().items():
         setattr(recipe.distill, key, value)
 
@@ -243,7 +242,12 @@ def load_recipe(
             raw.setdefault("data", {})
             if isinstance(raw["data"], dict):
                 raw["data"]["root"] = data_root
-    return validate(raw, str(p))
+    recipe = validate(raw, str(p))
+    if recipe.teacher.target or recipe.student.target:  # user models may sit next to the recipe
+        from kdeploy.models.registry import add_model_folder
+
+        add_model_folder(p.parent)
+    return recipe
 
 
 def load_data(recipe: Recipe) -> Dataset:
@@ -255,16 +259,3 @@ def load_data(recipe: Recipe) -> Dataset:
 def dump_recipe(recipe: Recipe) -> str:
     data = recipe.model_dump(mode="json")
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def shipped_recipes(folder: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
-    """(path, description) of every recipe in ``recipes/``."""
-    root = Path(folder) if folder else Path(__file__).resolve().parent.parent / "recipes"
-    found = []
-    for p in sorted(root.glob("*.yaml")):
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            continue
-        found.append((str(p), str(raw.get("description", "")).strip()))
-    return found

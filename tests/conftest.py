@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
+# $KDEPLOY_DATA when set (a git worktree has no ../shared), else the checkout's neighbour folder
+MNIST = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data") / "mnist"
 RECIPES = REPO / "recipes"
 
 

@@ -51,7 +51,7 @@ def _child(request: dict) -> int:
 
 
 def serve() -> None:
-    for module in ("kdeploy.cli", "kdeploy.distill", "kdeploy.recipe"):  # what every child shares after fork
+    for module in ("kdeploy.cli", "kdeploy.distill.run", "kdeploy.recipe"):  # what every child shares after fork
         importlib.import_module(module)
 
     reply = sys.stdout

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdeploy.distill.methods import METHODS, Outputs, create_method, kl_soft
+from kdeploy.distill.methods import METHOD_CLASSES, METHOD_PARAMS, Outputs, create_method, kl_soft
 from kdeploy.distill.methods.dkd import dkd_loss
 from kdeploy.errors import UserError
 
@@ -19,9 +19,15 @@ def softmax(xs: list[float], t: float = 1.0) -> list[float]:
 
 
 def test_registry_lists_methods() -> None:
-    assert {"ce", "kd", "fitnet", "at", "dkd"} <= set(METHODS.names())
+    assert {"ce", "kd", "fitnet", "at", "dkd"} <= set(METHOD_CLASSES.names())
     with pytest.raises(UserError, match="unknown distillation method 'kdd'.*did you mean 'kd'"):
-        METHODS.get("kdd")
+        METHOD_CLASSES.get("kdd")
+
+
+def test_every_method_has_its_schema_and_every_schema_a_method() -> None:
+    assert METHOD_PARAMS.names() == METHOD_CLASSES.names()
+    for name in METHOD_CLASSES:
+        assert METHOD_CLASSES.get(name).Params is METHOD_PARAMS.get(name), name
 
 
 def test_kl_soft_matches_hand_computation() -> None:
@@ -51,7 +57,14 @@ def test_kd_alpha_weights_the_soft_term() -> None:
 
 def test_kd_mdistiller_convention_overrides_alpha() -> None:
     m = create_method("kd", {"ce_weight": 0.1, "kd_weight": 9.0})
-    assert (m.params.ce_weight, m.params.kd_weight) == (0.1, 9.0)
+    assert m.params.weights == (0.1, 9.0)
+    assert create_method("kd", {"alpha": 0.2, "kd_weight": 3.0}).params.weights == pytest.approx((0.8, 3.0))
+
+
+def test_kd_weights_follow_alpha_and_are_not_stored() -> None:
+    m = create_method("kd", {"alpha": 0.2})
+    assert m.params.weights == pytest.approx((0.8, 0.2))
+    assert (m.params.ce_weight, m.params.kd_weight) == (None, None), "derived weights would override alpha on re-run"
 
 
 def test_dkd_equals_kd_split_when_weights_are_one() -> None:
@@ -114,7 +127,8 @@ def test_at_loss_matches_formula() -> None:
         a = f.pow(2).mean(1).flatten(1)
         return a / a.norm(dim=1, keepdim=True)
 
-    expected = 1000.0 / 2 * (amap(s) - amap(t)).pow(2).mean()
+    # the authors' code (and mdistiller): beta * sum over pairs of the mean squared difference, no / 2
+    expected = 1000.0 * (amap(s) - amap(t)).pow(2).mean()
     losses = m(Outputs(student_logits=logits, targets=y, student_features=[s], teacher_features=[t]))
     assert losses["at"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert m(Outputs(student_logits=logits, targets=y, student_features=[t], teacher_features=[t]))[

@@ -264,3 +264,41 @@ def test_torchvision_weights_replace_classifier_and_stem(arch: str, tmp_path, mo
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     model = create_model("torchvision", num_classes=6, in_shape=(1, 32, 32), arch=arch, weights="DEFAULT")
     assert logits(model, (1, 32, 32)).shape == (2, 6)
+
+
+def _user_model_folder(folder, name: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(USER_MODULE))
+    return folder
+
+
+def test_user_model_in_the_current_folder_needs_no_pythonpath(tmp_path, monkeypatch) -> None:
+    import sys
+
+    name = f"kd_cwd_models_{tmp_path.name.replace('-', '_')}"
+    monkeypatch.chdir(_user_model_folder(tmp_path / "project", name))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path / "project"))])
+    model = build_model(model_meta(None, f"{name}:TinyNet", {"hidden": 8}, 5, [3, 32, 32]))
+    assert logits(model, (3, 32, 32)).shape == (2, 5)
+
+
+def test_user_model_next_to_the_recipe_needs_no_pythonpath(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from kdeploy.recipe import load_recipe
+
+    from .conftest import tiny_recipe, write_recipe
+
+    name = f"kd_nextto_models_{tmp_path.name.replace('-', '_')}"
+    folder = _user_model_folder(tmp_path / "project", name)
+    raw = tiny_recipe(tmp_path)
+    raw["student"] = {"target": f"{name}:TinyNet", "kwargs": {"hidden": 8}}
+    recipe_path = write_recipe(folder / "recipe.yaml", raw)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the folder load_recipe adds is undone after the test
+    with pytest.raises(UserError, match=rf"cannot import module '{name}'.*check the path and PYTHONPATH"):
+        build_model(model_meta(None, f"{name}:TinyNet", {"hidden": 8}, 5, [3, 32, 32]))
+    recipe = load_recipe(recipe_path)
+    model = build_model(model_meta(None, recipe.student.target, recipe.student.kwargs, 5, [3, 32, 32]))
+    assert logits(model, (3, 32, 32)).shape == (2, 5)

@@ -91,9 +91,7 @@ def test_qat_without_a_float_student_is_one_line(mnist_root: Path, tmp_path: Pat
     run, _ = qat_run
     (run.root / "student.safetensors").rename(tmp_path / "student.safetensors")
     try:
-        with pytest.raises(
-            UserError, match=r"no float student \(student.safetensors\) to fine-tune"
-        ):
+        with pytest.raises(UserError, match=r"no float student \(student.safetensors\) to fine-tune"):
             qat(run)
     finally:
         (tmp_path / "student.safetensors").rename(run.root / "student.safetensors")

@@ -114,5 +114,19 @@ def test_resolved_recipe_round_trips_with_method_defaults(tmp_path: Path) -> Non
     assert dump_recipe(again) == dumped
 
 
+def test_a_resolved_recipe_means_what_was_written_and_set_overrides_it(tmp_path: Path) -> None:
+    """Re-running a run's recipe.yaml with --set distill.alpha=0.2 trains with alpha 0.2 (no stored weights win)."""
+    from kdeploy.distill.methods.params import KDParams
+
+    resolved = dump_recipe(validate(tiny_recipe(Path("/x"))))  # what the run folder keeps: alpha 0.7
+    assert "ce_weight: null" in resolved and "kd_weight: null" in resolved
+    path = tmp_path / "recipe.yaml"
+    path.write_text(resolved)
+    again = load_recipe(path, ["distill.alpha=0.2"])
+    assert KDParams.model_validate(again.distill.params()).weights == pytest.approx((0.8, 0.2))
+    explicit = load_recipe(path, ["distill.alpha=0.2", "distill.kd_weight=2.0"])
+    assert KDParams.model_validate(explicit.distill.params()).weights == pytest.approx((0.8, 2.0))
+
+
 def test_name_cannot_escape_the_runs_folder() -> None:
     check(tiny_recipe(Path("/x"), name="../../etc"), r"^r\.yaml: name: ")

@@ -130,8 +130,6 @@ def world_from_env() -> World:
             torch.cuda.set_device(device)
         dist.init_process_group(backend, rank=rank, world_size=size)
         atexit.register(_shutdown)
-    if rank != 0:
-        progress.set_reporter(SilentReporter())
     return World(rank, size, device, dist.get_backend())
 
 

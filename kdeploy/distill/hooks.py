@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from torch import Tensor, nn
 
@@ -49,12 +47,3 @@ class FeatureHooks:
         feats = [self.outputs[p] for p in self.paths]
         self.outputs.clear()
         return feats
-
-
-@contextmanager
-def capture(model: nn.Module, paths: list[str], role: str, key: str) -> Iterator[FeatureHooks]:
-    hooks = FeatureHooks(model, paths, role, key).attach()
-    try:
-        yield hooks
-    finally:
-        hooks.detach()

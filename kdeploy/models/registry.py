@@ -12,7 +12,10 @@ import difflib
 import importlib
 import inspect
 import json
+import os
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from torch import nn
@@ -24,6 +27,7 @@ ModelFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Callable[..., Any])
 
 MODELS: Registry[ModelFactory] = Registry("model")
+_MODEL_FOLDERS: list[Path] = []  # where user targets are looked for after sys.path and the current folder
 
 # Arguments every factory receives from the recipe's data section, never from the model kwargs.
 _INJECTED = ("num_classes", "in_shape")
@@ -109,7 +113,7 @@ def import_target(target: str) -> Callable[..., Any]:
     if not sep or not module_name or not attr:
         raise UserError(f"model target {target!r}: expected 'package.module:Class'")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import_user_module(module_name)
     except Exception as error:  # ImportError, but also a SyntaxError in the user's file
         reason = f"{type(error).__name__}: {error}"
         raise UserError(
@@ -127,6 +131,29 @@ def import_target(target: str) -> Callable[..., Any]:
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         raise UserError(f"model target {target!r}: {attr!r} is not a torch.nn.Module class; name a model class")
     return obj
+
+
+def add_model_folder(folder: str | os.PathLike[str]) -> None:
+    """Let user targets be found in ``folder`` too (``load_recipe`` adds the recipe's folder)."""
+    path = Path(folder).resolve()
+    if path not in _MODEL_FOLDERS:
+        _MODEL_FOLDERS.append(path)
+
+
+def _import_user_module(name: str) -> Any:
+    """Import ``name`` from ``sys.path``, else from the current folder or a recipe's folder, as tools with
+    ``module:attr`` targets do: ``target: "mymodels:TinyNet"`` next to the recipe works without PYTHONPATH."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        top = name.partition(".")[0]
+        if error.name != top:  # the module exists but something it imports is missing: the user's to fix
+            raise
+        for folder in (Path.cwd(), *_MODEL_FOLDERS):
+            if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file():
+                sys.path.append(str(folder))  # appended: never shadows an installed module of the same name
+                return importlib.import_module(name)
+        raise
 
 
 def count_params(model: nn.Module) -> int:

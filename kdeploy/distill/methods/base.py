@@ -7,18 +7,15 @@ and, for the module paths it asks for, the features captured by forward hooks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from kdeploy.distill.methods.params import METHOD_PARAMS, MethodParams
 from kdeploy.registry import Registry
-
-
-class MethodParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass
@@ -54,8 +51,19 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("distillation method")
-register_method = METHODS.register
+METHOD_CLASSES: Registry[type[Method]] = Registry("distillation method")
+M = TypeVar("M", bound=type[Method])
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Register a method's loss under ``name``; its ``Params`` must be the schema registered there in ``params``."""
+
+    def decorator(cls: M) -> M:
+        if name not in METHOD_PARAMS or cls.Params is not METHOD_PARAMS.get(name):
+            raise TypeError(f"method {name!r}: set Params to its schema, registered with @register_params({name!r})")
+        return METHOD_CLASSES.register(name)(cls)
+
+    return decorator
 
 
 def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

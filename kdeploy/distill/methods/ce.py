@@ -5,11 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, register_method
-
-
-class CEParams(MethodParams):
-    label_smoothing: float = 0.0
+from kdeploy.distill.methods.base import Method, Outputs, register_method
+from kdeploy.distill.methods.params import CEParams
 
 
 @register_method("ce")

@@ -7,19 +7,11 @@ KD splits into a target-class term (TCKD, weight ``alpha``) and a non-target-cla
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, register_method
-
-
-class DKDParams(MethodParams):
-    alpha: float = Field(1.0, ge=0, description="weight of the target-class term (TCKD)")
-    beta: float = Field(8.0, ge=0, description="weight of the non-target-class term (NCKD)")
-    temperature: float = Field(4.0, gt=0)
-    warmup: int = Field(20, ge=0, description="epochs over which the DKD weight ramps up linearly")
-    ce_weight: float = Field(1.0, ge=0)
+from kdeploy.distill.methods.base import Method, Outputs, register_method
+from kdeploy.distill.methods.params import DKDParams
 
 
 def dkd_loss(

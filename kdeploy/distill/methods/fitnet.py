@@ -8,20 +8,11 @@ Layers are module paths (``stage2``, ``layer3.0``, ``fc1``) captured by forward 
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, kl_soft, register_method
-
-
-class FitNetParams(MethodParams):
-    student_layer: str
-    teacher_layer: str
-    hint_weight: float = Field(100.0, ge=0)
-    ce_weight: float = Field(1.0, ge=0)
-    kd_weight: float = Field(0.0, ge=0)
-    temperature: float = Field(4.0, gt=0)
+from kdeploy.distill.methods.base import Method, Outputs, kl_soft, register_method
+from kdeploy.distill.methods.params import FitNetParams
 
 
 def make_regressor(student: Tensor, teacher: Tensor) -> nn.Module:

@@ -2,33 +2,18 @@
 
 loss = (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher_T || student_T)
 
-``alpha`` weights the *soft* (teacher) term, as in Hinton's paper and torchdistill's
-``KDLoss``. mdistiller uses separate ``CE_WEIGHT`` / ``KD_WEIGHT`` instead; set
-``ce_weight``/``kd_weight`` explicitly here to reproduce that convention.
+``alpha`` weights the *soft* (teacher) term, as in Hinton's paper. torchdistill's ``KDLoss`` uses the
+opposite convention (its ``alpha`` weights CE); mdistiller uses separate ``CE_WEIGHT`` / ``KD_WEIGHT``.
+Set ``ce_weight``/``kd_weight`` explicitly here to reproduce either (README: "Which term does alpha weight?").
 """
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, MethodParams, Outputs, kl_soft, register_method
-
-
-class KDParams(MethodParams):
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; CE gets 1 - alpha")
-    ce_weight: float | None = Field(None, ge=0, description="overrides 1 - alpha (mdistiller convention)")
-    kd_weight: float | None = Field(None, ge=0, description="overrides alpha (mdistiller convention)")
-
-    @model_validator(mode="after")
-    def _weights(self) -> KDParams:
-        if self.ce_weight is None:
-            self.ce_weight = 1.0 - self.alpha
-        if self.kd_weight is None:
-            self.kd_weight = self.alpha
-        return self
+from kdeploy.distill.methods.base import Method, Outputs, kl_soft, register_method
+from kdeploy.distill.methods.params import KDParams
 
 
 @register_method("kd")
@@ -38,7 +23,8 @@ class KD(Method):
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         p = self.params
         assert out.teacher_logits is not None
+        ce_weight, kd_weight = p.weights
         return {
-            "ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets),
-            "kd": p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature),
+            "ce": ce_weight * F.cross_entropy(out.student_logits, out.targets),
+            "kd": kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature),
         }

@@ -1,0 +1,129 @@
+"""``export`` and ``quantize``: a run's models to parity-gated ONNX, TensorRT engines, INT8 and FP16 artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from kdeploy.cli.main import command, out
+from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, RunArg
+from kdeploy.cli.tables import print_artifacts
+from kdeploy.errors import GateFailed, UserError
+
+
+@command("export")
+def export_cmd(
+    run_dir: RunArg = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="export ONNX with the parity gate (the default)")] = False,
+    tensorrt: Annotated[bool, typer.Option("--tensorrt", help="build TensorRT engines (CUDA GPU + tensorrt)")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="TensorRT FP16 engine (the default precision)")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="TensorRT INT8 engine from the QDQ ONNX")] = False,
+    models: ExportModelsOpt = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset")] = 18,
+    atol: Annotated[float, typer.Option("--atol", help="parity gate: max |onnx - torch| per logit")] = 1e-4,
+    rtol: Annotated[float, typer.Option("--rtol", help="parity gate: extra tolerance rtol * |torch|")] = 0.0,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="parity gate: top-1 agreement")] = 1.0,
+    parity_batch: Annotated[int, typer.Option("--parity-batch", help="larger parity batch (1 is always run)")] = 256,
+    parity_samples: Annotated[int, typer.Option("--parity-samples", help="test images compared")] = 1024,
+    opt_batch: Annotated[int, typer.Option("--opt-batch", help="TensorRT profile: optimal batch")] = 64,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="TensorRT profile: largest batch")] = 256,
+    workspace_mb: Annotated[int, typer.Option("--workspace-mb", help="TensorRT builder workspace (MiB)")] = 1024,
+    max_accuracy_drop: MaxDropOpt = 0.01,
+) -> None:
+    """Export a run's models to ONNX (gated on PyTorch parity) and/or TensorRT engines, into <run>/export/."""
+    from kdeploy.export import export_onnx, export_tensorrt
+    from kdeploy.export.onnx import failures
+    from kdeploy.export.tensorrt import check_args, require_tensorrt
+    from kdeploy.runs import Run
+
+    if not (onnx or tensorrt):
+        onnx = True
+    if (fp16 or int8) and not tensorrt:
+        raise UserError("--fp16/--int8 pick TensorRT precisions; for ONNX use `kdeploy quantize --fp16` or `--int8`")
+    precisions = [p for p, on in (("fp16", fp16), ("int8", int8)) if on] or ["fp16"]
+    if tensorrt:  # fail fast, before any ONNX work
+        for p in precisions:
+            check_args(p, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
+        require_tensorrt()
+    run = Run.open(run_dir)
+    entries: list[dict[str, Any]] = []
+    if onnx:
+        entries += export_onnx(
+            run,
+            models,
+            opset,
+            atol,
+            min_agreement,
+            parity_batch,
+            rtol=rtol,
+            parity_samples=parity_samples,
+            raise_on_fail=False,
+        )
+    for p in precisions if tensorrt else []:
+        entries += export_tensorrt(
+            run,
+            p,
+            models,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            workspace_mb=workspace_mb,
+            max_accuracy_drop=max_accuracy_drop,
+            raise_on_fail=False,
+        )
+    print_artifacts(entries, f"{run.root.name}: exported artifacts ({run.export_dir}/manifest.json)")
+    if any(e["status"] == "failed" for e in entries):
+        raise GateFailed(failures(entries))
+
+
+@command("quantize")
+def quantize_cmd(
+    run_dir: RunArg = None,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 with ONNX Runtime")] = False,
+    method: Annotated[str, typer.Option("--method", help="INT8: static (QDQ, calibrated) or dynamic")] = "static",
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 ONNX (float32 inputs and outputs kept)")] = False,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
+    models: ExportModelsOpt = None,
+    max_accuracy_drop: MaxDropOpt = 0.01,
+) -> None:
+    """Quantize a run's ONNX exports (run `kdeploy export --onnx` first); each artifact is gated on accuracy."""
+    from kdeploy.export.onnx import failures
+    from kdeploy.quantize import quantize
+    from kdeploy.runs import Run
+
+    if not (int8 or fp16):
+        raise UserError("nothing to do: pass --int8 and/or --fp16")
+    run = Run.open(run_dir)
+    entries = quantize(
+        run,
+        int8=int8,
+        method=method,
+        fp16=fp16,
+        calib_samples=calib_samples,
+        calib_method=calib_method,
+        per_channel=per_channel,
+        models=models,
+        max_accuracy_drop=max_accuracy_drop,
+        raise_on_fail=False,
+    )
+    print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
+    for e in entries:
+        if e["status"] == "skipped":
+            out.print(f"skipped {e['id']}: {e['reason']}", highlight=False, soft_wrap=True)
+    if any(e["status"] == "failed" for e in entries):
+        raise GateFailed(failures(entries))
+
+
+@command("qat")
+def qat_cmd(run_dir: RunArg = None, max_accuracy_drop: MaxDropOpt = 0.01) -> None:
+    """Quantization-aware distillation of the run's student -> export/student.qat.int8.onnx (recipe `qat:`)."""
+    from kdeploy.qat import qat
+    from kdeploy.runs import Run
+
+    run = Run.open(run_dir)
+    entry = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    print_artifacts([entry], f"{run.root.name}: quantization-aware distilled student ({run.export_dir}/manifest.json)")
+    if entry["status"] == "failed":
+        raise GateFailed(f"{entry['id']}: {entry['reason']}")

@@ -1,0 +1,125 @@
+"""The rich tables the commands print: metrics, seeds, bench rows and artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kdeploy.cli.main import out
+
+
+def _wide() -> Console:
+    """Pipes and files: no 80-column squeeze."""
+    return out if out.is_terminal else Console(width=200)
+
+
+def print_seeds(result: dict[str, Any]) -> None:
+    from kdeploy.seeds import fmt
+
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    table = Table(title=f"{result['recipe']}: test accuracy % over seeds {seeds} (mean ± std)", title_justify="left")
+    for col in ("model", "best epoch", "last epoch", "n"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for role, stats in result["summary"].items():
+        table.add_row(role, fmt(stats["accuracy"]), fmt(stats["last_accuracy"]), str(stats["accuracy"]["n"]))
+    out.print(table)
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    table = Table(title=f"{metrics.get('recipe', '')}: test accuracy", title_justify="left")
+    for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for role, m in metrics.get("models", {}).items():
+        table.add_row(
+            role,
+            f"{m['accuracy']:.4f}",
+            f"{m['params']:,}",
+            str(m.get("best_epoch", "")),
+            f"{m['train_seconds']:.1f}",
+            f"{m['samples_per_second']:,.0f}",
+        )
+    out.print(table)
+
+
+# What a narrow terminal keeps first; the rest of COMPACT follows in this order while it fits (bench.md has all).
+BENCH_PRIORITY = ("model", "format", "runtime", "batch", "accuracy", "p50 ms", "speed-up", "size MB", "Δacc",
+                  "samples/s", "p99 ms", "MMACs", "size ×")  # fmt: skip
+TEXT_COLUMNS = {"model", "format", "runtime"}
+
+
+def fit_columns(headers: list[str], cells: list[list[str]], width: int) -> list[int]:
+    """Indices of the columns to show in ``width`` characters: by BENCH_PRIORITY while they fit, in table order.
+
+    A rich table with borders takes 1 character plus, per column, its widest cell + 2 padding + 1 border.
+    """
+    need = {i: max([len(h), *(len(row[i]) for row in cells)]) + 3 for i, h in enumerate(headers)}
+    rank = {h: n for n, h in enumerate(BENCH_PRIORITY)}
+    chosen, used = [], 1
+    for i in sorted(range(len(headers)), key=lambda i: rank.get(headers[i], len(rank))):
+        if used + need[i] <= width or not chosen:
+            chosen.append(i)
+            used += need[i]
+    return sorted(chosen)
+
+
+def fitted_table(title: str, headers: list[str], cells: list[list[str]], width: int) -> tuple[Table, list[str]]:
+    """A table of the columns that fit ``width`` characters, and the names of the columns left out."""
+    keep = fit_columns(headers, cells, width)
+    t = Table(title=title, title_justify="left")
+    for i in keep:
+        t.add_column(headers[i], justify="left" if headers[i] in TEXT_COLUMNS else "right", no_wrap=True)
+    for row in cells:
+        t.add_row(*(row[i] for i in keep))
+    return t, [h for i, h in enumerate(headers) if i not in keep]
+
+
+def bench_table(result: dict[str, Any], width: int) -> tuple[Table, list[str]]:
+    """The bench rows (the COMPACT columns) as a table that fits ``width``, and the columns left out."""
+    from kdeploy.bench.report import COMPACT, table
+
+    headers, cells = table(result["rows"], COMPACT)
+    device = ", ".join(sorted({r["device"] for r in result["rows"]}))
+    title = f"bench on {device}: latency ms per batch, ratios vs teacher PyTorch fp32 (all columns: bench.md)"
+    return fitted_table(title, headers, cells, width)
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    from kdeploy.bench.report import settings_line
+
+    console = _wide()
+    t, hidden = bench_table(result, console.width)
+    console.print(t)
+    if hidden:
+        out.print(f"not shown at this width: {', '.join(hidden)} (see bench.md)", highlight=False, soft_wrap=True)
+    out.print(settings_line(result), highlight=False, soft_wrap=True)
+    for s in result.get("skipped", []):
+        out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
+
+
+def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for col in ("artifact", "file", "MB", "max |Δ logit|", "top-1 agree", "accuracy", "Δ acc (pt)", "status"):
+        t.add_column(col, justify="left" if col in {"artifact", "file", "status"} else "right")
+    for e in entries:
+        p = e.get("parity") or e.get("vs_fp32") or {}  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
+        acc, drop = e.get("accuracy"), e.get("accuracy_drop")
+        status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('reason') or ''}"
+        t.add_row(
+            e["id"],
+            e["files"][0] if e.get("files") else "-",
+            f"{e['bytes'] / 1e6:.3f}" if e.get("files") else "-",
+            f"{p['max_abs_diff']:.2e}" if p else "-",
+            f"{p['top1_agreement']:.2%}" if p else "-",
+            f"{acc:.4f}" if acc is not None else "-",
+            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and e["format"] != "onnx" else "-",
+            status,
+        )
+    _wide().print(t)
+    out.print(
+        "max |Δ logit| and top-1 agree: ONNX vs PyTorch (parity gate), quantized vs the fp32 ONNX; "
+        "Δ acc: test accuracy change vs fp32",
+        highlight=False,
+        soft_wrap=True,
+    )
