@@ -21,8 +21,7 @@ import torch
 
 from kdeploy import progress
 from kdeploy.data import iterate_batches
-from kdeploy.distill.methods import METHODS
-from kdeploy.distill.methods.base import Outputs
+from kdeploy.distill.methods import Outputs, create_method
 from kdeploy.errors import GateFailed, UserError
 from kdeploy.export import manifest as mf
 from kdeploy.export.onnx import describe, export_graph
@@ -48,8 +47,7 @@ def kd_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
         params["temperature"] = cfg.temperature
     if cfg.alpha is not None:
         params["alpha"] = cfg.alpha
-    method = METHODS.get("kd")
-    return method(method.Params(**params))
+    return create_method("kd", params)
 
 
 def _require_models(run: Run) -> None:
