@@ -71,8 +71,9 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     )
     assert entry["status"] == "ok" and entry["source"] == "student.onnx"
     assert entry["settings"]["per_channel"] is True and entry["settings"]["qat"]["epochs"] == 1
-    assert entry["settings"]["qat"]["kd"] == {"temperature": 4.0, "alpha": 0.7, "ce_weight": pytest.approx(0.3),
-                                              "kd_weight": 0.7}  # fmt: skip
+    kd = entry["settings"]["qat"]["kd"]
+    assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
+    assert entry["settings"]["qat"]["batchnorm_folded"] is True and entry["settings"]["qat"]["quantized_layers"] == 6
     assert [a["id"] for a in read_manifest(run)["artifacts"]].count("student:onnx-int8-qat") == 1
     assert not list(run.export_dir.glob(".staging-*")), "staging folders are removed"
     path = run.export_dir / "student.qat.int8.onnx"
