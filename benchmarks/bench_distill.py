@@ -5,15 +5,21 @@
 2. Teacher training rate in GFLOP/s (forward + backward = 3x forward FLOPs) vs the machine's
    fp32 matmul ceiling (a large torch.mm), measured in the same run.
 
-    python benchmarks/bench_distill.py --data-root ../shared/data/mnist
+3. bf16 vs fp32 teacher training: samples/s of each and their ratio, with the CPU model, whether it has AMX, and
+   the load average before and after (other processes' load skews every row).
 
-Prints a Markdown table; numbers in benchmarks/README.md come from this command.
+    python benchmarks/bench_distill.py --data-root ../shared/data/mnist
+    python benchmarks/bench_distill.py --precision-only     # item 3 alone (about a minute)
+
+Prints Markdown tables; numbers in benchmarks/README.md come from this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
+import platform
 import shutil
 import tempfile
 import time
@@ -106,14 +112,51 @@ def teacher_rate(recipe_path: Path, root: Path, precision: str) -> tuple[float, 
     return sps, sps * 3 * mlp_forward_flops(teacher) / 1e9
 
 
+def cpu_description() -> str:
+    """The CPU model and whether it has AMX (bf16 tiles), from /proc/cpuinfo."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return f"{model}, amx_bf16: {'yes' if 'amx_bf16' in flags else 'no'}"
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def precision_table(recipe: Path, root: Path, threads: int) -> None:
+    """Teacher epochs in fp32 and bf16 (same recipe, same data) and the bf16/fp32 speed ratio."""
+    before = load_average()
+    rates = {p: teacher_rate(recipe, root, p) for p in ("fp32", "bf16")}
+    print(
+        f"\nCPU: {cpu_description()}; {threads} threads; load average 1/5/15 min before {before}, "
+        f"after {load_average()}\n"
+    )
+    print("| teacher epoch | fp32 samples/s | bf16 samples/s | bf16 / fp32 |")
+    print("|---|---:|---:|---:|")
+    (f32, _), (b16, _) = rates["fp32"], rates["bf16"]
+    print(f"| {recipe.name} teacher | {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "mnist_mlp.yaml")
     parser.add_argument("--steps", type=int, default=300, help="steps of the straightforward loop")
+    parser.add_argument("--precision-only", action="store_true", help="only the bf16 vs fp32 teacher table")
     args = parser.parse_args()
     torch.manual_seed(0)
     threads = torch.get_num_threads()
+    if args.precision_only:
+        precision_table(args.recipe, args.data_root, threads)
+        return
     teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[1200, 1200])
     make_student = lambda: create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[800])  # noqa: E731
 
@@ -122,6 +165,7 @@ def main() -> None:
     ours_aug = kdeploy_epoch(args.recipe, args.data_root, teacher, make_student(), cached=False)
     ours_cached = kdeploy_epoch(args.recipe, args.data_root, teacher, make_student(), cached=True)
     bf16_ceiling = matmul_gflops(dtype=torch.bfloat16)
+    before = load_average()
     rates = {p: teacher_rate(args.recipe, args.data_root, p) for p in ("fp32", "bf16")}
 
     print(
@@ -148,6 +192,11 @@ def main() -> None:
         print(
             f"| {precision} | {sps:,.0f} | {gflops:.0f} | {100 * gflops / ceiling:.0f}% | {100 * gflops / own:.0f}% |"
         )
+    ratio = rates["bf16"][0] / rates["fp32"][0]
+    print(
+        f"\nbf16 / fp32 teacher samples/s: {ratio:.2f}x; CPU: {cpu_description()}; {threads} threads; "
+        f"load average 1/5/15 min before the teacher rows {before}, after {load_average()}"
+    )
 
 
 if __name__ == "__main__":

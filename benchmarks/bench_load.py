@@ -115,7 +115,7 @@ def measure(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
 
 def import_baseline(env: dict[str, str], cwd: Path) -> float:
     """Peak RSS (MiB) of a process that only imports what a kdeploy command imports (torch, ORT, kdeploy)."""
-    code = "import onnxruntime, torchvision, kdeploy.cli, kdeploy.distill, kdeploy.bench"
+    code = "import onnxruntime, torchvision, kdeploy.cli, kdeploy.distill.run, kdeploy.bench"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=cwd)
     _, _, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0

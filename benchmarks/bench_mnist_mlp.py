@@ -34,10 +34,11 @@ import torch
 from _markdown import emit, md_table
 
 from kdeploy.bench import BenchSettings, TimingSettings, bench
-from kdeploy.bench.harness import available_cores, load_average, timing_input
+from kdeploy.bench.machine import load_average
 from kdeploy.bench.runners import OrtRunner, ort_session
+from kdeploy.bench.targets import timing_input
 from kdeploy.export import read_manifest
-from kdeploy.runs import Run
+from kdeploy.runs import Run, available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "mnist_mlp.yaml"
@@ -164,14 +165,14 @@ def main() -> None:
         timing=TimingSettings(warmup=50, min_iters=args.iters, min_seconds=args.seconds),
     )  # fmt: skip
     result = bench(run, settings)
-    rows = result["rows"]
+    rows = [r.to_dict() for r in result.rows]  # the bench.json form
     ceiling = matmul_ceiling(threads)
     best_ceiling = max(ceiling.values())
     best_name = max(ceiling, key=ceiling.__getitem__)
 
     # harness overhead on the student's INT8 and fp32 files, both batch sizes: the harness's own runner and timing
     # loop (what `kdeploy bench` calls) alternated with the bare loop, so machine drift hits both alike
-    from kdeploy.export.rundata import load_run_data
+    from kdeploy.rundata import load_run_data
 
     data = load_run_data(run)
     overhead = []
@@ -227,7 +228,7 @@ def main() -> None:
         [role, f"{metrics[role]['params']:,}", f"{metrics[role]['accuracy']:.2%}", published.get(role, "-")]
         for role in ("teacher", "baseline", "student") if role in metrics
     ]  # fmt: skip
-    m = result["machine"]
+    m = result.machine
     command = "python benchmarks/bench_mnist_mlp.py " + " ".join(sys.argv[1:])
     text = "\n\n".join([
         "### MNIST MLP: accuracy and deployment targets (`benchmarks/bench_mnist_mlp.py`)",

@@ -16,6 +16,15 @@ class GateFailed(Exception):
     """A quality gate (parity, accuracy drop, speed-up) was missed: the CLI exits 1."""
 
 
+def first_line(exc: BaseException | str, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when the message is empty), at most ``limit``
+    characters: what one-line errors and manifest reasons quote from a library's multi-line message."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text.splitlines()[0][:limit]
+
+
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
 

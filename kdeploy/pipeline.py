@@ -4,8 +4,10 @@ Stage gates and the deployment gate:
 
 - an ONNX export that misses its parity gate is a correctness failure: the pipeline still benches what is
   usable and writes the report, then raises :class:`GateFailed` (exit 1);
-- a quantized artifact that misses quantize's accuracy budget is marked failed in the manifest, left out
-  of the bench and listed in the report; it does not fail the run on its own;
+- a quantized artifact or TensorRT engine that misses its accuracy budget (or an engine TensorRT cannot build)
+  is marked failed in the manifest, left out of the bench and listed in the report; it does not fail the run;
+- with ``tensorrt``, FP16 engines are built for every exported model and INT8 engines for every model whose
+  static INT8 ONNX passed its gate;
 - the deployment gate (``max_accuracy_drop``, ``min_speedup``) compares the best student row against the
   teacher's PyTorch fp32 row at batch 1 (see :mod:`kdeploy.bench.gate`) and raises :class:`GateFailed` when
   missed.
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy import atomic, progress
+from kdeploy.artifacts import Artifact, describe
 from kdeploy.bench import BenchSettings, bench
 from kdeploy.bench.gate import evaluate_gate
+from kdeploy.bench.records import BenchResult
 from kdeploy.bench.report import write_report
 from kdeploy.errors import GateFailed, UserError
 from kdeploy.recipe import Recipe
@@ -64,36 +68,48 @@ class PipelineOptions:
 @dataclass
 class PipelineResult:
     run: Run
-    bench: dict[str, Any]
+    bench: BenchResult
     gate: dict[str, Any] | None
     stage_failures: list[str]
     report: Path
 
 
-def _export_stages(run: Run, o: PipelineOptions) -> list[str]:
-    """Export and quantize every model; returns the stage failures that must fail the run."""
+def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
+    """Export, quantize and (optionally) build engines for every model; returns the failures that fail the run.
+
+    Every stage runs with ``raise_on_fail=False``: its failed artifacts are recorded in the manifest, left out
+    of the bench and listed in the report. Only a missed ONNX parity gate fails the run (a correctness error)."""
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.export.rundata import run_recipe
+    from kdeploy.rundata import run_recipe
     from kdeploy.quantize import quantize
 
-    fatal: list[str] = []
-    exported = export_onnx(run, opset=o.opset, raise_on_fail=False)
-    fatal += [f"{e['id']}: {e.get('reason') or 'parity gate missed'}" for e in exported if e["status"] == "failed"]
-    ok_roles = [e["model"] for e in exported if e["status"] == "ok"]
-    if ok_roles and (o.int8 or o.fp16):
-        entries = quantize(run, int8=o.int8, method=o.int8_method, fp16=o.fp16, calib_samples=o.calib_samples,
-                           models=ok_roles, raise_on_fail=False)  # fmt: skip
-        for e in entries:
-            if e["status"] == "failed":
-                progress.log(f"note: {e['id']} missed quantize's accuracy budget ({e.get('reason')}); not benched")
+    exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
+    fatal = [describe(a) for a in exported if a.failed]
+    ok_roles = [a.model for a in exported if a.usable]
+    made: list[Artifact] = []
+    if ok_roles and (opts.int8 or opts.fp16):
+        made += quantize(
+            run,
+            int8=opts.int8,
+            method=opts.int8_method,
+            fp16=opts.fp16,
+            calib_samples=opts.calib_samples,
+            models=ok_roles,
+            raise_on_fail=False,
+            target="tensorrt" if opts.tensorrt else "onnxruntime",
+        )  # fmt: skip; engines need TRT's form
     if "student" in ok_roles and run_recipe(run).qat is not None:  # the recipe asks for quantization-aware KD
         from kdeploy.qat import qat
 
-        e = qat(run, raise_on_fail=False)
-        if e["status"] == "failed":
-            progress.log(f"note: {e['id']} missed its accuracy budget ({e.get('reason')}); not benched")
-    if o.tensorrt:
-        export_tensorrt(run, models=ok_roles, precision="fp16")
+        made.append(qat(run, raise_on_fail=False))
+    if ok_roles and opts.tensorrt:
+        made += export_tensorrt(run, "fp16", ok_roles, raise_on_fail=False)
+        int8_roles = [a.model for a in made if a.format == "onnx-int8" and a.usable]
+        if int8_roles:
+            made += export_tensorrt(run, "int8", int8_roles, raise_on_fail=False)
+    for art in made:
+        if art.failed:
+            progress.log(f"note: {art.id} missed its gate ({art.reason}); not benched")
     return fatal
 
 
@@ -108,19 +124,19 @@ def run_pipeline(
     """Everything from a recipe to ``report.md``; raises GateFailed (after writing the report) when a gate misses."""
     from kdeploy.distill import distill
 
-    o = options or PipelineOptions()
-    o.check()
+    opts = options or PipelineOptions()
+    opts.check()
     run = distill(recipe, out=out, resume=resume, force=force)
-    fatal = _export_stages(run, o)
-    result = bench(run, o.bench)
+    fatal = _export_stages(run, opts)
+    result = bench(run, opts.bench)
     gate: dict[str, Any] | None = None
-    if o.gated or (o.gate_batch in o.bench.batch_sizes and "torch" in o.bench.runtimes):
-        gate = evaluate_gate(result["rows"], o.max_accuracy_drop, o.min_speedup, o.gate_batch)
-        atomic.write_json(run.root / "gate.json", gate)
+    if opts.gated or (opts.gate_batch in opts.bench.batch_sizes and "torch" in opts.bench.runtimes):
+        gate = evaluate_gate(result.rows, opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
+        atomic.write_json(run.gate_path, gate)
         verdict = ("gate passed: " if gate["passed"] else "gate missed: ") if gate["gated"] else ""
         progress.log(verdict + gate["message"])
     else:
-        (run.root / "gate.json").unlink(missing_ok=True)  # a gate from an earlier session would be stale
+        run.gate_path.unlink(missing_ok=True)  # a gate from an earlier session would be stale
     report = write_report(run)
     problems = ([f"deployment gate: {gate['message']}"] if gate and not gate["passed"] else []) + fatal
     if problems:

@@ -46,10 +46,17 @@ class ModelConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    schedule: Literal["none", "cosine", "step", "onecycle", "linear"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies lr")
     gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int | float = Field(0, ge=0, description="linear lr warm-up; a float is a fraction of epochs")
+    batch_size: int | None = Field(None, ge=1, description="this model's training batch size instead of data's")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="smoothing of this model's cross-entropy term")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="decay of an EMA of the weights (e.g. 0.999): validated, tested and saved"
+    )
+    mixup: float = Field(0.0, ge=0, description="Beta(a, a) batch mixup; 0: off")
+    cutmix: float = Field(0.0, ge=0, description="Beta(a, a) batch CutMix; 0: off (with mixup: one per batch)")
     augment: Augment | None = Field(
         None, description="this model's training augmentation instead of data.augment (the baseline follows student)"
     )
@@ -82,6 +89,7 @@ class TrainConfig(_Strict):
         "auto", description="auto: precompute teacher outputs once when the student is not augmented"
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
 
 
 class QatConfig(_Strict):

@@ -11,8 +11,13 @@ runs/<name>/
   metrics.json         test accuracy, params, time per model
   state/<role>.pt      resume state of an unfinished model (weights_only-loadable)
   export/              artifacts and manifest.json (export, quantize)
+  bench.json           bench rows (+ bench.csv, bench.md, pareto.png)
+  gate.json            the deployment gate's thresholds and verdict (`kdeploy run`)
+  report.md            everything above in one page
 runs/latest -> <name>  the newest run
 ```
+This module is the only one that spells these names: every other module asks a :class:`Run` for a path.
+A multi-seed parent (:mod:`kdeploy.seeds`) holds ``seed<N>/`` run folders plus ``seeds.json`` and ``seeds.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +38,82 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from kdeploy import atomic
-from kdeploy.errors import UserError
+from kdeploy.errors import UserError, first_line
 
 ROLES = ("teacher", "baseline", "student")
 META_KEY = "kdeploy"
 DEFAULT_RUNS_DIR = Path("runs")
+LATEST = "latest"
+
+
+def default_run_dir(name: str, out: str | os.PathLike[str] | None = None) -> Path:
+    """Where a recipe's run goes: ``out`` when given, else ``runs/<recipe name>``."""
+    return Path(out) if out is not None else DEFAULT_RUNS_DIR / name
+
+
+class SeedsFolder:
+    """A multi-seed parent: ``seed<N>/`` run folders plus ``seeds.json`` and ``seeds.md`` (:mod:`kdeploy.seeds`)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def seed_run(self, seed: int) -> Path:
+        return self.root / f"seed{seed}"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.root / "seeds.json"
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.root / "seeds.md"
+
+    def holds_seeds(self) -> bool:
+        """Whether the folder is (part of) a multi-seed run."""
+        return self.summary_path.is_file() or any((p / "recipe.yaml").is_file() for p in self.root.glob("seed*"))
+
+
+def point_latest(parent: Path, target: Path) -> None:
+    """``<parent>/latest`` -> ``target`` (a relative symlink, replaced atomically); a text file where symlinks
+    are not supported. ``target`` may sit deeper (a multi-seed run's ``<name>/seed0``)."""
+    link, tmp = parent / LATEST, parent / f".{LATEST}.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target.resolve(), parent.resolve()), target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # filesystems without symlinks: a text file naming the run
+        atomic.write_text(parent / f"{LATEST}.txt", str(target) + "\n")
+
+
+@dataclass
+class ModelMetrics:
+    """One model's entry in ``metrics.json`` (what the trainer measured); unknown keys are kept in ``extra``."""
+
+    accuracy: float | None = None  # test accuracy of the model selected on validation
+    last_accuracy: float | None = None  # test accuracy after the last epoch
+    val_accuracy: float | None = None
+    best_epoch: int | None = None
+    params: int | None = None
+    train_seconds: float | None = None
+    samples_per_second: float | None = None
+    compile_seconds: float | None = None
+    checkpoint: str | None = None  # a teacher loaded from weights instead of trained
+    method: str | None = None  # the student's distillation method
+    teacher_outputs: str | None = None  # "cached" or "per-batch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "extra"}
+        for optional in ("compile_seconds", "checkpoint", "method", "teacher_outputs"):
+            if out[optional] is None:
+                del out[optional]
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetrics:
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
 class Run:
@@ -66,6 +143,30 @@ class Run:
     def export_dir(self) -> Path:
         return self.root / "export"
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.export_dir / "manifest.json"
+
+    @property
+    def bench_path(self) -> Path:
+        return self.root / "bench.json"
+
+    def bench_output(self, suffix: str) -> Path:
+        """``bench.csv``, ``bench.md`` (``suffix`` = ``.csv`` / ``.md``)."""
+        return self.root / f"bench{suffix}"
+
+    @property
+    def pareto_path(self) -> Path:
+        return self.root / "pareto.png"
+
+    @property
+    def gate_path(self) -> Path:
+        return self.root / "gate.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.md"
+
     def weights_path(self, role: str) -> Path:
         return self.root / f"{role}.safetensors"
 
@@ -80,7 +181,7 @@ class Run:
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Run:
         """An existing, finished-or-partial run; ``None`` means ``runs/latest``."""
-        root = Path(path) if path is not None else DEFAULT_RUNS_DIR / "latest"
+        root = Path(path) if path is not None else DEFAULT_RUNS_DIR / LATEST
         if not root.exists():
             if path is None:
                 raise UserError("no run given and runs/latest does not exist; run `kdeploy distill RECIPE` first")
@@ -91,15 +192,8 @@ class Run:
         return run
 
     def mark_latest(self) -> None:
-        """Point ``<parent>/latest`` at this run (a relative symlink, replaced atomically)."""
-        link = self.root.parent / "latest"
-        tmp = self.root.parent / ".latest.tmp"
-        try:
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self.root.name, target_is_directory=True)
-            os.replace(tmp, link)
-        except OSError:  # filesystems without symlinks: a text file naming the run
-            atomic.write_text(self.root.parent / "latest.txt", str(self.root) + "\n")
+        """Point ``<parent>/latest`` at this run."""
+        point_latest(self.root.parent, self.root)
 
     # ---- weights ------------------------------------------------------------------------
     def save_weights(self, role: str, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -120,6 +214,11 @@ class Run:
             return json.loads(self.metrics_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise UserError(f"{self.metrics_path}: corrupt JSON; re-run `kdeploy distill --resume`") from None
+
+    def model_metrics(self) -> dict[str, ModelMetrics]:
+        """``metrics.json``'s per-model entries, typed (empty when nothing was trained here)."""
+        models = self.read_metrics().get("models") or {}
+        return {role: ModelMetrics.from_dict(m) for role, m in models.items() if isinstance(m, dict)}
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic.write_json(self.metrics_path, metrics)
@@ -192,9 +291,8 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found; fix the path") from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"{path}: cannot load weights ({first[:200]}); pass a .safetensors file or a plain state_dict"
+            f"{path}: cannot load weights ({first_line(exc, 200)}); pass a .safetensors file or a plain state_dict"
         ) from None
     except Exception as exc:  # pickle.UnpicklingError for payload-carrying pickles
         if type(exc).__name__ == "UnpicklingError":
@@ -215,7 +313,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for a payload, RuntimeError/EOFError for a damaged zip
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         what = "refused to unpickle it" if type(exc).__name__ == "UnpicklingError" else "cannot read it"
         raise UserError(
             f"{path}: resume state unusable ({what}: {first}); delete it to retrain that model, or re-run with --force"
@@ -257,6 +355,14 @@ def package_versions(*packages: str) -> dict[str, str | None]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     return versions
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask on Linux, else every core): the default thread count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def environment() -> dict[str, Any]:

@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 from kdeploy import atomic, progress
 from kdeploy.errors import UserError
 from kdeploy.recipe import Recipe
-from kdeploy.runs import DEFAULT_RUNS_DIR, ROLES, Run
+from kdeploy.runs import ROLES, Run, SeedsFolder, default_run_dir, point_latest
 
 if TYPE_CHECKING:
     from kdeploy.distill.distributed import World
 
 METRICS = {"accuracy": "best epoch", "last_accuracy": "last epoch"}
 GAIN = "student - baseline"
-SEEDS_FILE = "seeds.json"
 
 
 @dataclass
@@ -61,26 +60,23 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def seeds_root(recipe: Recipe, out: str | os.PathLike[str] | None) -> Path:
-    return Path(out) if out is not None else DEFAULT_RUNS_DIR / recipe.name
+    return default_run_dir(recipe.name, out)
 
 
 def seed_folder(root: Path, seed: int) -> Path:
-    return root / f"seed{seed}"
-
-
-def _is_multi_seed(root: Path) -> bool:
-    return (root / SEEDS_FILE).is_file() or any((p / "recipe.yaml").is_file() for p in root.glob("seed*"))
+    return SeedsFolder(root).seed_run(seed)
 
 
 def prepare_parent(root: Path, resume: bool, force: bool) -> None:
     """Refuse to mix a multi-seed folder into something else; --force clears it, --resume keeps it."""
     if not root.exists() or not any(root.iterdir()):
         return
-    if (root / "recipe.yaml").is_file() and not force:
+    if Run(root).recipe_path.is_file() and not force:
         raise UserError(f"{root} holds a single-seed run; pass --force to replace it or --out DIR for the seeds")
-    if not _is_multi_seed(root) and not force:
+    multi = SeedsFolder(root).holds_seeds()
+    if not multi and not force:
         raise UserError(f"{root} exists and is not a kdeploy run; choose another --out or pass --force")
-    if _is_multi_seed(root) and not (resume or force):
+    if multi and not (resume or force):
         raise UserError(f"{root} already holds a multi-seed run; pass --resume to continue it, --force or --out DIR")
 
 
@@ -139,17 +135,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def point_latest(root: Path, run: Run) -> None:
-    """``<parent of root>/latest`` -> ``<root name>/seed<N>`` (relative symlink, replaced atomically)."""
-    link, tmp = root.parent / "latest", root.parent / ".latest.tmp"
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path(root.name) / run.root.name, target_is_directory=True)
-        os.replace(tmp, link)
-    except OSError:  # filesystems without symlinks: a text file naming the run
-        atomic.write_text(root.parent / "latest.txt", str(run.root) + "\n")
-
-
 def distill_seeds(
     recipe: Recipe,
     seeds: list[int],
@@ -162,7 +147,7 @@ def distill_seeds(
     from kdeploy.distill import distill
     from kdeploy.distill.distributed import world_from_env
 
-    world = world or world_from_env()
+    world = world or world_from_env(recipe.train.device)
     root = seeds_root(recipe, out)
     prepare_parent(root, resume, force)
     world.barrier()  # all ranks checked before rank 0 clears
@@ -186,8 +171,9 @@ def distill_seeds(
         "summary": aggregate(per_seed),
     }
     if world.main:
-        atomic.write_json(root / SEEDS_FILE, result)
-        atomic.write_text(root / "seeds.md", markdown(result))
-        point_latest(root, runs[seeds[0]])
+        folder = SeedsFolder(root)
+        atomic.write_json(folder.summary_path, result)
+        atomic.write_text(folder.markdown_path, markdown(result))
+        point_latest(root.parent, runs[seeds[0]].root)
     world.barrier()
     return SeedsResult(root=root, runs=runs, summary=result)

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# $KDEPLOY_DATA when set (a git worktree has no ../shared), else the checkout's neighbour folder
-MNIST = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data") / "mnist"
+DATA = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data")  # worktrees: set KDEPLOY_DATA
+MNIST = DATA / "mnist"
+CIFAR10 = DATA / "cifar10"
 RECIPES = REPO / "recipes"
 
 

@@ -21,18 +21,20 @@ from torch import nn
 from typer.testing import CliRunner
 
 from kdeploy import progress
+from kdeploy.artifacts import Artifact
 from kdeploy.bench import BenchSettings, TimingSettings, bench, count_macs
 from kdeploy.bench.gate import evaluate_gate
-from kdeploy.bench.harness import busy_cores
 from kdeploy.bench.latency import Latency, time_host
+from kdeploy.bench.machine import busy_cores
 from kdeploy.bench.measure import disk_bytes, memory_bytes
-from kdeploy.bench.report import pareto_front
+from kdeploy.bench.plot import pareto_front
+from kdeploy.bench.records import BenchResult
 from kdeploy.cli import app
 from kdeploy.distill import distill
 from kdeploy.export import export_onnx, read_manifest
-from kdeploy.export.rundata import load_run_data
 from kdeploy.quantize import quantize
 from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 from .conftest import tiny_recipe
@@ -55,7 +57,7 @@ class Capture:
 
 
 @pytest.fixture(scope="module")
-def benched(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, dict[str, Any]]:
+def benched(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, BenchResult]:
     run = distill(validate(tiny_recipe(mnist_root)), out=tmp_path_factory.mktemp("bench") / "tiny")
     export_onnx(run, models=["teacher", "student"])  # the baseline stays PyTorch-only: rows follow the manifest
     quantize(run, int8=True, fp16=False, calib_samples=128, models=["student"], raise_on_fail=False)
@@ -63,36 +65,36 @@ def benched(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return run, bench(run, settings)
 
 
-def usable_onnx(run: Run) -> list[dict[str, Any]]:
-    return [a for a in read_manifest(run)["artifacts"] if a["status"] == "ok" and a["passed"]]
+def usable_onnx(run: Run) -> list[Artifact]:
+    return [a for a in read_manifest(run).artifacts if a.usable]
 
 
-def test_every_model_and_artifact_has_a_row_per_batch_size(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_every_model_and_artifact_has_a_row_per_batch_size(benched: tuple[Run, BenchResult]) -> None:
     run, result = benched
     arts = usable_onnx(run)
-    assert {(a["model"], a["format"]) for a in arts} == {
+    assert {(a.model, a.format) for a in arts} == {
         ("teacher", "onnx"),
         ("student", "onnx"),
         ("student", "onnx-int8"),
     }
     expected = {(role, "pytorch", b) for role in ("teacher", "baseline", "student") for b in BATCHES}
-    expected |= {(a["model"], a["format"], b) for a in arts for b in BATCHES}
-    got = [(r["model"], r["format"], r["batch_size"]) for r in result["rows"]]
+    expected |= {(a.model, a.format, b) for a in arts for b in BATCHES}
+    got = [(r.model, r.format, r.batch_size) for r in result.rows]
     assert sorted(got) == sorted(expected)
 
 
-def test_latency_statistics_are_sane(benched: tuple[Run, dict[str, Any]]) -> None:
-    for r in benched[1]["rows"]:
-        lat = r["latency_ms"]
-        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"], r
-        assert lat["mean"] > 0 and r["iters"] >= FAST.min_iters
-        assert r["throughput"] == pytest.approx(r["batch_size"] * 1000 / lat["p50"])
-        assert r["device"] == "cpu" and r["threads"] == 1
-        if r["runtime"] == "onnxruntime":
-            assert r["inter_op_threads"] == 1 and r["graph_optimization_level"] == "all"
+def test_latency_statistics_are_sane(benched: tuple[Run, BenchResult]) -> None:
+    for r in benched[1].rows:
+        lat = r.latency_ms
+        assert 0 < lat.min <= lat.p50 <= lat.p90 <= lat.p99, r
+        assert lat.mean > 0 and r.iters >= FAST.min_iters
+        assert r.throughput == pytest.approx(r.batch_size * 1000 / lat.p50)
+        assert r.device == "cpu" and r.threads == 1
+        if r.runtime == "onnxruntime":
+            assert r.inter_op_threads == 1 and r.graph_optimization_level == "all"
 
 
-def test_onnx_accuracy_matches_an_independent_onnxruntime_evaluation(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_onnx_accuracy_matches_an_independent_onnxruntime_evaluation(benched: tuple[Run, BenchResult]) -> None:
     run, result = benched
     data = load_run_data(run)
     images = data.test.images.numpy().astype(np.float32) / 255.0
@@ -101,56 +103,56 @@ def test_onnx_accuracy_matches_an_independent_onnxruntime_evaluation(benched: tu
     x = (images - mean) / std
     labels = data.test.labels.numpy()
     for a in usable_onnx(run):
-        session = ort.InferenceSession(str(run.export_dir / a["files"][0]), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(run.export_dir / a.files[0]), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         logits = np.concatenate([session.run(None, {name: x[i : i + 97]})[0] for i in range(0, len(x), 97)])
         expected = float((logits.argmax(1) == labels).mean())
-        rows = [r for r in result["rows"] if r["artifact"] == a["id"]]
-        assert rows and all(r["accuracy"] == pytest.approx(expected, abs=1.5 / len(labels)) for r in rows), a["id"]
+        rows = [r for r in result.rows if r.artifact == a.id]
+        assert rows and all(r.accuracy == pytest.approx(expected, abs=1.5 / len(labels)) for r in rows), a.id
 
 
-def test_torch_accuracy_matches_the_trainers_evaluation(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_torch_accuracy_matches_the_trainers_evaluation(benched: tuple[Run, BenchResult]) -> None:
     run, result = benched
-    metrics = run.read_metrics()["models"]
-    for r in result["rows"]:
-        if r["format"] == "pytorch":
-            assert r["accuracy"] == pytest.approx(metrics[r["model"]]["accuracy"], abs=1e-6)  # float32 mean there
+    metrics = run.model_metrics()
+    for r in result.rows:
+        if r.format == "pytorch":
+            assert r.accuracy == pytest.approx(metrics[r.model].accuracy, abs=1e-6)  # float32 mean there
 
 
-def test_counts_sizes_and_ratios(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_counts_sizes_and_ratios(benched: tuple[Run, BenchResult]) -> None:
     run, result = benched
-    rows = result["rows"]
-    teacher = next(r for r in rows if r["model"] == "teacher" and r["format"] == "pytorch")
-    assert teacher["params"] == 784 * 64 + 64 + 64 * 10 + 10
-    assert teacher["macs"] == 784 * 64 + 64 * 10 and teacher["flops"] == 2 * teacher["macs"]
-    assert teacher["size_mb"] == pytest.approx(run.weights_path("teacher").stat().st_size / 1e6)
-    assert teacher["memory_mb"] == pytest.approx(teacher["params"] * 4 / 1e6)
+    rows = result.rows
+    teacher = next(r for r in rows if r.model == "teacher" and r.format == "pytorch")
+    assert teacher.params == 784 * 64 + 64 + 64 * 10 + 10
+    assert teacher.macs == 784 * 64 + 64 * 10 and teacher.flops == 2 * teacher.macs
+    assert teacher.size_mb == pytest.approx(run.weights_path("teacher").stat().st_size / 1e6)
+    assert teacher.memory_mb == pytest.approx(teacher.params * 4 / 1e6)
     for r in rows:
-        if r["runtime"] == "onnxruntime":
-            files = [run.export_dir / f for f in r["files"]]
-            assert r["size_mb"] == pytest.approx(sum(f.stat().st_size for f in files) / 1e6)
-        ref = next(t for t in rows if (t["model"], t["format"], t["batch_size"]) == ("teacher", "pytorch",
-                                                                                    r["batch_size"]))  # fmt: skip
-        assert r["speedup"] == pytest.approx(ref["latency_ms"]["p50"] / r["latency_ms"]["p50"])
-        assert r["size_reduction"] == pytest.approx(ref["size_mb"] / r["size_mb"])
-        assert r["accuracy_delta"] == pytest.approx(r["accuracy"] - ref["accuracy"])
-    int8 = next(r for r in rows if r["model"] == "student" and r["format"] == "onnx-int8")
-    fp32 = next(r for r in rows if r["model"] == "student" and r["format"] == "onnx")
-    assert int8["size_mb"] < fp32["size_mb"] / 2, "int8 weights take a quarter of the fp32 bytes (plus graph)"
+        if r.runtime == "onnxruntime":
+            files = [run.export_dir / f for f in r.files]
+            assert r.size_mb == pytest.approx(sum(f.stat().st_size for f in files) / 1e6)
+        ref = next(t for t in rows if (t.model, t.format, t.batch_size) == ("teacher", "pytorch",
+                                                                                    r.batch_size))  # fmt: skip
+        assert r.speedup == pytest.approx(ref.latency_ms.p50 / r.latency_ms.p50)
+        assert r.size_reduction == pytest.approx(ref.size_mb / r.size_mb)
+        assert r.accuracy_delta == pytest.approx(r.accuracy - ref.accuracy)
+    int8 = next(r for r in rows if r.model == "student" and r.format == "onnx-int8")
+    fp32 = next(r for r in rows if r.model == "student" and r.format == "onnx")
+    assert int8.size_mb < fp32.size_mb / 2, "int8 weights take a quarter of the fp32 bytes (plus graph)"
 
 
-def test_outputs_written(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_outputs_written(benched: tuple[Run, BenchResult]) -> None:
     run, result = benched
     saved = json.loads((run.root / "bench.json").read_text())
-    assert {"machine", "settings", "rows"} <= set(saved) and saved["rows"] == result["rows"]
+    assert {"machine", "settings", "rows"} <= set(saved) and saved["rows"] == [r.to_dict() for r in result.rows]
     assert saved["machine"]["threads"] == 1 and saved["machine"]["versions"]["onnxruntime"] == ort.__version__
     assert saved["settings"]["timing"] == FAST.to_dict() and saved["settings"]["batch_sizes"] == list(BATCHES)
     with open(run.root / "bench.csv") as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == len(result["rows"])
-    assert float(table[0]["p50_ms"]) == pytest.approx(result["rows"][0]["latency_ms"]["p50"])
+    assert len(table) == len(result.rows)
+    assert float(table[0]["p50_ms"]) == pytest.approx(result.rows[0].latency_ms.p50)
     md = (run.root / "bench.md").read_text()
-    assert md.count("\n| ") == len(result["rows"]) + 1 and "![accuracy vs latency](pareto.png)" in md
+    assert md.count("\n| ") == len(result.rows) + 1 and "![accuracy vs latency](pareto.png)" in md
     busy = saved["machine"]["busy_cores_before"]
     assert busy is None or f"other processes used {busy:.1f} cores" in md
     png = run.root / "pareto.png"
@@ -161,7 +163,7 @@ def test_outputs_written(benched: tuple[Run, dict[str, Any]]) -> None:
     assert not list(run.root.rglob("*.tmp"))
 
 
-def test_report_rerenders_without_measuring(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_report_rerenders_without_measuring(benched: tuple[Run, BenchResult]) -> None:
     run, _ = benched
     before = (run.root / "bench.json").read_bytes()
     for name in ("bench.md", "bench.csv", "pareto.png"):
@@ -175,7 +177,7 @@ def test_report_rerenders_without_measuring(benched: tuple[Run, dict[str, Any]])
 
 
 def test_tensorrt_artifact_is_skipped_with_a_reason_without_gpu(
-    benched: tuple[Run, dict[str, Any]], tmp_path: Path
+    benched: tuple[Run, BenchResult], tmp_path: Path
 ) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: TensorRT would run")
@@ -183,13 +185,13 @@ def test_tensorrt_artifact_is_skipped_with_a_reason_without_gpu(
     manifest = read_manifest(run)
     engine = run.export_dir / "student.fp16.engine"
     engine.write_bytes(b"not run: no GPU")
-    manifest["artifacts"].append({"id": "student:tensorrt-fp16", "model": "student", "format": "tensorrt-fp16",
-                                  "files": [engine.name], "status": "ok", "passed": True, "input": {}})  # fmt: skip
-    (run.export_dir / "manifest.json").write_text(json.dumps(manifest))
+    manifest.artifacts.append(Artifact(id="student:tensorrt-fp16", model="student", format="tensorrt-fp16",
+                                       files=[engine.name], status="ok", passed=True))  # fmt: skip
+    run.manifest_path.write_text(json.dumps(manifest.to_dict()))
     result = bench(run, BenchSettings(batch_sizes=(1,), threads=1, runtimes=("tensorrt",), timing=FAST))
-    assert result["rows"] == []
-    assert [(s["format"], s["runtime"]) for s in result["skipped"]] == [("tensorrt-fp16", "tensorrt")]
-    assert "CUDA" in result["skipped"][0]["reason"]
+    assert result.rows == []
+    assert [(s.format, s.runtime) for s in result.skipped] == [("tensorrt-fp16", "tensorrt")]
+    assert "CUDA" in result.skipped[0].reason
 
 
 # ---- counting ---------------------------------------------------------------------------------------
@@ -276,25 +278,25 @@ def test_pareto_front() -> None:
 
 
 # ---- the gate on bench rows -------------------------------------------------------------------------
-def test_gate_on_real_rows(benched: tuple[Run, dict[str, Any]]) -> None:
-    rows = benched[1]["rows"]
+def test_gate_on_real_rows(benched: tuple[Run, BenchResult]) -> None:
+    rows = benched[1].rows
     open_gate = evaluate_gate(rows, max_accuracy_drop=1.0, min_speedup=1e-6)
-    students = [r for r in rows if r["model"] == "student" and r["batch_size"] == 1]
-    assert open_gate["passed"] and open_gate["speedup"] == max(r["speedup"] for r in students)
+    students = [r for r in rows if r.model == "student" and r.batch_size == 1]
+    assert open_gate["passed"] and open_gate["speedup"] == max(r.speedup for r in students)
     assert open_gate["artifact"].startswith("student:") and open_gate["batch_size"] == 1
     closed = evaluate_gate(rows, max_accuracy_drop=1.0, min_speedup=1e9)
     assert not closed["passed"] and "min 1e+09x" in closed["message"]
 
 
 # ---- CLI errors ---------------------------------------------------------------------------------------
-def test_cli_cuda_without_gpu_is_a_user_error(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_cli_cuda_without_gpu_is_a_user_error(benched: tuple[Run, BenchResult]) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     res = CliRunner().invoke(app, ["-q", "bench", str(benched[0].root), "--device", "cuda"])
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
 
 
-def test_cli_rejects_unknown_runtime_and_bad_batch_sizes(benched: tuple[Run, dict[str, Any]]) -> None:
+def test_cli_rejects_unknown_runtime_and_bad_batch_sizes(benched: tuple[Run, BenchResult]) -> None:
     root = str(benched[0].root)
     res = CliRunner().invoke(app, ["-q", "bench", root, "--runtimes", "torch,openvino"])
     assert res.exit_code == 2 and "openvino" in res.output
@@ -306,7 +308,7 @@ def test_cli_rejects_unknown_runtime_and_bad_batch_sizes(benched: tuple[Run, dic
     assert (benched[0].root / "bench.json").read_bytes() == before  # the earlier results are kept
 
 
-def test_cli_bench_prints_the_table(benched: tuple[Run, dict[str, Any]], tmp_path: Path) -> None:
+def test_cli_bench_prints_the_table(benched: tuple[Run, BenchResult], tmp_path: Path) -> None:
     run = Run(shutil.copytree(benched[0].root, tmp_path / "copy"))
     args = ["-q", "bench", str(run.root), "--batch-sizes", "2", "--threads", "1", "--runtimes", "torch",
             "--models", "teacher,student", "--warmup", "1", "--iters", "3", "--seconds", "0"]  # fmt: skip

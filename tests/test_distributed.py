@@ -22,6 +22,7 @@ from torch.utils.data import DistributedSampler
 
 from kdeploy.data import load_dataset, shard_indices
 from kdeploy.distill import distill
+from kdeploy.distill import evaluation as evaluation_module
 from kdeploy.distill import trainer as trainer_module
 from kdeploy.distill.trainer import Trainer
 from kdeploy.errors import UserError
@@ -62,7 +63,6 @@ def _worker(rank: int, port: int, work: str, mnist: str) -> None:
     import torch.distributed as dist
 
     from kdeploy import atomic, progress
-    from kdeploy.distill import trainer as trainer_module
 
     record: dict[str, Any] = {"shards": [], "writes": [], "states": {}, "world": (world.rank, world.size)}
 
@@ -181,13 +181,13 @@ def _cache_worker(rank: int, port: int, work: str) -> None:
 
     data, teacher = _cache_inputs()
     calls: list[int] = []
-    real = trainer_module.predict_logits
+    real = evaluation_module.predict_logits
 
     def counting(model: Any, split: Any, *a: Any, **kw: Any) -> Any:
         calls.append(len(split))
         return real(model, split, *a, **kw)
 
-    trainer_module.predict_logits = counting
+    evaluation_module.predict_logits = counting
     cache = Trainer(data, 8, 4, 0, TrainConfig(), None, world=world).teacher_cache(teacher)
     torch.save({"cache": cache, "calls": calls}, Path(work) / f"cache{rank}.pt")
     dist.destroy_process_group()

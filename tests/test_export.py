@@ -16,6 +16,8 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
+from kdeploy.artifacts import Artifact, source_artifact
+from kdeploy.artifacts.manifest import sha256
 from kdeploy.cli import app
 from kdeploy.data import iterate_batches
 from kdeploy.distill import distill
@@ -24,9 +26,8 @@ from kdeploy.evaluate import accuracy as torch_accuracy
 from kdeploy.export import artifact_path, export_onnx, read_manifest
 from kdeploy.export import onnx as onnx_export
 from kdeploy.export import tensorrt as trt_export
-from kdeploy.export.manifest import sha256
-from kdeploy.export.rundata import load_run_data
 from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 from .conftest import tiny_recipe
@@ -40,7 +41,7 @@ def run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def exported(run: Run) -> list[dict[str, Any]]:
+def exported(run: Run) -> list[Artifact]:
     return export_onnx(run)
 
 
@@ -65,19 +66,19 @@ def perturbing(delta: float) -> Any:
 
 
 # ---- the exported artifacts ------------------------------------------------------------------------------
-def test_every_model_exported_and_gated(run: Run, exported: list[dict[str, Any]]) -> None:
-    assert [e["id"] for e in exported] == ["student:onnx", "baseline:onnx", "teacher:onnx"]
+def test_every_model_exported_and_gated(run: Run, exported: list[Artifact]) -> None:
+    assert [e.id for e in exported] == ["student:onnx", "baseline:onnx", "teacher:onnx"]
     for e in exported:
-        assert e["status"] == "ok" and e["passed"] and e["reason"] is None
-        p = e["parity"]
-        assert p["batch_sizes"] == [1, 256]
-        assert p["samples"] == {"1": 32, "256": 1024}
-        assert 0 <= p["max_abs_diff"] <= 1e-4 and p["violations"] == 0
-        assert p["top1_agreement"] == 1.0
-        assert (run.export_dir / e["files"][0]).is_file()
+        assert e.status == "ok" and e.passed and e.reason is None
+        p = e.parity
+        assert p.batch_sizes == [1, 256]
+        assert p.samples == {"1": 32, "256": 1024}
+        assert 0 <= p.max_abs_diff <= 1e-4 and p.violations == 0
+        assert p.top1_agreement == 1.0
+        assert (run.export_dir / e.files[0]).is_file()
 
 
-def test_parity_claim_holds_independently(run: Run, exported: list[dict[str, Any]]) -> None:
+def test_parity_claim_holds_independently(run: Run, exported: list[Artifact]) -> None:
     """Recheck with a fresh ORT session at a batch size the gate did not use (dynamic batch really works)."""
     data = load_run_data(run)
     model, _ = run.load_model("student")
@@ -90,32 +91,32 @@ def test_parity_claim_holds_independently(run: Run, exported: list[dict[str, Any
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
 
-def test_onnx_accuracy_matches_pytorch(run: Run, exported: list[dict[str, Any]]) -> None:
+def test_onnx_accuracy_matches_pytorch(run: Run, exported: list[Artifact]) -> None:
     data = load_run_data(run)
     for e in exported:
-        model, _ = run.load_model(e["model"])
+        model, _ = run.load_model(e.model)
         expected = torch_accuracy(model, data.test, data.mean, data.std)
-        assert e["accuracy"] == pytest.approx(expected, abs=1.5 / len(data.test))
-        assert e["accuracy_samples"] == len(data.test) == 1200
+        assert e.accuracy == pytest.approx(expected, abs=1.5 / len(data.test))
+        assert e.accuracy_samples == len(data.test) == 1200
 
 
-def test_manifest_contents(run: Run, exported: list[dict[str, Any]]) -> None:
+def test_manifest_contents(run: Run, exported: list[Artifact]) -> None:
     manifest = read_manifest(run)
-    assert manifest == json.loads((run.export_dir / "manifest.json").read_text())
-    by_id = {a["id"]: a for a in manifest["artifacts"]}
+    assert manifest.to_dict() == json.loads(run.manifest_path.read_text())
+    by_id = {a.id: a for a in manifest.artifacts}
     student = by_id["student:onnx"]
     path = artifact_path(run, student)
-    assert path.name == "student.onnx" and student["files"] == ["student.onnx"]
-    assert student["bytes"] == path.stat().st_size and student["sha256"] == sha256(path)
-    assert student["format"] == "onnx" and student["opset"] == 18 and student["exporter"] == "dynamo"
-    assert student["source"] == "student.safetensors"
-    assert student["input"]["name"] == "input" and student["input"]["shape"] == ["batch", 1, 28, 28]
-    assert student["input"]["dtype"] == "float32"
+    assert path.name == "student.onnx" and student.files == ["student.onnx"]
+    assert student.bytes == path.stat().st_size and student.sha256 == sha256(path)
+    assert student.format == "onnx" and student.opset == 18 and student.exporter == "dynamo"
+    assert student.source == "student.safetensors"
+    assert student.input.name == "input" and student.input.shape == ["batch", 1, 28, 28]
+    assert student.input.dtype == "float32"
     data = load_run_data(run)
-    assert student["input"]["mean"] == list(data.mean) and student["input"]["std"] == list(data.std)
-    assert student["output"]["shape"] == ["batch", 10] and len(student["output"]["classes"]) == 10
-    assert student["settings"]["atol"] == 1e-4 and student["settings"]["min_agreement"] == 1.0
-    assert student["fp32_accuracy"] == pytest.approx(run.read_metrics()["models"]["student"]["accuracy"])
+    assert student.input.mean == list(data.mean) and student.input.std == list(data.std)
+    assert student.output.shape == ["batch", 10] and len(student.output.classes) == 10
+    assert student.settings["atol"] == 1e-4 and student.settings["min_agreement"] == 1.0
+    assert student.fp32_accuracy == pytest.approx(run.read_metrics()["models"]["student"]["accuracy"])
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch dimension is dynamic"
@@ -123,13 +124,13 @@ def test_manifest_contents(run: Run, exported: list[dict[str, Any]]) -> None:
     assert not list(run.export_dir.glob(".*")), "no staging folders or temp files left behind"
 
 
-def test_reexport_replaces_entry(run: Run, exported: list[dict[str, Any]]) -> None:
-    before = {a["id"] for a in read_manifest(run)["artifacts"]}
+def test_reexport_replaces_entry(run: Run, exported: list[Artifact]) -> None:
+    before = {a.id for a in read_manifest(run).artifacts}
     export_onnx(run, models="student", parity_batch=100, parity_samples=300)
-    arts = read_manifest(run)["artifacts"]
-    assert {a["id"] for a in arts} == before and len(arts) == len(before)
-    student = next(a for a in arts if a["id"] == "student:onnx")
-    assert student["parity"]["samples"] == {"1": 32, "100": 300}
+    arts = read_manifest(run).artifacts
+    assert {a.id for a in arts} == before and len(arts) == len(before)
+    student = next(a for a in arts if a.id == "student:onnx")
+    assert student.parity.samples == {"1": 32, "100": 300}
 
 
 # ---- the gate failing -------------------------------------------------------------------------------------
@@ -139,17 +140,17 @@ def test_perturbed_onnx_fails_the_gate(run: Run, tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(onnx_export, "export_graph", perturbing(1e-3))
     with pytest.raises(GateFailed, match="student:onnx: failed.*parity gate"):
         export_onnx(work, models="student")
-    entry = next(a for a in read_manifest(work)["artifacts"] if a["id"] == "student:onnx")
-    assert entry["status"] == "failed" and entry["passed"] is False
-    assert entry["parity"]["max_abs_diff"] == pytest.approx(1e-3, rel=0.05)
-    assert entry["parity"]["violations"] > 0
-    assert entry["files"] == ["student.failed.onnx"]
+    entry = next(a for a in read_manifest(work).artifacts if a.id == "student:onnx")
+    assert entry.status == "failed" and entry.passed is False
+    assert entry.parity.max_abs_diff == pytest.approx(1e-3, rel=0.05)
+    assert entry.parity.violations > 0
+    assert entry.files == ["student.failed.onnx"]
     assert (work.export_dir / "student.failed.onnx").is_file()
     assert not (work.export_dir / "student.onnx").exists(), "a failed artifact never keeps the valid name"
 
     # the same artifact passes when the user loosens --atol: the thresholds are real parameters
     entries = export_onnx(work, models="student", atol=1e-2)
-    assert entries[0]["status"] == "ok" and entries[0]["files"] == ["student.onnx"]
+    assert entries[0].status == "ok" and entries[0].files == ["student.onnx"]
     assert not (work.export_dir / "student.failed.onnx").exists()
 
 
@@ -160,8 +161,8 @@ def test_cli_exits_1_on_failed_gate(run: Run, tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 1, result.output
     assert "gate failed: student:onnx: failed" in result.output
     assert "student.failed.onnx" in result.output
-    arts = read_manifest(work)["artifacts"]
-    assert next((a["id"], a["status"]) for a in arts if a["model"] == "student") == ("student:onnx", "failed")
+    arts = read_manifest(work).artifacts
+    assert next((a.id, a.status) for a in arts if a.model == "student") == ("student:onnx", "failed")
 
 
 def test_torchscript_fallback_is_recorded(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,9 +176,9 @@ def test_torchscript_fallback_is_recorded(run: Run, tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
     entry = export_onnx(work, models="student")[0]
-    assert entry["exporter"] == "torchscript"
-    assert "simulated dynamo failure" in entry["exporter_note"]
-    assert entry["status"] == "ok" and entry["parity"]["max_abs_diff"] <= 1e-4
+    assert entry.exporter == "torchscript"
+    assert "simulated dynamo failure" in entry.exporter_note
+    assert entry.status == "ok" and entry.parity.max_abs_diff <= 1e-4
 
 
 # ---- user errors ------------------------------------------------------------------------------------------
@@ -224,13 +225,13 @@ def test_tensorrt_profile_names_and_arguments() -> None:
             trt_export.check_args(*bad)
 
 
-def test_tensorrt_source_selection(run: Run, exported: list[dict[str, Any]]) -> None:
+def test_tensorrt_source_selection(run: Run, exported: list[Artifact]) -> None:
     trt10 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace(FP16=1, INT8=2))
     trt11 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace())
     assert not trt_export.strongly_typed(trt10) and trt_export.strongly_typed(trt11)
     assert trt_export.source_format("fp16", strong=False) == "onnx"
     assert trt_export.source_format("fp16", strong=True) == "onnx-fp16"
     assert trt_export.source_format("int8", strong=False) == "onnx-int8"
-    assert trt_export.source_entry(run, "student", "onnx")["files"] == ["student.onnx"]
+    assert source_artifact(run, "student", "onnx", "an engine").files == ["student.onnx"]
     with pytest.raises(UserError, match="kdeploy quantize .* --int8"):
-        trt_export.source_entry(run, "student", "onnx-int8")
+        source_artifact(run, "student", "onnx-int8", "an engine")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -14,22 +14,23 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from kdeploy.artifacts import Artifact
+from kdeploy.artifacts.manifest import find
 from kdeploy.cli import app
 from kdeploy.data import Split
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.export import export_onnx, onnx_accuracy, read_manifest
-from kdeploy.export.manifest import find
-from kdeploy.export.rundata import load_run_data
 from kdeploy.quantize import (
-    _dynamic_problem,
     calibration_split,
     convert_dynamic,
+    dynamic_problem,
     gemm_to_matmul,
     quantize,
     quantize_one,
 )
 from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 from .conftest import tiny_recipe
@@ -57,30 +58,30 @@ def run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def static_int8(run: Run) -> list[dict[str, Any]]:
+def static_int8(run: Run) -> list[Artifact]:
     return quantize(run, int8=True, calib_samples=256)
 
 
-def by_model(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {e["model"]: e for e in entries}
+def by_model(artifacts: list[Artifact]) -> dict[str, Artifact]:
+    return {a.model: a for a in artifacts}
 
 
 # ---- static INT8 -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("role", ["student", "teacher"])  # MLP and CNN
-def test_static_int8_within_one_point(run: Run, static_int8: list[dict[str, Any]], role: str) -> None:
+def test_static_int8_within_one_point(run: Run, static_int8: list[Artifact], role: str) -> None:
     e = by_model(static_int8)[role]
-    assert e["status"] == "ok" and e["passed"], e["reason"]
-    assert e["fp32_accuracy"] > 0.9, "the model must be trained for the comparison to mean anything"
-    assert e["accuracy_drop"] <= 0.01
-    assert e["files"] == [f"{role}.int8.onnx"] and e["source"] == f"{role}.onnx"
-    path = run.export_dir / e["files"][0]
+    assert e.status == "ok" and e.passed, e.reason
+    assert e.fp32_accuracy > 0.9, "the model must be trained for the comparison to mean anything"
+    assert e.accuracy_drop <= 0.01
+    assert e.files == [f"{role}.int8.onnx"] and e.source == f"{role}.onnx"
+    path = run.export_dir / e.files[0]
     data = load_run_data(run)
-    assert onnx_accuracy(path, data.test, data.mean, data.std) == e["accuracy"], "recorded accuracy is reproducible"
-    assert e["bytes"] < find(run, f"{role}:onnx")["bytes"]
-    assert e["vs_fp32"]["samples"] == len(data.test) and e["vs_fp32"]["top1_agreement"] > 0.97
+    assert onnx_accuracy(path, data.test, data.mean, data.std) == e.accuracy, "recorded accuracy is reproducible"
+    assert e.bytes < find(run, f"{role}:onnx").bytes
+    assert e.vs_fp32.samples == len(data.test) and e.vs_fp32.top1_agreement > 0.97
 
 
-def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[dict[str, Any]]) -> None:
+def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[Artifact]) -> None:
     """QDQ with signed INT8 and zero point 0 everywhere: the form TensorRT's explicit quantization accepts."""
     proto = onnx.load(str(run.export_dir / "teacher.int8.onnx"))
     onnx.checker.check_model(proto, full_check=True)
@@ -92,8 +93,8 @@ def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[dict[str
         assert inits[name].data_type == TensorProto.INT8
         assert not numpy_helper.to_array(inits[name]).any()
     e = by_model(static_int8)["teacher"]
-    assert e["settings"]["calib_samples"] == 256 and e["settings"]["calib_split"] == "train"
-    assert e["settings"]["calib_method"] == "minmax" and e["settings"]["preprocessed"]
+    assert e.settings["calib_samples"] == 256 and e.settings["calib_split"] == "train"
+    assert e.settings["calib_method"] == "minmax" and e.settings["preprocessed"]
 
 
 def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
@@ -108,24 +109,24 @@ def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
 # ---- dynamic INT8 and FP16 ------------------------------------------------------------------------------
 def test_dynamic_int8_covers_linear_layers_on_mlp(run: Run) -> None:
     e = quantize(run, method="dynamic", models="student")[0]
-    assert e["status"] == "ok", e["reason"]
-    assert e["settings"]["gemm_rewritten_as_matmul"] == 2
-    assert e["settings"]["integer_ops"] == {"MatMulInteger": 2}
-    assert e["accuracy_drop"] <= 0.01
+    assert e.status == "ok", e.reason
+    assert e.settings["gemm_rewritten_as_matmul"] == 2
+    assert e.settings["integer_ops"] == {"MatMulInteger": 2}
+    assert e.accuracy_drop <= 0.01
 
 
 def test_dynamic_int8_on_cnn_is_loaded_and_run_or_skipped(run: Run) -> None:
     """ConvInteger support depends on the ORT build: either the artifact runs, or no file is written."""
     e = quantize(run, method="dynamic", models="teacher", raise_on_fail=False)[0]
-    assert e["id"] == "teacher:onnx-int8-dynamic"
+    assert e.id == "teacher:onnx-int8-dynamic"
     path = run.export_dir / "teacher.int8-dynamic.onnx"
-    if e["status"] == "skipped":
-        assert e["files"] == [] and not path.exists() and e["reason"]
+    if e.status == "skipped":
+        assert e.files == [] and not path.exists() and e.reason
     else:
-        assert "ConvInteger" in e["settings"]["integer_ops"]
+        assert "ConvInteger" in e.settings["integer_ops"]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert session.run(None, {"input": np.zeros((2, 1, 28, 28), np.float32)})[0].shape == (2, 10)
-        assert e["accuracy"] is not None and e["status"] in ("ok", "failed")
+        assert e.accuracy is not None and e.status in ("ok", "failed")
 
 
 def test_dynamic_int8_problems_are_detected(tmp_path: Path) -> None:
@@ -140,7 +141,7 @@ def test_dynamic_int8_problems_are_detected(tmp_path: Path) -> None:
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     settings = convert_dynamic(tmp_path / "plain.onnx", tmp_path / "plain.q.onnx", tmp_path, per_channel=False)
     sample = np.zeros((2, 4), np.float32)
-    assert "nothing was quantized" in _dynamic_problem(tmp_path / "plain.q.onnx", settings, sample)
+    assert "nothing was quantized" in dynamic_problem(tmp_path / "plain.q.onnx", settings, sample)
     # a graph ONNX Runtime cannot load (an operator it has no kernel for)
     node = helper.make_node("NoSuchKernel", ["input"], ["logits"], domain="com.example")
     odd = helper.make_model(
@@ -149,7 +150,7 @@ def test_dynamic_int8_problems_are_detected(tmp_path: Path) -> None:
         ir_version=10,
     )
     onnx.save(odd, str(tmp_path / "odd.onnx"))
-    problem = _dynamic_problem(tmp_path / "odd.onnx", {"integer_ops": {"ConvInteger": 1}}, sample)
+    problem = dynamic_problem(tmp_path / "odd.onnx", {"integer_ops": {"ConvInteger": 1}}, sample)
     assert problem is not None and problem.startswith("ONNX Runtime CPU cannot load")
 
 
@@ -173,8 +174,8 @@ def test_gemm_rewrite_is_exact() -> None:
 def test_fp16(run: Run) -> None:
     entries = quantize(run, int8=False, fp16=True)
     for e in entries:
-        assert e["status"] == "ok" and abs(e["accuracy_drop"]) <= 0.005
-        proto = onnx.load(str(run.export_dir / e["files"][0]))
+        assert e.status == "ok" and abs(e.accuracy_drop) <= 0.005
+        proto = onnx.load(str(run.export_dir / e.files[0]))
         assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT, "float32 I/O kept"
         assert any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer)
 
@@ -185,7 +186,7 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     the real INT8 model misses it: the file is renamed ``.failed`` and the entry marked failed."""
     work = Run(shutil.copytree(run.root, tmp_path / "run"))
     data = load_run_data(work)
-    source = {**find(work, "student:onnx"), "accuracy": 1.0}
+    source = dataclasses.replace(find(work, "student:onnx"), accuracy=1.0)
     fp32 = np.zeros((len(data.test), 10), np.float32)
     calib = Split(data.train.images[:64], data.train.labels[:64])
     e = quantize_one(
@@ -201,10 +202,10 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
         per_channel=False,
         max_accuracy_drop=0.0,
     )
-    assert e["status"] == "failed" and not e["passed"] and "accuracy gate" in e["reason"]
-    assert e["files"] == ["student.int8.failed.onnx"]
+    assert e.status == "failed" and not e.passed and "accuracy gate" in e.reason
+    assert e.files == ["student.int8.failed.onnx"]
     assert not (work.export_dir / "student.int8.onnx").exists()
-    assert find(work, "student:onnx-int8")["status"] == "failed"
+    assert find(work, "student:onnx-int8").status == "failed"
 
 
 def test_cli_gate_exit_1_and_table(run: Run, tmp_path: Path) -> None:
@@ -234,13 +235,12 @@ def test_reexport_drops_stale_derived_artifacts(run: Run, tmp_path: Path) -> Non
     """An INT8 model built from an older student.onnx is removed when student.onnx changes."""
     work = Run(shutil.copytree(run.root, tmp_path / "run"))
     assert find(work, "student:onnx-int8") is not None
-    entry = find(work, "student:onnx")
-    entry["sha256"] = "0" * 64  # as if student.onnx had been produced by an older export
-    arts = [a if a["id"] != "student:onnx" else entry for a in read_manifest(work)["artifacts"]]
-    for a in arts:
-        if a.get("source") == "student.onnx":
-            a["source_sha256"] = "0" * 64
-    (work.export_dir / "manifest.json").write_text(json.dumps({"artifacts": arts}))
+    manifest = read_manifest(work)
+    manifest.find("student:onnx").sha256 = "0" * 64  # as if student.onnx had been produced by an older export
+    for a in manifest.artifacts:
+        if a.source == "student.onnx":
+            a.source_sha256 = "0" * 64
+    work.manifest_path.write_text(json.dumps(manifest.to_dict()))
     export_onnx(work, models="student")
     assert find(work, "student:onnx-int8") is None and not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "teacher:onnx-int8") is not None

@@ -6,47 +6,50 @@ closest miss is reported: the fastest row within the accuracy budget, else the m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdeploy.errors import UserError
+
+if TYPE_CHECKING:
+    from kdeploy.bench.records import BenchRow
 
 REFERENCE = ("teacher", "pytorch")
 
 
-def _ok(row: dict[str, Any], ref_acc: float, max_drop: float | None, min_speedup: float | None) -> tuple[bool, bool]:
-    acc_ok = max_drop is None or ref_acc - row["accuracy"] <= max_drop + 1e-12
-    speed_ok = min_speedup is None or (row["speedup"] or 0.0) >= min_speedup
+def _ok(row: BenchRow, ref_acc: float, max_drop: float | None, min_speedup: float | None) -> tuple[bool, bool]:
+    acc_ok = max_drop is None or ref_acc - row.accuracy <= max_drop + 1e-12
+    speed_ok = min_speedup is None or (row.speedup or 0.0) >= min_speedup
     return acc_ok, speed_ok
 
 
 def evaluate_gate(
-    rows: list[dict[str, Any]],
+    rows: list[BenchRow],
     max_accuracy_drop: float | None = None,
     min_speedup: float | None = None,
     batch_size: int = 1,
     candidate: str = "student",
 ) -> dict[str, Any]:
     """The gate verdict as a JSON-friendly dict (``passed``, ``message``, the chosen row's numbers)."""
-    at = [r for r in rows if r["batch_size"] == batch_size]
-    ref = next((r for r in at if (r["model"], r["format"]) == REFERENCE), None)
+    at = [r for r in rows if r.batch_size == batch_size]
+    ref = next((r for r in at if r.key == REFERENCE), None)
     if ref is None:
         raise UserError(
             f"the gate needs the teacher's PyTorch row at batch {batch_size}; "
             f"bench with --batch-sizes including {batch_size} and --runtimes including torch"
         )
-    cands = [r for r in at if r["model"] == candidate]
+    cands = [r for r in at if r.model == candidate]
     if not cands:
         raise UserError(f"the gate needs {candidate} rows at batch {batch_size}; the bench has none")
-    checks = {id(r): _ok(r, ref["accuracy"], max_accuracy_drop, min_speedup) for r in cands}
+    checks = {id(r): _ok(r, ref.accuracy, max_accuracy_drop, min_speedup) for r in cands}
     passing = [r for r in cands if all(checks[id(r)])]
     acc_ok = [r for r in cands if checks[id(r)][0]]
     if passing:
-        best = max(passing, key=lambda r: r["speedup"])
+        best = max(passing, key=lambda r: r.speedup)
     elif acc_ok:
-        best = max(acc_ok, key=lambda r: r["speedup"])
+        best = max(acc_ok, key=lambda r: r.speedup)
     else:
-        best = max(cands, key=lambda r: (r["accuracy"], r["speedup"]))
-    drop = ref["accuracy"] - best["accuracy"]
+        best = max(cands, key=lambda r: (r.accuracy, r.speedup))
+    drop = ref.accuracy - best.accuracy
     passed = bool(passing)
     limits = []
     if max_accuracy_drop is not None:
@@ -70,13 +73,13 @@ def evaluate_gate(
         "min_speedup": min_speedup,
         "batch_size": batch_size,
         "artifact": f"{best['model']}:{best['format']}",
-        "runtime": best["runtime"],
-        "device": best["device"],
-        "accuracy": best["accuracy"],
-        "teacher_accuracy": ref["accuracy"],
+        "runtime": best.runtime,
+        "device": best.device,
+        "accuracy": best.accuracy,
+        "teacher_accuracy": ref.accuracy,
         "accuracy_drop": drop,
-        "speedup": best["speedup"],
-        "p50_ms": best["latency_ms"]["p50"],
-        "teacher_p50_ms": ref["latency_ms"]["p50"],
+        "speedup": best.speedup,
+        "p50_ms": best.latency_ms.p50,
+        "teacher_p50_ms": ref.latency_ms.p50,
         "message": message,
     }

@@ -37,8 +37,8 @@ class TimingSettings:
 
 
 @dataclass(frozen=True)
-class Latency:
-    """Per-iteration latency statistics in milliseconds."""
+class LatencyMs:
+    """Latency statistics in milliseconds, as a bench row records them."""
 
     p50: float
     p90: float
@@ -46,6 +46,12 @@ class Latency:
     mean: float
     min: float
     std: float
+
+
+@dataclass(frozen=True)
+class Latency(LatencyMs):
+    """Per-iteration latency statistics in milliseconds, with how many iterations were timed."""
+
     iters: int
     total_s: float
 
@@ -66,8 +72,8 @@ class Latency:
             float(a.sum() / 1000.0),
         )
 
-    def ms(self) -> dict[str, float]:
-        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean, "min": self.min, "std": self.std}
+    def ms(self) -> LatencyMs:
+        return LatencyMs(self.p50, self.p90, self.p99, self.mean, self.min, self.std)
 
     def throughput(self, batch_size: int) -> float:
         """Samples per second at the median latency."""

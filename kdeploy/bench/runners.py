@@ -19,8 +19,6 @@ from torch import nn
 
 from kdeploy.bench.latency import Latency, TimingSettings, time_cuda, time_host
 
-GRAPH_LEVELS = ("disabled", "basic", "extended", "all")
-
 
 class Unavailable(Exception):
     """This runtime/device combination cannot run here; ``str()`` is the reason."""
@@ -106,29 +104,17 @@ _ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 
 def ort_session(path: Path, threads: int | None, device: str = "cpu", graph_level: str = "all") -> Any:
-    """An InferenceSession with fixed threads (intra-op ``threads``, inter-op 1, sequential execution)."""
+    """The one session factory (:func:`kdeploy.export.ort.make_session`) with the providers for ``device``."""
     import onnxruntime as ort
 
-    if graph_level not in GRAPH_LEVELS:
-        raise ValueError(f"graph_level must be one of {GRAPH_LEVELS}, got {graph_level!r}")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_level]
-    opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
+    from kdeploy.export.ort import CPU, make_session
+
+    providers = CPU
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise Unavailable("this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        providers = ["CUDAExecutionProvider", *CPU]
+    return make_session(path, threads, providers, graph_level)
 
 
 class OrtRunner:
@@ -187,10 +173,12 @@ class OrtRunner:
         del self.session
 
 
-# ---- TensorRT -----------------------------------------------------------------------------------
+# ---- TensorRT -----------------------------------------------------------------------------------------
 class TensorRTRunner:
-    """A serialized TensorRT engine (export's ``EngineRunner``); timing binds device buffers once and times
-    ``execute_async_v3`` alone between CUDA events."""
+    """A serialized TensorRT engine through export's :class:`~kdeploy.export.tensorrt.EngineRunner` (its public
+    ``bind``/``launch``/``stream``): timing binds device buffers once for the batch size (which also selects the
+    optimization profile tuned for it) and times ``execute_async_v3`` alone between CUDA events on the engine's
+    own stream. Not run yet: no machine with TensorRT has executed it."""
 
     runtime = "tensorrt"
     device = "cuda"
@@ -211,7 +199,12 @@ class TensorRTRunner:
             raise Unavailable(f"{path.name}: {exc}") from None
 
     def info(self) -> dict[str, Any]:
-        return {"tensorrt": self.trt.__version__, "input_dtype": str(self.engine._dtype(self.engine.input))}
+        e = self.engine
+        return {
+            "tensorrt": self.trt.__version__,
+            "input_dtype": str(e.dtype(e.input)),
+            "profiles": [[p.lo, p.hi] for p in e.profiles],
+        }
 
     def max_batch(self) -> int | None:
         return self.engine.max_batch
@@ -221,20 +214,14 @@ class TensorRTRunner:
 
     def time(self, x: np.ndarray, settings: TimingSettings) -> Latency:
         e = self.engine
-        inp = torch.from_numpy(x).to("cuda", dtype=e._dtype(e.input)).contiguous()
-        if not e.context.set_input_shape(e.input, tuple(inp.shape)):
-            raise Unavailable(f"input shape {tuple(inp.shape)} is outside the engine's optimisation profile")
-        out = torch.empty(tuple(e.context.get_tensor_shape(e.output)), dtype=e._dtype(e.output), device="cuda")
-        e.context.set_tensor_address(e.input, inp.data_ptr())
-        e.context.set_tensor_address(e.output, out.data_ptr())
-        stream = torch.cuda.Stream()
-
-        def step() -> None:
-            if not e.context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed")
-
-        torch.cuda.synchronize()
-        return time_cuda(step, settings, stream)
+        try:
+            bound = e.bind(x.shape)
+        except (ValueError, RuntimeError) as exc:
+            raise Unavailable(f"batch {x.shape[0]}: {exc}") from None
+        with torch.cuda.stream(e.stream):
+            bound.input.copy_(torch.from_numpy(x))
+        e.stream.synchronize()
+        return time_cuda(e.launch, settings, e.stream)
 
     def close(self) -> None:
         del self.engine

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 from kdeploy import atomic
+from kdeploy.bench.records import BenchRow
 
 FILENAME = "runtimes.png"
 RUNTIME_COLOURS = {"torch": "#7f7f7f", "onnxruntime": "#1f77b4", "openvino": "#9467bd", "tensorrt": "#2ca02c"}
@@ -37,21 +36,21 @@ class Comparison:
         return self.p50_ms[1][1] / self.p50_ms[0][1]
 
 
-def runtime_label(row: dict[str, Any]) -> str:
+def runtime_label(row: BenchRow) -> str:
     """``openvino`` or ``openvino bf16`` when OpenVINO ran a file at another precision than the file's."""
-    used = row.get("inference_precision")
-    nominal = {"fp32": "f32", "fp16": "f16"}.get(str(row.get("precision")), str(row.get("precision")))
-    if used and row.get("runtime") == "openvino" and used != nominal and nominal in ("f32", "f16"):
-        return f"{row['runtime']} {used}"
-    return str(row["runtime"])
+    used = row.inference_precision
+    nominal = {"fp32": "f32", "fp16": "f16"}.get(row.precision, row.precision)
+    if used and row.runtime == "openvino" and used != nominal and nominal in ("f32", "f16"):
+        return f"{row.runtime} {used}"
+    return row.runtime
 
 
-def compare_runtimes(rows: list[dict[str, Any]]) -> list[Comparison]:
+def compare_runtimes(rows: list[BenchRow]) -> list[Comparison]:
     """Every (model, precision, batch, device) group with at least two runtimes, in table order."""
     groups: dict[tuple[str, str, int, str], dict[str, float]] = {}
     for r in rows:
-        key = (str(r["model"]), str(r.get("precision", "?")), int(r["batch_size"]), str(r.get("device", "cpu")))
-        groups.setdefault(key, {}).setdefault(runtime_label(r), float(r["latency_ms"]["p50"]))
+        key = (r.model, r.precision, r.batch_size, r.device)
+        groups.setdefault(key, {}).setdefault(runtime_label(r), float(r.latency_ms.p50))
     out = []
     for (model, precision, batch, _), times in groups.items():
         if len(times) > 1:
@@ -60,7 +59,7 @@ def compare_runtimes(rows: list[dict[str, Any]]) -> list[Comparison]:
     return sorted(out, key=lambda c: (c.batch_size, c.model, c.precision))
 
 
-def winners_markdown(rows: list[dict[str, Any]], plot: str | None = None) -> str:
+def winners_markdown(rows: list[BenchRow], plot: str | None = None) -> str:
     """The "fastest runtime" section of bench.md ("" when no model ran on two runtimes)."""
     comparisons = compare_runtimes(rows)
     if not comparisons:
@@ -80,7 +79,7 @@ def winners_markdown(rows: list[dict[str, Any]], plot: str | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_runtime_plot(path: Path, rows: list[dict[str, Any]]) -> Path | None:
+def write_runtime_plot(path: Path, rows: list[BenchRow]) -> Path | None:
     """Grouped bars of p50 latency per runtime, one panel per batch size, the fastest bar outlined; None when
     no model ran on two runtimes."""
     comparisons = compare_runtimes(rows)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kdeploy.cli.main import command, out
 from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, RunArg
 from kdeploy.cli.tables import print_artifacts
-from kdeploy.errors import GateFailed, UserError
+from kdeploy.errors import UserError
+
+if TYPE_CHECKING:
+    from kdeploy.artifacts import Artifact
 
 
 @command("export")
@@ -32,9 +35,9 @@ def export_cmd(
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Export a run's models to ONNX (gated on PyTorch parity) and/or TensorRT engines, into <run>/export/."""
+    from kdeploy.artifacts import finish_stage
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.export.onnx import failures
-    from kdeploy.export.tensorrt import check_args, require_tensorrt
+    from kdeploy.export.tensorrt import preflight
     from kdeploy.runs import Run
 
     if not (onnx or tensorrt):
@@ -42,14 +45,20 @@ def export_cmd(
     if (fp16 or int8) and not tensorrt:
         raise UserError("--fp16/--int8 pick TensorRT precisions; for ONNX use `kdeploy quantize --fp16` or `--int8`")
     precisions = [p for p, on in (("fp16", fp16), ("int8", int8)) if on] or ["fp16"]
-    if tensorrt:  # fail fast, before any ONNX work
-        for p in precisions:
-            check_args(p, opt_batch, max_batch, workspace_mb, max_accuracy_drop)
-        require_tensorrt()
+    if tensorrt:  # fail fast, before any ONNX work: arguments, an INT8 graph TensorRT would reject, TensorRT
+        preflight(
+            run_dir,
+            precisions,
+            models,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            workspace_mb=workspace_mb,
+            max_accuracy_drop=max_accuracy_drop,
+        )
     run = Run.open(run_dir)
-    entries: list[dict[str, Any]] = []
+    artifacts: list[Artifact] = []
     if onnx:
-        entries += export_onnx(
+        artifacts += export_onnx(
             run,
             models,
             opset,
@@ -61,7 +70,7 @@ def export_cmd(
             raise_on_fail=False,
         )
     for p in precisions if tensorrt else []:
-        entries += export_tensorrt(
+        artifacts += export_tensorrt(
             run,
             p,
             models,
@@ -71,9 +80,8 @@ def export_cmd(
             max_accuracy_drop=max_accuracy_drop,
             raise_on_fail=False,
         )
-    print_artifacts(entries, f"{run.root.name}: exported artifacts ({run.export_dir}/manifest.json)")
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: exported artifacts ({run.manifest_path})")
+    finish_stage(artifacts)
 
 
 @command("quantize")
@@ -85,18 +93,21 @@ def quantize_cmd(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
+    target: Annotated[
+        str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
+    ] = "onnxruntime",
     models: ExportModelsOpt = None,
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
     """Quantize a run's ONNX exports (run `kdeploy export --onnx` first); each artifact is gated on accuracy."""
-    from kdeploy.export.onnx import failures
+    from kdeploy.artifacts import finish_stage
     from kdeploy.quantize import quantize
     from kdeploy.runs import Run
 
     if not (int8 or fp16):
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     run = Run.open(run_dir)
-    entries = quantize(
+    artifacts = quantize(
         run,
         int8=int8,
         method=method,
@@ -107,23 +118,23 @@ def quantize_cmd(
         models=models,
         max_accuracy_drop=max_accuracy_drop,
         raise_on_fail=False,
+        target=target,
     )
-    print_artifacts(entries, f"{run.root.name}: quantized artifacts ({run.export_dir}/manifest.json)")
-    for e in entries:
-        if e["status"] == "skipped":
-            out.print(f"skipped {e['id']}: {e['reason']}", highlight=False, soft_wrap=True)
-    if any(e["status"] == "failed" for e in entries):
-        raise GateFailed(failures(entries))
+    print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
+    for art in artifacts:
+        if art.status == "skipped":
+            out.print(f"skipped {art.id}: {art.reason}", highlight=False, soft_wrap=True)
+    finish_stage(artifacts)
 
 
 @command("qat")
 def qat_cmd(run_dir: RunArg = None, max_accuracy_drop: MaxDropOpt = 0.01) -> None:
     """Quantization-aware distillation of the run's student -> export/student.qat.int8.onnx (recipe `qat:`)."""
+    from kdeploy.artifacts import finish_stage
     from kdeploy.qat import qat
     from kdeploy.runs import Run
 
     run = Run.open(run_dir)
-    entry = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
-    print_artifacts([entry], f"{run.root.name}: quantization-aware distilled student ({run.export_dir}/manifest.json)")
-    if entry["status"] == "failed":
-        raise GateFailed(f"{entry['id']}: {entry['reason']}")
+    art = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    print_artifacts([art], f"{run.root.name}: quantization-aware distilled student ({run.manifest_path})")
+    finish_stage([art])

@@ -52,7 +52,7 @@ def bench(
     run = Run.open(run_dir)
     result = run_bench(run, options)
     print_bench(result)
-    out.print(f"wrote {run.root}/bench.json, bench.csv, bench.md, pareto.png", highlight=False)
+    out.print(f"wrote {run.bench_path}, bench.csv, bench.md, pareto.png", highlight=False)
 
 
 @command()
@@ -63,6 +63,6 @@ def report(run_dir: RunArg = None) -> None:
 
     run = Run.open(run_dir)
     path = write_report(run)
-    if (run.root / "bench.json").is_file():
-        print_bench(read_bench(run.root))
+    if run.bench_path.is_file():
+        print_bench(read_bench(run))
     out.print(f"report: {path}", highlight=False)

@@ -58,9 +58,9 @@ def run_all(
     from kdeploy.bench.report import read_bench
     from kdeploy.pipeline import PipelineOptions, run_pipeline
     from kdeploy.recipe import load_recipe
-    from kdeploy.runs import DEFAULT_RUNS_DIR
+    from kdeploy.runs import Run, default_run_dir
 
-    r = load_recipe(recipe, set_ or [], data_root)
+    config = load_recipe(recipe, set_ or [], data_root)
     timing = bench_settings(batch_sizes, threads, runtimes, device, None, warmup, iters, seconds, "all", False, None)
     options = PipelineOptions(
         int8=int8,
@@ -73,11 +73,11 @@ def run_all(
         min_speedup=min_speedup,
     )
     try:
-        result = run_pipeline(r, out_dir, resume=resume, force=force, options=options)
+        result = run_pipeline(config, out_dir, resume=resume, force=force, options=options)
     except GateFailed:
-        root = out_dir if out_dir is not None else DEFAULT_RUNS_DIR / r.name
-        if (root / "bench.json").is_file():
-            print_bench(read_bench(root))
+        failed_run = Run(default_run_dir(config.name, out_dir))
+        if failed_run.bench_path.is_file():
+            print_bench(read_bench(failed_run))
         raise
     print_metrics(result.run.read_metrics())
     print_bench(result.bench)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from kdeploy.cli.main import out
+
+if TYPE_CHECKING:
+    from kdeploy.artifacts import Artifact
+    from kdeploy.bench.records import BenchResult
 
 
 def _wide() -> Console:
@@ -31,14 +35,14 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     table = Table(title=f"{metrics.get('recipe', '')}: test accuracy", title_justify="left")
     for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, m in metrics.get("models", {}).items():
+    for role, model in metrics.get("models", {}).items():
         table.add_row(
             role,
-            f"{m['accuracy']:.4f}",
-            f"{m['params']:,}",
-            str(m.get("best_epoch", "")),
-            f"{m['train_seconds']:.1f}",
-            f"{m['samples_per_second']:,.0f}",
+            f"{model['accuracy']:.4f}",
+            f"{model['params']:,}",
+            str(model.get("best_epoch", "")),
+            f"{model['train_seconds']:.1f}",
+            f"{model['samples_per_second']:,.0f}",
         )
     out.print(table)
 
@@ -75,18 +79,18 @@ def fitted_table(title: str, headers: list[str], cells: list[list[str]], width: 
     return t, [h for i, h in enumerate(headers) if i not in keep]
 
 
-def bench_table(result: dict[str, Any], width: int) -> tuple[Table, list[str]]:
+def bench_table(result: BenchResult, width: int) -> tuple[Table, list[str]]:
     """The bench rows (the COMPACT columns) as a table that fits ``width``, and the columns left out."""
-    from kdeploy.bench.report import COMPACT, table
+    from kdeploy.bench.tables import COMPACT, table
 
-    headers, cells = table(result["rows"], COMPACT)
-    device = ", ".join(sorted({r["device"] for r in result["rows"]}))
+    headers, cells = table(result.rows, COMPACT)
+    device = ", ".join(sorted({r.device for r in result.rows}))
     title = f"bench on {device}: latency ms per batch, ratios vs teacher PyTorch fp32 (all columns: bench.md)"
     return fitted_table(title, headers, cells, width)
 
 
-def print_bench(result: dict[str, Any]) -> None:
-    from kdeploy.bench.report import settings_line
+def print_bench(result: BenchResult) -> None:
+    from kdeploy.bench.tables import settings_line
 
     console = _wide()
     t, hidden = bench_table(result, console.width)
@@ -94,27 +98,26 @@ def print_bench(result: dict[str, Any]) -> None:
     if hidden:
         out.print(f"not shown at this width: {', '.join(hidden)} (see bench.md)", highlight=False, soft_wrap=True)
     out.print(settings_line(result), highlight=False, soft_wrap=True)
-    for s in result.get("skipped", []):
-        out.print(f"skipped {s['model']} {s['format']} ({s['runtime']}): {s['reason']}", highlight=False)
+    for skip in result.skipped:
+        out.print(f"skipped {skip.model} {skip.format} ({skip.runtime}): {skip.reason}", highlight=False)
 
 
-def print_artifacts(entries: list[dict[str, Any]], title: str) -> None:
+def print_artifacts(artifacts: list[Artifact], title: str) -> None:
     t = Table(title=title, title_justify="left")
     for col in ("artifact", "file", "MB", "max |Δ logit|", "top-1 agree", "accuracy", "Δ acc (pt)", "status"):
         t.add_column(col, justify="left" if col in {"artifact", "file", "status"} else "right")
-    for e in entries:
-        p = e.get("parity") or e.get("vs_fp32") or {}  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
-        acc, drop = e.get("accuracy"), e.get("accuracy_drop")
-        status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('reason') or ''}"
+    for art in artifacts:
+        compared = art.parity or art.vs_fp32  # fp32 ONNX: vs PyTorch; quantized: vs the fp32 ONNX
+        drop = art.accuracy_drop
         t.add_row(
-            e["id"],
-            e["files"][0] if e.get("files") else "-",
-            f"{e['bytes'] / 1e6:.3f}" if e.get("files") else "-",
-            f"{p['max_abs_diff']:.2e}" if p else "-",
-            f"{p['top1_agreement']:.2%}" if p else "-",
-            f"{acc:.4f}" if acc is not None else "-",
-            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and e["format"] != "onnx" else "-",
-            status,
+            art.id,
+            art.files[0] if art.files else "-",
+            f"{art.bytes / 1e6:.3f}" if art.files else "-",
+            f"{compared.max_abs_diff:.2e}" if compared else "-",
+            f"{compared.top1_agreement:.2%}" if compared else "-",
+            f"{art.accuracy:.4f}" if art.accuracy is not None else "-",
+            f"{(0.0 - drop) * 100:+.2f}" if drop is not None and art.format != "onnx" else "-",
+            art.status if art.status == "ok" else f"{art.status}: {art.reason or ''}",
         )
     _wide().print(t)
     out.print(

@@ -37,33 +37,33 @@ def distill(
     from kdeploy.distill.run import distill as run_distill
     from kdeploy.recipe import load_recipe
 
-    r = load_recipe(recipe, set_ or [], data_root)
+    config = load_recipe(recipe, set_ or [], data_root)
     if nproc is not None and nproc != 1:
         args = ["distill", str(recipe), *set_args(set_)]
         args += ["--data-root", data_root] if data_root else []
         args += ["--out", str(out_dir)] if out_dir is not None else []
         args += ["--resume"] * resume + ["--force"] * force + (["--seeds", seeds] if seeds else [])
-        raise typer.Exit(_launch(r, nproc, args, out_dir, resume, force, seeds))
-    world = world_from_env()
+        raise typer.Exit(_launch(config, nproc, args, out_dir, resume, force, seeds))
+    world = world_from_env(config.train.device)
     if not world.main:  # under torchrun only rank 0 reports
         progress.set_reporter(SilentReporter())
     if seeds is not None:
         from kdeploy.seeds import distill_seeds, parse_seeds
 
-        result = distill_seeds(r, parse_seeds(seeds), out=out_dir, resume=resume, force=force, world=world)
+        result = distill_seeds(config, parse_seeds(seeds), out=out_dir, resume=resume, force=force, world=world)
         if world.main:
             print_seeds(result.summary)
             first = result.runs[result.summary["seeds"][0]].root
             out.print(f"multi-seed folder: {result.root} (seeds.json, seeds.md); latest -> {first}", highlight=False)
         return
-    run = run_distill(r, out=out_dir, resume=resume, force=force, world=world)
+    run = run_distill(config, out=out_dir, resume=resume, force=force, world=world)
     if world.main:
         print_metrics(run.read_metrics())
         out.print(f"run folder: {run.root}")
 
 
 def _launch(
-    r: Recipe, nproc: int, args: list[str], out_dir: Path | None, resume: bool, force: bool, seeds: str | None
+    config: Recipe, nproc: int, args: list[str], out_dir: Path | None, resume: bool, force: bool, seeds: str | None
 ) -> int:
     """``--nproc N``: check what every worker would trip over once, here, then start them under torchrun."""
     from kdeploy.distill.distributed import launch, world_from_env
@@ -71,11 +71,11 @@ def _launch(
     from kdeploy.distill.trainer import check_precision
     from kdeploy.seeds import parse_seeds, prepare_parent, seeds_root
 
-    check_precision(r.train, world_from_env().device)  # user errors: once here, not once per process
+    check_precision(config.train, world_from_env(config.train.device).device)  # user errors: once, not per process
     if seeds is None:
-        prepare(run_folder(r, out_dir), r, resume, force)
+        prepare(run_folder(config, out_dir), config, resume, force)
     else:
         parse_seeds(seeds)
-        prepare_parent(seeds_root(r, out_dir), resume, force)
+        prepare_parent(seeds_root(config, out_dir), resume, force)
     flags = ["--debug"] * settings.debug + ["--quiet"] * settings.quiet
     return launch(nproc, [*flags, *args])

@@ -60,7 +60,8 @@ def iterate_batches(
     """Yield ``(x, y, idx)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``.
 
     One epoch per call. ``drop_last`` trims the shard to equal parts and drops the last short batch.
-    ``device``: move the uint8 batch there before augmenting and normalising (4x less to transfer).
+    ``device``: move the uint8 batch there before augmenting and normalising (4x less to transfer); a split whose
+    tensors already live on a GPU is indexed there. ``idx`` stays on the CPU.
     The default mean/std give the [0, 1] scale: pass the dataset's.
     """
     if batch_size < 1:
@@ -77,8 +78,9 @@ def iterate_batches(
         idx = order[start : start + batch_size]
         if drop_last and len(idx) < batch_size:
             break
-        images = split.images.index_select(0, idx)
-        labels = split.labels.index_select(0, idx)
+        at = idx.to(split.images.device, non_blocking=True)  # a split held on the GPU is gathered there
+        images = split.images.index_select(0, at)
+        labels = split.labels.index_select(0, at.to(split.labels.device))
         if target is not None:
             images = images.to(target, non_blocking=True)
             labels = labels.to(target, non_blocking=True)

@@ -104,13 +104,25 @@ def under_torchrun() -> bool:
     return any(v in os.environ for v in TORCHRUN_VARS)
 
 
-def world_from_env() -> World:
-    """The World of this process, joining torchrun's process group on first call (idempotent)."""
+def pick_device(prefer: str = "auto", local_rank: int = 0) -> torch.device:
+    """``train.device``: ``auto`` takes this rank's GPU when torch sees one, else the CPU."""
+    cuda = torch.cuda.is_available()
+    if prefer == "cuda" and not cuda:
+        raise UserError(
+            "train.device: cuda, but torch sees no GPU (torch.cuda.is_available() is False); "
+            "use train.device=auto or train.device=cpu"
+        )
+    return torch.device("cuda", local_rank) if cuda and prefer != "cpu" else torch.device("cpu")
+
+
+def world_from_env(prefer: str = "auto") -> World:
+    """The World of this process on the device ``prefer`` picks (``train.device``), joining torchrun's process
+    group on first call (idempotent): nccl when the device is a GPU, gloo on the CPU."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device = pick_device(prefer, local)
+    cuda = device.type == "cuda"
     if size <= 1:
         return World(0, 1, device, None)
     backend = "nccl" if cuda else "gloo"

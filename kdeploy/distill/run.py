@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kdeploy import atomic, progress
 from kdeploy.data import Dataset
@@ -125,135 +125,182 @@ def distill(
 
     Under torchrun every rank calls this; rank 0 alone writes files. ``mark_latest=False`` leaves ``latest``
     alone (the multi-seed driver points it itself)."""
-    world = world or world_from_env()
+    world = world or world_from_env(recipe.train.device)
     check_precision(recipe.train, world.device)
     run = run_folder(recipe, out)
     prepare(run, recipe, resume, force)
     world.barrier()  # every rank has checked the folder before rank 0 changes it
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    session = DistillSession.setup(recipe, run, world, resume, force, mark_latest)
+    teacher = session.train_teacher()
+    session.train_students(teacher)
+    session.close()
+    return run
 
-    t0 = time.perf_counter()
-    data = load_data_once(recipe, world)
-    progress.log(
-        f"data: {data.name} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test ({time.perf_counter() - t0:.1f}s)"
-    )
-    teacher = build(recipe.teacher, data, recipe.seed, "teacher")
-    students = {role: build(recipe.student, data, recipe.seed, "student") for role in ("baseline", "student")}
-    method = create_method(recipe.distill.method, recipe.distill.params())
-    check_layers(method, students["student"], teacher)
-    if recipe.teacher.checkpoint:
-        load_state(teacher, load_state_file(Path(recipe.teacher.checkpoint)), recipe.teacher.checkpoint)
 
-    if world.main:
-        if force and not resume:
-            run.clear()
-        elif resume:
-            run.remove_leftovers()
-        run.root.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run.recipe_path, dump_recipe(recipe))
-        env = {**environment(), "world_size": world.size, "backend": world.backend, "device": str(world.device)}
-        atomic.write_json(run.environment_path, env)
-        if mark_latest:
-            run.mark_latest()
+class DistillSession:
+    """One ``distill`` call: the data, the models, the trainer, and the run's metrics and history, which every
+    finished model adds to (and which rank 0 writes after each one, so an interrupted run keeps them)."""
 
-    trainer = Trainer(
-        data, recipe.data.batch_size, recipe.data.eval_batch_size, recipe.seed, recipe.train, recipe.data.augment, world
-    )
-    metrics = run.read_metrics() if resume else {"models": {}}
-    metrics.update(
-        {
-            "recipe": recipe.name,
-            "seed": recipe.seed,
-            "method": recipe.distill.method,
-            "world_size": world.size,
-            "backend": world.backend,
-            "dataset": {
-                "name": data.name,
-                "source": data.source,
-                "train": len(data.train),
-                "val": len(data.val),
-                "test": len(data.test),
-            },
-        }
-    )
-    history = run.read_history() if resume else []
+    def __init__(self, recipe: Recipe, run: Run, world: World, data: Dataset, resume: bool, t0: float) -> None:
+        self.recipe, self.run, self.world, self.data, self.resume, self.t0 = recipe, run, world, data, resume, t0
+        d = recipe.data
+        self.trainer = Trainer(data, d.batch_size, d.eval_batch_size, recipe.seed, recipe.train, d.augment, world)
+        # every model and the method are built (and the method's layer paths checked) before any training
+        self.teacher = build(recipe.teacher, data, recipe.seed, "teacher")
+        self.students = {role: build(recipe.student, data, recipe.seed, "student") for role in ("baseline", "student")}
+        self.method = create_method(recipe.distill.method, recipe.distill.params())
+        check_layers(self.method, self.students["student"], self.teacher)
+        if recipe.teacher.checkpoint:
+            path = recipe.teacher.checkpoint
+            load_state(self.teacher, load_state_file(Path(path)), path)
+        self.metrics: dict[str, Any] = run.read_metrics() if resume else {"models": {}}
+        self.metrics.update(run_summary(recipe, world, data))
+        self.history: list[dict[str, Any]] = run.read_history() if resume else []
+        self.teacher_outputs = "per-batch"
 
-    def finish(role: str, model: nn.Module, cfg: ModelConfig, result: Result, extra: dict[str, Any]) -> None:
-        nonlocal history
-        entry = {
-            "accuracy": result.accuracy,
-            "last_accuracy": result.last_accuracy,
-            "val_accuracy": None if math.isnan(result.val_accuracy) else result.val_accuracy,
-            "best_epoch": result.best_epoch,
-            "params": count_params(model),
-            "train_seconds": round(result.train_seconds, 3),
-            "samples_per_second": round(result.samples_per_second, 1),
-            **({"compile_seconds": round(result.compile_seconds, 3)} if recipe.train.compile else {}),
-            **extra,
-        }
-        metrics["models"][role] = entry
-        history = [r for r in history if r.get("model") != role] + result.history
+    @classmethod
+    def setup(
+        cls, recipe: Recipe, run: Run, world: World, resume: bool, force: bool, mark_latest: bool
+    ) -> DistillSession:
+        """Load the data and build the models (a bad layer path or checkpoint fails here, before any file is
+        written); then rank 0 clears or tidies the folder and writes recipe.yaml and environment.json."""
+        t0 = time.perf_counter()
+        data = load_data_once(recipe, world)
+        progress.log(
+            f"data: {data.name} from {data.source}: {len(data.train)} train / {len(data.val)} val / "
+            f"{len(data.test)} test ({time.perf_counter() - t0:.1f}s)"
+        )
+        session = cls(recipe, run, world, data, resume, t0)
         if world.main:
-            run.save_weights(role, model, weights_meta(role, recipe, cfg, data, entry))
-            run.write_history(history)
-            run.write_metrics(metrics)
-            run.state_path(role).unlink(missing_ok=True)
+            if force and not resume:
+                run.clear()
+            elif resume:
+                run.remove_leftovers()
+            run.root.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(run.recipe_path, dump_recipe(recipe))
+            env = {**environment(), "world_size": world.size, "backend": world.backend, "device": str(world.device)}
+            atomic.write_json(run.environment_path, env)
+            if mark_latest:
+                run.mark_latest()
+        return session
+
+    def done(self, role: str) -> bool:
+        """Finished in an earlier session of a resumed run."""
+        return self.resume and self.run.weights_path(role).is_file() and role in self.metrics["models"]
+
+    def train_teacher(self) -> nn.Module:
+        """Train the teacher, load its checkpoint, or reload it from the run; frozen on the device."""
+        recipe, data, world = self.recipe, self.data, self.world
+        teacher = self.teacher
+        if self.done("teacher"):
+            teacher, _ = self.run.load_model("teacher")
+            progress.log("teacher: done in an earlier session, loaded")
+        elif recipe.teacher.checkpoint:
+            acc = self.trainer.scorer.accuracy(teacher.to(world.device), data.test)
+            result = Result(acc, float("nan"), 0, 0.0, 0.0, [], last_accuracy=acc)
+            self.finish("teacher", teacher, recipe.teacher, result, {"checkpoint": recipe.teacher.checkpoint})
+        else:
+            ce, path = create_method("ce", {}), self.run.state_path("teacher")
+            result = self.trainer.fit("teacher", teacher, recipe.teacher, ce, path, resume=self.resume)
+            self.finish("teacher", teacher, recipe.teacher, result, {})
+        teacher.to(world.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def train_students(self, teacher: nn.Module) -> None:
+        """The CE-only baseline (when on), then the distilled student, from the same initialisation."""
+        recipe = self.recipe
+        students = self.students
+        jobs: list[tuple[str, Method]] = [("student", self.method)]
+        if recipe.baseline:
+            jobs.insert(0, ("baseline", create_method("ce", {})))
+        for role, job_method in jobs:
+            if self.done(role):
+                progress.log(f"{role}: done in an earlier session, kept")
+                continue
+            distilling = role == "student"
+            cached = self.cached_teacher(teacher, job_method) if distilling else None
+            result = self.trainer.fit(
+                role,
+                students[role],
+                recipe.student,
+                job_method,
+                self.run.state_path(role),
+                teacher=teacher if distilling else None,
+                cached_teacher=cached,
+                resume=self.resume,
+            )
+            extra = {"method": recipe.distill.method, "teacher_outputs": self.teacher_outputs} if distilling else {}
+            self.finish(role, students[role], recipe.student, result, extra)
+
+    def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
+        """The teacher's logits for every training image, when the student sees the stored images unchanged
+        (no augmentation, no mixup/cutmix) and the method needs no teacher features; else None (live teacher
+        on every batch: the very batch the student sees)."""
+        cfg = self.recipe.student
+        _, t_paths = method.feature_layers()
+        unchanged = self.trainer.augment_for(cfg) is None and not (cfg.mixup or cfg.cutmix)
+        if self.recipe.train.teacher_cache != "auto" or not unchanged or t_paths:
+            return None
+        t = time.perf_counter()
+        cached = self.trainer.teacher_cache(teacher)
+        self.teacher_outputs = "cached"
+        progress.log(f"teacher outputs cached once for {len(cached)} samples ({time.perf_counter() - t:.1f}s)")
+        return cached
+
+    def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, extra: dict[str, Any]) -> None:
+        """Record a trained model: its metrics entry and history rows; rank 0 writes weights, history and
+        metrics, and drops the model's resume state."""
+        entry = model_entry(result, model, self.recipe.train.compile, extra)
+        self.metrics["models"][role] = entry
+        self.history = [r for r in self.history if r.get("model") != role] + result.history
+        if self.world.main:
+            self.run.save_weights(role, model, weights_meta(role, self.recipe, cfg, self.data, entry))
+            self.run.write_history(self.history)
+            self.run.write_metrics(self.metrics)
+            self.run.state_path(role).unlink(missing_ok=True)
         progress.log(f"{role}: test accuracy {result.accuracy:.4f} ({entry['params']:,} params)")
 
-    # ---- teacher -----------------------------------------------------------------------------
-    if resume and run.weights_path("teacher").is_file() and "teacher" in metrics["models"]:
-        teacher, _ = run.load_model("teacher")
-        progress.log("teacher: done in an earlier session, loaded")
-    elif recipe.teacher.checkpoint:
-        from kdeploy.evaluate import accuracy
+    def close(self) -> None:
+        self.metrics["teacher_outputs"] = self.teacher_outputs
+        wall = self.metrics.get("wall_seconds", 0.0) + time.perf_counter() - self.t0
+        self.metrics["wall_seconds"] = round(wall, 2)
+        if self.world.main:
+            self.run.write_metrics(self.metrics)
+        self.world.barrier()  # the run folder is complete on every rank's return
 
-        acc = accuracy(teacher, data.test, data.mean, data.std, recipe.data.eval_batch_size, world.device)
-        result = Result(acc, float("nan"), 0, 0.0, 0.0, [], last_accuracy=acc)
-        finish("teacher", teacher, recipe.teacher, result, {"checkpoint": recipe.teacher.checkpoint})
-    else:
-        result = trainer.fit(
-            "teacher", teacher, recipe.teacher, create_method("ce", {}), run.state_path("teacher"), resume=resume
-        )
-        finish("teacher", teacher, recipe.teacher, result, {})
-    teacher.to(world.device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
 
-    # ---- baseline and student ------------------------------------------------------------
-    jobs: list[tuple[str, Method]] = [("student", method)]
-    if recipe.baseline:
-        jobs.insert(0, ("baseline", create_method("ce", {})))
-    cache_mode = "per-batch"
-    for role, job_method in jobs:
-        if resume and run.weights_path(role).is_file() and role in metrics["models"]:
-            progress.log(f"{role}: done in an earlier session, kept")
-            continue
-        cached = None
-        if role == "student":
-            _, t_paths = job_method.feature_layers()
-            if recipe.train.teacher_cache == "auto" and trainer.augment_for(recipe.student) is None and not t_paths:
-                t = time.perf_counter()
-                cached = trainer.teacher_cache(teacher)
-                cache_mode = "cached"
-                progress.log(f"teacher outputs cached once for {len(cached)} samples ({time.perf_counter() - t:.1f}s)")
-        result = trainer.fit(
-            role,
-            students[role],
-            recipe.student,
-            job_method,
-            run.state_path(role),
-            teacher=teacher if role == "student" else None,
-            cached_teacher=cached,
-            resume=resume,
-        )
-        extra = {"method": recipe.distill.method, "teacher_outputs": cache_mode} if role == "student" else {}
-        finish(role, students[role], recipe.student, result, extra)
+def run_summary(recipe: Recipe, world: World, data: Dataset) -> dict[str, Any]:
+    """The run-level fields of metrics.json."""
+    return {
+        "recipe": recipe.name,
+        "seed": recipe.seed,
+        "method": recipe.distill.method,
+        "world_size": world.size,
+        "backend": world.backend,
+        "dataset": {
+            "name": data.name,
+            "source": data.source,
+            "train": len(data.train),
+            "val": len(data.val),
+            "test": len(data.test),
+        },
+    }
 
-    metrics["teacher_outputs"] = cache_mode
-    metrics["wall_seconds"] = round(metrics.get("wall_seconds", 0.0) + time.perf_counter() - t0, 2)
-    if world.main:
-        run.write_metrics(metrics)
-    world.barrier()  # the run folder is complete on every rank's return
-    return run
+
+def model_entry(result: Result, model: nn.Module, compiled: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """One model's entry in metrics.json (also stored in its weights' metadata)."""
+    return {
+        "accuracy": result.accuracy,
+        "last_accuracy": result.last_accuracy,
+        "val_accuracy": None if math.isnan(result.val_accuracy) else result.val_accuracy,
+        "best_epoch": result.best_epoch,
+        "params": count_params(model),
+        "train_seconds": round(result.train_seconds, 3),
+        "samples_per_second": round(result.samples_per_second, 1),
+        **({"compile_seconds": round(result.compile_seconds, 3)} if compiled else {}),
+        **extra,
+    }

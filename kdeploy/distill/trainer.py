@@ -1,31 +1,38 @@
-"""One training loop for teacher, CE-only baseline and distilled student.
+"""One training loop for teacher, CE-only baseline and distilled student (after mdistiller's trainer).
 
-The loop sums the named losses a method returns, checkpoints atomically at the end of every
-epoch (model, optimizer, schedule, RNG, history), selects the best epoch on the validation
-split, and resumes bit-for-bit from the last completed epoch.
+``Trainer.fit`` = ``setup`` (model on the device, data-dependent init, feature hooks, the method's learned parts,
+one ``TrainState``, resume) -> ``train`` (epochs: ``train_epoch`` -> ``train_iter`` per batch, validation,
+best-epoch tracking, a checkpoint per epoch) -> ``finish`` (the best epoch's weights, test accuracy).
+The state is saved and restored only by ``TrainState`` (``state.py``); resuming is bit-for-bit on the CPU.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kdeploy import atomic, progress
-from kdeploy.data import Augment, Dataset, Split, iterate_batches
+from kdeploy import progress
+from kdeploy.data import Augment, Dataset, Split, iterate_batches, normalize
 from kdeploy.distill.distributed import World
+from kdeploy.distill.ema import WeightEMA
+from kdeploy.distill.evaluation import SplitScorer, teacher_table
 from kdeploy.distill.hooks import FeatureHooks
-from kdeploy.distill.methods import Method, Outputs
+from kdeploy.distill.methods import Method
+from kdeploy.distill.mixing import mix_batch, mixing_rng, one_hot
+from kdeploy.distill.schedule import lr_factor, make_optimizer
+from kdeploy.distill.state import BestEpoch, TrainState
+from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
 from kdeploy.errors import UserError
-from kdeploy.evaluate import accuracy, predict_logits
 from kdeploy.recipe import ModelConfig, TrainConfig
-from kdeploy.runs import load_resume_state
+
+INIT_IMAGES = 5000  # training images a model's init_from_data(images) sees
 
 
 @dataclass
@@ -40,6 +47,22 @@ class Result:
     compile_seconds: float = 0.0  # torch.compile warm-up, not part of train_seconds
 
 
+@dataclass
+class Job:
+    """What one ``fit`` call trains, and how."""
+
+    role: str
+    cfg: ModelConfig
+    state: TrainState
+    step: nn.Module  # StudentStep, DDP-wrapped when distributed
+    teacher: TeacherOutputs | None
+    augment: Augment | None
+    batch_size: int
+    steps_per_epoch: int
+    state_path: Path
+    hooks: list[FeatureHooks] = field(default_factory=list)
+
+
 def check_precision(train: TrainConfig, device: torch.device) -> None:
     """fp16 autocast needs a GPU; bf16 runs on CPUs (fast with AVX512-BF16/AMX) and bf16-capable GPUs."""
     if train.precision == "fp16" and device.type != "cuda":
@@ -51,53 +74,14 @@ def check_precision(train: TrainConfig, device: torch.device) -> None:
         raise UserError("train.precision: this GPU has no bf16 support; use train.precision=fp16")
 
 
-class _Step(nn.Module):
-    """Model and method as one module, so DistributedDataParallel also averages the gradients of the method's
-    learned parts (FitNet's regressor). ``fill`` completes the method's inputs from the student's logits."""
-
-    def __init__(self, model: nn.Module, method: Method, compiled: bool = False) -> None:
-        super().__init__()
-        self.model, self.method = model, method
-        # kept out of the module tree: same parameters, and state_dict keys stay those of the model
-        self._forward = {"model": torch.compile(model) if compiled else model}
-
-    def forward(self, x: Tensor, fill: Callable[[Tensor], Outputs]) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = self._forward["model"](x)
-        return logits, self.method(fill(logits))
-
-
-def make_optimizer(params: list[nn.Parameter], cfg: ModelConfig, lr: float) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
-        )
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(step: int, steps_per_epoch: int, cfg: ModelConfig) -> float:
-    """Multiplier of the base learning rate at optimizer step ``step`` (warm-up, then the schedule)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return (step + 1) / warm
-    if cfg.schedule == "cosine":
-        t = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-    if cfg.schedule == "step":
-        epoch = step // steps_per_epoch
-        return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
-    return 1.0
-
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The shuffling/augmentation RNG of one epoch: the same for every model of a run."""
+    """The shuffling/augmentation RNG of one epoch: the same for every model of a run (a CPU generator on every
+    device, so a GPU run draws the same crops and flips as a CPU run)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 class Trainer:
-    """Trains one model of a run; a method supplies the losses."""
+    """Trains the models of a run one after another; a method supplies the losses."""
 
     def __init__(
         self,
@@ -114,318 +98,117 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.train_cfg = train
-        self.augment = augment  # the recipe's data.augment; a model's own `augment` replaces it in fit()
+        self.augment = augment  # the recipe's data.augment; a model's own `augment` replaces it
         self.world = world or World()
-        self._eval_parts: dict[int, Split] = {}
+        self.scorer = SplitScorer(data, self.world, eval_batch_size)
+        # the training images live on the training device (uint8): batches are gathered there, no copy per step
+        self.train_split = Split(data.train.images.to(self.device), data.train.labels.to(self.device))
         # Late in training, tiny gradients and softmax tails become denormal floats, which x86 CPUs process up to
         # ~100x slower; flushing them to zero keeps the epoch rate steady (the values are below 1e-38).
         torch.set_flush_denormal(True)
 
-    # ---- teacher outputs -------------------------------------------------------------------
-    def teacher_cache(self, teacher: nn.Module) -> Tensor:
-        """Teacher logits for every training sample, computed once (valid only without augmentation).
+    @property
+    def device(self) -> torch.device:
+        return self.world.device
 
-        Distributed, each rank computes one contiguous slice and an all-reduce over zero-filled buffers assembles
-        the whole table on every rank (adding zeros is exact), so the work is split instead of repeated."""
-        world, train = self.world, self.data.train
-        if not world.distributed:
-            return predict_logits(teacher, train, self.data.mean, self.data.std, self.eval_batch_size, world.device)
-        bounds = [len(train) * r // world.size for r in range(world.size + 1)]
-        lo, hi = bounds[world.rank], bounds[world.rank + 1]
-        part = Split(train.images[lo:hi], train.labels[lo:hi])
-        full = torch.zeros(len(train), self.data.num_classes)
-        if hi > lo:
-            full[lo:hi] = predict_logits(
-                teacher, part, self.data.mean, self.data.std, self.eval_batch_size, world.device
-            )
-        return world.sum(full)
+    def teacher_cache(self, teacher: nn.Module) -> Tensor:
+        """Teacher logits for every training sample (see ``evaluation.teacher_table``)."""
+        return teacher_table(teacher, self.data, self.world, self.eval_batch_size)
 
     def augment_for(self, cfg: ModelConfig) -> Augment | None:
         """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
         augment = cfg.augment if cfg.augment is not None else self.augment
         return augment if augment is not None and augment.enabled else None
 
-    # ---- the loop ---------------------------------------------------------------------------
+    # ---- fit = setup -> train -> finish ---------------------------------------------------------------
     def fit(
         self,
         role: str,
         model: nn.Module,
         cfg: ModelConfig,
         method: Method,
-        state_path: Any,
+        state_path: Path,
         teacher: nn.Module | None = None,
         cached_teacher: Tensor | None = None,
         resume: bool = False,
     ) -> Result:
-        data, world = self.data, self.world
-        device = world.device
-        augment = self.augment_for(cfg)
-        model.to(device)
-        method.to(device)
+        job = self.setup(role, model, cfg, method, Path(state_path), teacher, cached_teacher, resume)
+        compile_seconds = 0.0
+        if self.train_cfg.compile and job.state.epoch < cfg.epochs:
+            compile_seconds = self.warm_up(job)
+            progress.log(f"{role}: torch.compile warm-up {compile_seconds:.1f}s")
+        self.train(job)
+        return self.finish(job, compile_seconds)
+
+    def setup(
+        self,
+        role: str,
+        model: nn.Module,
+        cfg: ModelConfig,
+        method: Method,
+        state_path: Path,
+        teacher: nn.Module | None,
+        cached_teacher: Tensor | None,
+        resume: bool,
+    ) -> Job:
+        resuming = resume and state_path.is_file()
+        self.setup_model(model, method, fresh=not resuming)
+        hooks = self.setup_method(model, teacher, method)
+        state = self.setup_state(model, method, cfg)
+        if resuming:
+            state.restore(state_path)
+            progress.log(f"{role}: resuming after epoch {state.epoch} of {cfg.epochs}")
+        teacher_outputs = None
+        if method.needs_teacher and (teacher is not None or cached_teacher is not None):
+            if teacher is not None:
+                teacher.eval()
+            t_hooks = hooks[1] if len(hooks) > 1 else None
+            teacher_outputs = TeacherOutputs(teacher, t_hooks, cached_teacher)
+        s_hooks = hooks[0] if hooks else None
+        batch_size = cfg.batch_size or self.batch_size
+        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        # after resuming: DDP broadcasts rank 0's state, then averages gradients in every backward
+        step = self.world.wrap(StudentStep(model, method, s_hooks, compiled=self.train_cfg.compile))
+        return Job(
+            role=role,
+            cfg=cfg,
+            state=state,
+            step=step,
+            teacher=teacher_outputs,
+            augment=self.augment_for(cfg),
+            batch_size=batch_size,
+            steps_per_epoch=max(1, math.ceil(per_rank / batch_size)),
+            state_path=state_path,
+            hooks=[h for h in hooks if h is not None],
+        )
+
+    def setup_model(self, model: nn.Module, method: Method, fresh: bool) -> None:
+        """Model and method on the device; a fresh model with ``init_from_data`` sees training images once."""
+        model.to(self.device)
+        method.to(self.device)
         if self.train_cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        init = getattr(model, "init_from_data", None)
+        if fresh and callable(init):
+            n = min(INIT_IMAGES, len(self.data.train))
+            order = torch.randperm(len(self.data.train), generator=torch.Generator().manual_seed(self.seed))[:n]
+            images = self.train_split.images.index_select(0, order.to(self.device))
+            with torch.no_grad():
+                init(normalize(images, self.data.mean, self.data.std))
+
+    def setup_method(self, model: nn.Module, teacher: nn.Module | None, method: Method) -> list[FeatureHooks | None]:
+        """Attach the feature hooks the method asks for ([student, teacher]); one dry forward pass tells the
+        method the feature shapes, so it can build its regressors."""
         s_paths, t_paths = method.feature_layers()
         s_hooks = FeatureHooks(model, s_paths, "student", "distill").attach() if s_paths else None
         t_hooks = FeatureHooks(teacher, t_paths, "teacher", "distill").attach() if (t_paths and teacher) else None
-        if s_hooks or t_hooks:
-            self._setup_method(model, teacher, method, s_hooks, t_hooks)
-            method.to(device)
-
-        lr = cfg.lr * (world.size if self.train_cfg.scale_lr else 1)
-        params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
-        optimizer = make_optimizer(params, cfg, lr)
-        scaler = torch.amp.GradScaler(device.type, enabled=self.train_cfg.precision == "fp16")
-        n_train = len(data.train)
-        per_rank = math.ceil(n_train / world.size)
-        steps_per_epoch = max(1, math.ceil(per_rank / self.batch_size))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
-
-        start_epoch, history, best = 0, [], {"val": -1.0, "epoch": -1, "state": None}
-        train_seconds, samples_seen = 0.0, 0
-        if resume and state_path.is_file():
-            ckpt = load_resume_state(state_path)
-            model.load_state_dict(ckpt["model"])
-            method.load_state_dict(ckpt["method"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["rng"])
-            start_epoch, history = int(ckpt["epoch"]) + 1, list(ckpt["history"])
-            best = {"val": float(ckpt["best_val"]), "epoch": int(ckpt["best_epoch"]), "state": ckpt["best_state"]}
-            train_seconds, samples_seen = float(ckpt["train_seconds"]), int(ckpt["samples_seen"])
-            progress.log(f"{role}: resuming after epoch {start_epoch} of {cfg.epochs}")
-
-        use_teacher = method.needs_teacher and (teacher is not None or cached_teacher is not None)
-        if teacher is not None:
-            teacher.eval()
-        autocast = self._autocast()
-        # after resuming: DDP broadcasts rank 0's state, then averages gradients in every backward
-        step_module = world.wrap(_Step(model, method, compiled=self.train_cfg.compile))
-
-        def outputs(x: Tensor, y: Tensor, idx: Tensor, epoch: int) -> Callable[[Tensor], Outputs]:
-            def fill(logits: Tensor) -> Outputs:
-                out = Outputs(student_logits=logits, targets=y, epoch=epoch)
-                if s_hooks:
-                    out.student_features = s_hooks.pop()
-                if use_teacher:
-                    out.teacher_logits, out.teacher_features = self._teacher(teacher, t_hooks, cached_teacher, x, idx)
-                return out
-
-            return fill
-
-        compile_seconds = 0.0
-        if self.train_cfg.compile and start_epoch < cfg.epochs:
-            compile_seconds = self._warm_up(step_module, model, method, optimizer, per_rank, outputs, autocast)
-            progress.log(f"{role}: torch.compile warm-up {compile_seconds:.1f}s")
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            method.train()
-            gen = epoch_generator(self.seed, epoch)
-            totals: dict[str, Tensor] = {}
-            correct = torch.zeros((), dtype=torch.long)
-            seen, t0 = 0, time.perf_counter()
-            batches = iterate_batches(
-                data.train,
-                self.batch_size,
-                shuffle=True,
-                generator=gen,
-                augment=augment,
-                mean=data.mean,
-                std=data.std,
-                shard=(world.rank, world.size),
-            )
-            with progress.task(f"{role} epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch) as bar:
-                for step, (x, y, idx) in enumerate(batches):
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if self.train_cfg.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast:
-                        logits, losses = step_module(x, outputs(x, y, idx, epoch))
-                    loss = sum(losses.values())
-                    finite = bool(torch.isfinite(loss))
-                    if world.any(not finite):  # every rank stops at the same step, none hangs
-                        where = f"epoch {epoch + 1}, step {step + 1}"
-                        kept = f"last good checkpoint kept in {state_path}" if state_path.is_file() else "nothing kept"
-                        value = loss.item() if not finite else "non-finite on another rank"
-                        raise UserError(
-                            f"{role}: loss became {value} at {where} ({kept}); "
-                            f"lower {role}.lr or check the data, then re-run with --force"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    with torch.no_grad():
-                        for k, v in losses.items():
-                            totals[k] = totals.get(k, 0.0) + v.detach().float() * len(y)
-                        correct += (logits.argmax(1) == y).sum().cpu()
-                    seen += len(y)
-                    bar.update(1, loss=loss.item())
-            seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            seen, correct, totals = self._epoch_sums(seen, correct, totals)
-            samples_seen += seen
-            val_acc = self._accuracy(model, data.val)
-            row: dict[str, Any] = {
-                "model": role,
-                "epoch": epoch + 1,
-                "loss": round(sum(float(v) for v in totals.values()) / max(seen, 1), 6),
-                **{f"loss_{k}": round(float(v) / max(seen, 1), 6) for k, v in totals.items()},
-                "train_acc": round(correct.item() / max(seen, 1), 6),
-                "val_acc": round(val_acc, 6) if not math.isnan(val_acc) else "",
-                "lr": round(scheduler.get_last_lr()[0], 8),
-                "seconds": round(seconds, 3),
-                "samples": seen,
-                "samples_per_s": round(seen / seconds, 1),
-            }
-            history.append(row)
-            if math.isnan(val_acc) or val_acc > best["val"]:
-                best = {
-                    "val": val_acc if not math.isnan(val_acc) else -1.0,
-                    "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                }
-            progress.log(
-                f"{role} epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} train {row['train_acc']:.4f} "
-                f"val {val_acc:.4f} ({row['samples_per_s']:.0f} samples/s)"
-            )
-            if world.main:
-                self._checkpoint(
-                    state_path,
-                    epoch,
-                    model,
-                    method,
-                    optimizer,
-                    scheduler,
-                    history,
-                    best,
-                    train_seconds,
-                    samples_seen,
-                    scaler,
-                )
-
-        if s_hooks:
-            s_hooks.detach()
-        if t_hooks:
-            t_hooks.detach()
-        last_acc = self._accuracy(model, data.test)
-        test_acc = last_acc
-        if best["state"] is not None and best["epoch"] != cfg.epochs:
-            model.load_state_dict(best["state"])
-            test_acc = self._accuracy(model, data.test)
-        return Result(
-            accuracy=test_acc,
-            val_accuracy=best["val"],
-            best_epoch=best["epoch"],
-            train_seconds=train_seconds,
-            samples_per_second=samples_seen / train_seconds if train_seconds else 0.0,
-            history=history,
-            last_accuracy=last_acc,
-            compile_seconds=compile_seconds,
-        )
-
-    # ---- helpers -------------------------------------------------------------------------------
-    def _epoch_sums(
-        self, seen: int, correct: Tensor, totals: dict[str, Tensor]
-    ) -> tuple[int, Tensor, dict[str, Tensor]]:
-        """The epoch's sample count, correct count and loss sums over all ranks."""
-        if not self.world.distributed:
-            return seen, correct, totals
-        losses = [v.double().cpu() for v in totals.values()]
-        packed = torch.stack([torch.tensor(float(seen)), correct.double(), *losses])
-        packed = self.world.sum(packed)
-        sums = {k: packed[2 + i] for i, k in enumerate(totals)}
-        return int(packed[0].item()), packed[1].round().long(), sums
-
-    def _accuracy(self, model: nn.Module, split: Split) -> float:
-        """Accuracy on ``split``; distributed, each rank scores every size-th sample and the counts are summed."""
-        world = self.world
-        if not world.distributed:
-            return accuracy(model, split, self.data.mean, self.data.std, self.eval_batch_size, world.device)
-        if len(split) == 0:
-            return float("nan")
-        part = self._eval_parts.get(id(split))
-        if part is None:
-            part = Split(split.images[world.rank :: world.size], split.labels[world.rank :: world.size])
-            self._eval_parts[id(split)] = part
-        correct = 0.0
-        if len(part):
-            logits = predict_logits(model, part, self.data.mean, self.data.std, self.eval_batch_size, world.device)
-            correct = float((logits.argmax(1) == part.labels).sum().item())
-        counts = world.sum(torch.tensor([correct, float(len(part))], dtype=torch.float64))
-        return (counts[0] / counts[1]).item()
-
-    def _warm_up(
-        self,
-        step_module: nn.Module,
-        model: nn.Module,
-        method: Method,
-        optimizer: torch.optim.Optimizer,
-        per_rank: int,
-        outputs: Callable[..., Callable[[Tensor], Outputs]],
-        autocast: Any,
-    ) -> float:
-        """Compile the training step before timing starts: forward and backward at the full and at the last
-        (shorter) batch size, then put weights, buffers, gradients and RNG back as they were."""
-        t0 = time.perf_counter()
-        saved = (
-            {k: v.detach().clone() for k, v in model.state_dict().items()},
-            {k: v.detach().clone() for k, v in method.state_dict().items()},
-            torch.get_rng_state(),
-        )
-        sizes = sorted({min(self.batch_size, per_rank), per_rank % self.batch_size} - {0}, reverse=True)
-        x0, y0, idx0 = next(
-            iterate_batches(self.data.train, sizes[0], shuffle=False, mean=self.data.mean, std=self.data.std)
-        )
-        model.train()
-        method.train()
-        for n in sizes:
-            x, y, idx = x0[:n].to(self.world.device), y0[:n].to(self.world.device), idx0[:n]
-            if self.train_cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                _, losses = step_module(x, outputs(x, y, idx, 0))
-            sum(losses.values()).backward()
-        optimizer.zero_grad(set_to_none=True)
-        model.load_state_dict(saved[0])
-        method.load_state_dict(saved[1])
-        torch.set_rng_state(saved[2])
-        return time.perf_counter() - t0
-
-    def _autocast(self) -> Any:
-        precision = self.train_cfg.precision
-        if precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.world.device.type, dtype=dtype)
-
-    @torch.no_grad()
-    def _teacher(
-        self, teacher: nn.Module | None, hooks: FeatureHooks | None, cached: Tensor | None, x: Tensor, idx: Tensor
-    ) -> tuple[Tensor, list[Tensor]]:
-        if cached is not None and hooks is None:
-            return cached[idx].to(x.device, non_blocking=True), []
-        assert teacher is not None
-        logits = teacher(x)
-        return logits, hooks.pop() if hooks else []
-
-    def _setup_method(
-        self,
-        model: nn.Module,
-        teacher: nn.Module | None,
-        method: Method,
-        s_hooks: FeatureHooks | None,
-        t_hooks: FeatureHooks | None,
-    ) -> None:
-        """One dry forward pass to learn the feature shapes, so the method can build its regressors."""
+        if not (s_hooks or t_hooks):
+            return []
         x, _, _ = next(
             iterate_batches(
-                self.data.train, min(8, len(self.data.train)), shuffle=False, mean=self.data.mean, std=self.data.std
+                self.train_split, min(8, len(self.data.train)), shuffle=False, mean=self.data.mean, std=self.data.std
             )
         )
-        x = x.to(self.world.device)
         was = model.training
         model.eval()
         with torch.no_grad():
@@ -435,34 +218,177 @@ class Trainer:
                 teacher(x)
         model.train(was)
         method.setup(s_hooks.pop() if s_hooks else [], t_hooks.pop() if t_hooks else [])
+        method.to(self.device)
+        return [s_hooks, t_hooks]
 
-    def _checkpoint(
-        self,
-        path: Any,
-        epoch: int,
-        model: nn.Module,
-        method: Method,
-        optimizer: Any,
-        scheduler: Any,
-        history: list,
-        best: dict,
-        train_seconds: float,
-        samples_seen: int,
-        scaler: torch.amp.GradScaler,
-    ) -> None:
-        state = {
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "history": history,
-            "best_val": best["val"],
-            "best_epoch": best["epoch"],
-            "best_state": best["state"],
-            "train_seconds": train_seconds,
-            "samples_seen": samples_seen,
-            "scaler": scaler.state_dict(),
+    def setup_state(self, model: nn.Module, method: Method, cfg: ModelConfig) -> TrainState:
+        """Optimizer, schedule, loss scaler (fp16 only) and EMA of a fresh run."""
+        lr = cfg.lr * (self.world.size if self.train_cfg.scale_lr else 1)
+        params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
+        optimizer = make_optimizer(params, cfg, lr)
+        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        steps = max(1, math.ceil(per_rank / (cfg.batch_size or self.batch_size)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
+        ema = WeightEMA(model, cfg.ema) if cfg.ema else None
+        return TrainState(model, method, optimizer, scheduler, scaler, ema)
+
+    def train(self, job: Job) -> None:
+        state = job.state
+        for epoch in range(state.epoch, job.cfg.epochs):
+            row = self.train_epoch(job, epoch)
+            val_acc = self.scorer.accuracy(state.eval_model, self.data.val)
+            row["val_acc"] = round(val_acc, 6) if not math.isnan(val_acc) else ""
+            state.history.append(row)
+            if math.isnan(val_acc) or val_acc > state.best.val:
+                weights = {k: v.detach().cpu().clone() for k, v in state.eval_model.state_dict().items()}
+                state.best = BestEpoch(val_acc if not math.isnan(val_acc) else -1.0, epoch + 1, weights)
+            state.epoch = epoch + 1
+            progress.log(
+                f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}: loss {row['loss']:.4f} train {row['train_acc']:.4f} "
+                f"val {val_acc:.4f} ({row['samples_per_s']:.0f} samples/s)"
+            )
+            if self.world.main:
+                state.save(job.state_path)
+
+    def train_epoch(self, job: Job, epoch: int) -> dict[str, Any]:
+        """One pass over this rank's shard; returns the epoch's history row (sums over all ranks)."""
+        state, world = job.state, self.world
+        state.model.train()
+        state.method.train()
+        gen = epoch_generator(self.seed, epoch)
+        mix_rng = mixing_rng(self.seed, epoch) if (job.cfg.mixup or job.cfg.cutmix) else None
+        sums = EpochSums(self.device)
+        sync_every = 1 if self.device.type == "cpu" else 50  # on a GPU, look at the loss without a sync per step
+        t0 = time.perf_counter()
+        batches = iterate_batches(
+            self.train_split,
+            job.batch_size,
+            shuffle=True,
+            generator=gen,
+            augment=job.augment,
+            mean=self.data.mean,
+            std=self.data.std,
+            shard=(world.rank, world.size),
+        )
+        with progress.task(f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}", job.steps_per_epoch) as bar:
+            for step, (x, y, idx) in enumerate(batches):
+                batch = self.make_batch(job, x, y, idx, epoch, mix_rng)
+                look = (step + 1) % sync_every == 0 or step + 1 == job.steps_per_epoch
+                loss = self.train_iter(job, batch, sums, look)
+                bar.update(1, **({"loss": loss.item()} if look else {}))
+        seconds = time.perf_counter() - t0
+        state.train_seconds += seconds
+        seen, correct, totals = sums.over_ranks(world)
+        state.samples_seen += seen
+        return {
+            "model": job.role,
+            "epoch": epoch + 1,
+            "loss": round(sum(totals.values()) / max(seen, 1), 6),
+            **{f"loss_{k}": round(v / max(seen, 1), 6) for k, v in totals.items()},
+            "train_acc": round(correct / max(seen, 1), 6),
+            "val_acc": "",
+            "lr": round(state.scheduler.get_last_lr()[0], 8),
+            "seconds": round(seconds, 3),
+            "samples": seen,
+            "samples_per_s": round(seen / seconds, 1),
         }
-        atomic.write_with(path, lambda tmp: torch.save(state, tmp))
+
+    def make_batch(self, job: Job, x: Tensor, y: Tensor, idx: Tensor, epoch: int, mix_rng: Any | None) -> Batch:
+        """The batch as the model sees it: mixed when mixup/cutmix is on, soft targets for label smoothing or
+        mixing, and the teacher's outputs on exactly these (augmented, mixed) images."""
+        cfg = job.cfg
+        if self.train_cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        probs = None
+        if mix_rng is not None:
+            mixed = mix_batch(x, y, self.data.num_classes, cfg.mixup, cfg.cutmix, mix_rng)
+            x, y, probs = mixed.images, mixed.labels, mixed.target_probs
+            if cfg.label_smoothing:
+                probs = probs * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / self.data.num_classes
+        elif cfg.label_smoothing:
+            probs = one_hot(y, self.data.num_classes, cfg.label_smoothing)
+        batch = Batch(x, y, idx, epoch, target_probs=probs)
+        if job.teacher is not None:
+            batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mixed=mix_rng is not None)
+        return batch
+
+    def train_iter(self, job: Job, batch: Batch, sums: EpochSums, look: bool = True) -> Tensor:
+        """Forward, backward and optimizer step on one batch; adds the batch to ``sums``. ``look``: check the
+        losses so far are finite first (a device sync: every step on the CPU, every 50th on a GPU)."""
+        state = job.state
+        with self.autocast():
+            logits, losses = job.step(batch.images, batch)
+        loss = sum(losses.values())
+        sums.add(losses, loss, logits, batch.labels)
+        if look:
+            check_finite(job.role, sums, batch.epoch, self.world, job.state_path)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
+        return loss
+
+    def finish(self, job: Job, compile_seconds: float) -> Result:
+        """Detach the hooks; test the last epoch and the best one; the model keeps the best epoch's weights
+        (the EMA's when on)."""
+        for hooks in job.hooks:
+            hooks.detach()
+        state = job.state
+        model = state.model
+        if state.ema is not None:
+            model.load_state_dict(state.ema.model.state_dict())
+        last_acc = self.scorer.accuracy(model, self.data.test)
+        test_acc = last_acc
+        if state.best.weights is not None and state.best.epoch != job.cfg.epochs:
+            model.load_state_dict(state.best.weights)
+            test_acc = self.scorer.accuracy(model, self.data.test)
+        return Result(
+            accuracy=test_acc,
+            val_accuracy=state.best.val,
+            best_epoch=state.best.epoch,
+            train_seconds=state.train_seconds,
+            samples_per_second=state.samples_seen / state.train_seconds if state.train_seconds else 0.0,
+            history=state.history,
+            last_accuracy=last_acc,
+            compile_seconds=compile_seconds,
+        )
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def autocast(self) -> Any:
+        precision = self.train_cfg.precision
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def warm_up(self, job: Job) -> float:
+        """Compile the training step before timing starts: forward and backward at the full and at the last
+        (shorter) batch size, then put weights, buffers, gradients and RNG back as they were."""
+        t0 = time.perf_counter()
+        model, method = job.state.model, job.state.method
+        saved = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()},
+            {k: v.detach().clone() for k, v in method.state_dict().items()},
+            torch.get_rng_state(),
+        )
+        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        sizes = sorted({min(job.batch_size, per_rank), per_rank % job.batch_size} - {0}, reverse=True)
+        x0, y0, idx0 = next(
+            iterate_batches(self.train_split, sizes[0], shuffle=False, mean=self.data.mean, std=self.data.std)
+        )
+        model.train()
+        method.train()
+        for n in sizes:
+            batch = self.make_batch(job, x0[:n], y0[:n], idx0[:n], 0, None)
+            with self.autocast():
+                _, losses = job.step(batch.images, batch)
+            sum(losses.values()).backward()
+        job.state.optimizer.zero_grad(set_to_none=True)
+        model.load_state_dict(saved[0])
+        method.load_state_dict(saved[1])
+        torch.set_rng_state(saved[2])
+        return time.perf_counter() - t0

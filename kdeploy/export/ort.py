@@ -1,4 +1,8 @@
-"""ONNX Runtime helpers shared by export, quantize and bench: sessions with fixed threads, logits, accuracy."""
+"""ONNX Runtime, one way for export, quantize and bench: sessions with fixed threads, logits, accuracy.
+
+:func:`make_session` is the only place an ``InferenceSession`` is configured: intra-op threads fixed (default:
+every core this process may use), inter-op 1 and sequential execution, so latencies are reproducible.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +13,45 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from kdeploy.data import Split, iterate_batches
-from kdeploy.errors import UserError
+from kdeploy.data import Split
+from kdeploy.errors import UserError, first_line
+from kdeploy.evaluate import split_accuracy, split_logits
+from kdeploy.runs import available_cores
 
-PROVIDERS = ["CPUExecutionProvider"]
+CPU = ["CPUExecutionProvider"]
+GRAPH_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+def make_session(
+    path: str | os.PathLike[str],
+    threads: int | None = None,
+    providers: Sequence[str] = CPU,
+    graph_level: str = "all",
+) -> ort.InferenceSession:
+    """An InferenceSession with ``threads`` intra-op threads (default :func:`available_cores`); raises what ORT
+    raises for a file it cannot load."""
+    if graph_level not in GRAPH_LEVELS:
+        raise ValueError(f"graph_level must be one of {tuple(GRAPH_LEVELS)}, got {graph_level!r}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or available_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = GRAPH_LEVELS[graph_level]
+    opts.log_severity_level = 3  # errors only; ORT warnings about unused initializers are noise here
+    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
 
 
 def try_session(path: str | os.PathLike[str], threads: int | None = None) -> tuple[ort.InferenceSession | None, str]:
-    """``(session, "")`` or ``(None, first line of ONNX Runtime's error)``.
-
-    ``threads`` fixes ``intra_op_num_threads`` (default: the CPUs this process may use); inter-op is 1 and
-    execution sequential, so latency numbers are reproducible.
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or default_threads()
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # errors only; ORT warnings about unused initializers are noise here
+    """``(session, "")`` or ``(None, first line of ONNX Runtime's error)`` (CPU provider)."""
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=PROVIDERS), ""
+        return make_session(path, threads), ""
     except Exception as exc:  # onnxruntime raises its own pybind exception types (Fail, NotImplemented, ...)
-        text = str(exc).strip()
-        return None, (text.splitlines()[0] if text else type(exc).__name__)[:300]
+        return None, first_line(exc)
 
 
 def open_session(path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
@@ -48,35 +64,17 @@ def open_session(path: str | os.PathLike[str], threads: int | None = None) -> or
     return session
 
 
-def input_name(session: ort.InferenceSession) -> str:
-    return session.get_inputs()[0].name
-
-
 def run_batch(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     """Logits for one float32 N×C×H×W batch, as float32 (fp16 graphs with fp16 outputs are cast)."""
-    out = session.run(None, {input_name(session): x})[0]
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
     return np.asarray(out, dtype=np.float32)
 
 
 def onnx_logits(
-    session: ort.InferenceSession,
-    split: Split,
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 256,
+    session: ort.InferenceSession, split: Split, mean: Sequence[float], std: Sequence[float], batch_size: int = 256
 ) -> np.ndarray:
     """Logits for every sample of ``split``, in order."""
-    outs = [
-        run_batch(session, x.numpy())
-        for x, _, _ in iterate_batches(split, batch_size, shuffle=False, mean=mean, std=std)
-    ]
-    return np.concatenate(outs) if outs else np.empty((0, 0), dtype=np.float32)
-
-
-def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    return float((logits.argmax(1) == labels).mean())
+    return split_logits(lambda x: run_batch(session, x.numpy()), split, mean, std, batch_size)
 
 
 def onnx_accuracy(
@@ -89,4 +87,4 @@ def onnx_accuracy(
 ) -> float:
     """Top-1 accuracy of an ONNX classifier on ``split`` with the ONNX Runtime CPU provider."""
     session = open_session(path, threads)
-    return top1_accuracy(onnx_logits(session, split, mean, std, batch_size), split.labels.numpy())
+    return split_accuracy(lambda x: run_batch(session, x.numpy()), split, mean, std, batch_size)

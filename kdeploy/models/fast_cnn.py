@@ -42,8 +42,14 @@ class ShiftBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         training = self.training
         return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias * self.shift_scale,
-            training, self.momentum, self.eps,
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias * self.shift_scale,
+            training,
+            self.momentum,
+            self.eps,
         )
 
 
@@ -135,8 +141,13 @@ def fast_cnn(
     shift_scale: float = 8.0,
     tta: Literal["none", "flip"] = "none",
 ) -> FastCNN:
-    """Fast-training CIFAR CNN; ``widths=(64, 256, 256)`` ~2M params, ``(32, 128, 128)`` ~0.5M, ``(16, 48, 64)`` ~0.1M."""
+    """Fast-training CIFAR CNN: ``widths=(64, 256, 256)`` ~2M params, ``(16, 48, 64)`` ~0.1M."""
     return FastCNN(
-        num_classes=num_classes, in_shape=in_shape, widths=tuple(widths), head_scale=head_scale,
-        bn_momentum=bn_momentum, shift_scale=shift_scale, tta=tta,
+        num_classes=num_classes,
+        in_shape=in_shape,
+        widths=tuple(widths),
+        head_scale=head_scale,
+        bn_momentum=bn_momentum,
+        shift_scale=shift_scale,
+        tta=tta,
     )

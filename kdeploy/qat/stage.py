@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -20,17 +21,17 @@ from typing import Any
 import torch
 
 from kdeploy import progress
+from kdeploy.artifacts import Artifact, describe, finish_stage, manifest, source_artifact
 from kdeploy.data import iterate_batches
 from kdeploy.distill.methods import Outputs, create_method
-from kdeploy.errors import GateFailed, UserError
-from kdeploy.export import manifest as mf
-from kdeploy.export.onnx import describe, export_graph
+from kdeploy.errors import UserError
+from kdeploy.export.onnx import export_graph
 from kdeploy.export.ort import onnx_logits, try_session
-from kdeploy.export.rundata import run_recipe
 from kdeploy.export.staging import staging_dir
 from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
-from kdeploy.quantize import calibration_split, quantize_one, source_entry
+from kdeploy.quantize import calibration_split, quantize_one
 from kdeploy.recipe import QatConfig, Recipe, load_data
+from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
 
 FORMAT = "onnx-int8-qat"
@@ -102,13 +103,17 @@ def torch_accuracy(model: torch.nn.Module, data: Any) -> float:
     return correct / max(len(data.test), 1)
 
 
-def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_on_fail: bool = True) -> dict[str, Any]:
-    """Run quantization-aware distillation on ``run``; returns the ``onnx-int8-qat`` manifest entry."""
+def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_on_fail: bool = True) -> Artifact:
+    """Run quantization-aware distillation on ``run``; returns the ``onnx-int8-qat`` artifact (also in the manifest).
+
+    Like every artifact stage it ends in :func:`~kdeploy.artifacts.finish_stage`: with ``raise_on_fail`` a missed
+    accuracy gate raises :class:`~kdeploy.errors.GateFailed`."""
     run = run if isinstance(run, Run) else Run.open(run)
     _require_models(run)
     recipe = run_recipe(run)
     cfg = recipe.qat or QatConfig()
-    source = source_entry(run, ROLE)  # the float student's gated ONNX: accuracy reference and I/O spec
+    # the float student's gated ONNX: accuracy reference and I/O spec
+    source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
     loss = kd_method(recipe, cfg)
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
@@ -127,8 +132,8 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     after = torch_accuracy(qmodel, data)
     progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
     tuned = strip_fake_quant(qmodel).eval()
-    entry = _export_and_quantize(run, tuned, meta, source, data, calib, cfg, max_accuracy_drop)
-    entry["settings"]["qat"] = {
+    art = _export_and_quantize(run, tuned, meta, source, data, calib, cfg, max_accuracy_drop)
+    art.settings["qat"] = {
         **cfg.model_dump(),
         "kd": loss.params.model_dump(),
         "batchnorm_folded": note is None,
@@ -139,27 +144,28 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
         "history": history,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    entry = mf.upsert(run, entry)
-    progress.log("  " + describe(entry))
-    if raise_on_fail and entry["status"] == "failed":
-        raise GateFailed(f"{entry['id']}: {entry['reason']}")
-    return entry
+    art = manifest.upsert(run, art)
+    progress.log("  " + describe(art))
+    return finish_stage([art], raise_on_fail)[0]
 
 
-def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any], source: dict[str, Any], data: Any,
-                         calib: Any, cfg: QatConfig, max_accuracy_drop: float) -> dict[str, Any]:  # fmt: skip
-    fp32_session, error = try_session(mf.artifact_path(run, source))
+def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any], source: Artifact, data: Any,
+                         calib: Any, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
+    """Export the fine-tuned float student to a staged ONNX file and quantize it by quantize's static INT8 path."""
+    fp32_session, error = try_session(manifest.artifact_path(run, source))
     if fp32_session is None:
-        raise UserError(f"{source['files'][0]}: ONNX Runtime cannot load it ({error}); re-run `kdeploy export --onnx`")
+        raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it ({error}); re-run `kdeploy export --onnx`")
     fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
     with staging_dir(run.export_dir) as tmp:
         folder = tmp / "qat-fp32"
         folder.mkdir()
-        export_graph(tuned, list(meta["dataset"]["in_shape"]), folder / "student.qat.fp32.onnx", source["opset"])
-        tuned_source = {**source, "files": [str((folder / "student.qat.fp32.onnx").relative_to(run.export_dir))]}
-        entry = quantize_one(
+        tuned_path = folder / "student.qat.fp32.onnx"
+        export_graph(tuned, list(meta["dataset"]["in_shape"]), tuned_path, source.opset or 18)
+        tuned_source = dataclasses.replace(source, files=[str(tuned_path.relative_to(run.export_dir))], sha256=None)
+        art = quantize_one(
             run, ROLE, FORMAT, tuned_source, data, fp32_logits, calib=calib, calib_seed=run_recipe(run).seed,
             calib_method="minmax", per_channel=cfg.per_channel, max_accuracy_drop=max_accuracy_drop,
         )  # fmt: skip
-    entry.update(source=source["files"][0], source_sha256=source.get("sha256"))
-    return entry
+    art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
+    art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None
+    return art

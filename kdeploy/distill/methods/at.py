@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, register_method
 from kdeploy.distill.methods.params import ATParams
 from kdeploy.errors import UserError
 
@@ -49,4 +49,4 @@ class AT(Method):
         p = self.params
         pairs = zip(out.student_features, out.teacher_features, strict=True)
         at = torch.stack([at_loss(s, t.detach(), p.p) for s, t in pairs]).sum()
-        return {"ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets), "at": p.beta * at}
+        return {"ce": p.ce_weight * hard_label_ce(out), "at": p.beta * at}

@@ -13,6 +13,7 @@ from typing import ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from kdeploy.distill.methods.params import METHOD_PARAMS, MethodParams
 from kdeploy.registry import Registry
@@ -28,6 +29,9 @@ class Outputs:
     student_features: list[Tensor] = field(default_factory=list)
     teacher_features: list[Tensor] = field(default_factory=list)
     epoch: int = 0  # 0-based epoch, for warm-ups
+    # soft targets of the hard-label (CE) term when the model trains with label smoothing or mixup/cutmix;
+    # None: ``targets`` alone (class indices)
+    target_probs: Tensor | None = None
 
 
 class Method(nn.Module):
@@ -64,6 +68,12 @@ def register_method(name: str) -> Callable[[M], M]:
         return METHOD_CLASSES.register(name)(cls)
 
     return decorator
+
+
+def hard_label_ce(out: Outputs, label_smoothing: float = 0.0) -> Tensor:
+    """The cross-entropy (hard-label) term: against ``target_probs`` when the trainer made them, else ``targets``."""
+    target = out.target_probs if out.target_probs is not None else out.targets
+    return F.cross_entropy(out.student_logits, target, label_smoothing=label_smoothing)
 
 
 def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, register_method
 from kdeploy.distill.methods.params import CEParams
 
 
@@ -15,4 +14,4 @@ class CrossEntropy(Method):
     needs_teacher = False
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        return {"ce": F.cross_entropy(out.student_logits, out.targets, label_smoothing=self.params.label_smoothing)}
+        return {"ce": hard_label_ce(out, self.params.label_smoothing)}

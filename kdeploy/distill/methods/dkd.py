@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, register_method
 from kdeploy.distill.methods.params import DKDParams
 
 
@@ -44,7 +44,7 @@ class DKD(Method):
         ramp = min((out.epoch + 1) / p.warmup, 1.0) if p.warmup else 1.0
         tckd, nckd = dkd_loss(out.student_logits, out.teacher_logits, out.targets, p.alpha, p.beta, p.temperature)
         return {
-            "ce": p.ce_weight * F.cross_entropy(out.student_logits, out.targets),
+            "ce": p.ce_weight * hard_label_ce(out),
             "tckd": ramp * tckd,
             "nckd": ramp * nckd,
         }

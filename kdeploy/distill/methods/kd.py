@@ -10,9 +10,8 @@ Set ``ce_weight``/``kd_weight`` explicitly here to reproduce either (README: "Wh
 from __future__ import annotations
 
 from torch import Tensor
-from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, kl_soft, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, kl_soft, register_method
 from kdeploy.distill.methods.params import KDParams
 
 
@@ -25,6 +24,6 @@ class KD(Method):
         assert out.teacher_logits is not None
         ce_weight, kd_weight = p.weights
         return {
-            "ce": ce_weight * F.cross_entropy(out.student_logits, out.targets),
+            "ce": ce_weight * hard_label_ce(out),
             "kd": kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature),
         }

@@ -1,6 +1,6 @@
 """``<run>/export/manifest.json``: one entry per artifact (ONNX, INT8, FP16, TensorRT), replaced atomically.
 
-An entry is a plain dict::
+An entry is an :class:`~kdeploy.artifacts.record.Artifact` written as JSON::
 
     {"id": "student:onnx-int8", "model": "student", "format": "onnx-int8", "files": ["student.int8.onnx"],
      "bytes": 163_000, "sha256": "...", "opset": 18, "exporter": "dynamo", "source": "student.onnx",
@@ -11,24 +11,22 @@ An entry is a plain dict::
 
 A failed artifact keeps its file under a ``.failed`` name (``student.failed.onnx``) so that nothing under the
 valid name looks usable, and its entry says ``passed: false, status: "failed"``. A skipped artifact (e.g. dynamic
-INT8 that ONNX Runtime cannot run) has no files and a ``reason``. Consumers (bench) use :func:`usable` to pick.
+INT8 that ONNX Runtime cannot run) has no files and a ``reason``. Consumers (bench) check ``Artifact.usable``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kdeploy import atomic
+from kdeploy.artifacts.record import Artifact
 from kdeploy.errors import UserError
-from kdeploy.runs import Run, package_versions
+from kdeploy.runs import Run
 
-MANIFEST_NAME = "manifest.json"
-
-# format -> file name suffix after the model role (``student`` + suffix)
+# format -> file name suffix after the model role (``student`` + suffix); also the manifest's sort order
 SUFFIXES = {
     "onnx": ".onnx",
     "onnx-int8": ".int8.onnx",
@@ -38,10 +36,6 @@ SUFFIXES = {
     "tensorrt-fp16": ".fp16.engine",
     "tensorrt-int8": ".int8.engine",
 }
-
-
-def manifest_path(run: Run) -> Path:
-    return run.export_dir / MANIFEST_NAME
 
 
 def artifact_id(model: str, fmt: str) -> str:
@@ -57,67 +51,72 @@ def file_name(model: str, fmt: str, failed: bool = False) -> str:
     return f"{model}{stem}.failed.{ext}"
 
 
-def read_manifest(run: Run) -> dict[str, Any]:
-    """The manifest, or ``{"artifacts": []}`` when nothing was exported yet."""
-    path = manifest_path(run)
+@dataclass
+class Manifest:
+    """Every artifact of a run, in model then format order."""
+
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def find(self, ident: str) -> Artifact | None:
+        return next((a for a in self.artifacts if a.id == ident), None)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"artifacts": [a.to_dict() for a in self.artifacts]}
+
+
+def read_manifest(run: Run) -> Manifest:
+    """The manifest, or an empty one when nothing was exported yet."""
+    path = run.manifest_path
     if not path.is_file():
-        return {"artifacts": []}
+        return Manifest()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: corrupt JSON; delete it and re-run `kdeploy export --onnx`") from None
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise UserError(f"{path}: not a kdeploy manifest; delete it and re-run `kdeploy export --onnx`")
-    return data
+    return Manifest([Artifact.from_dict(a) for a in data["artifacts"] if isinstance(a, dict)])
 
 
-def find(run: Run, ident: str) -> dict[str, Any] | None:
-    for entry in read_manifest(run)["artifacts"]:
-        if entry.get("id") == ident:
-            return entry
-    return None
+def write_manifest(run: Run, manifest: Manifest) -> None:
+    order = list(SUFFIXES)
+    manifest.artifacts.sort(key=lambda a: (a.model, order.index(a.format) if a.format in order else 99))
+    atomic.write_json(run.manifest_path, manifest.to_dict())
 
 
-def upsert(run: Run, entry: dict[str, Any]) -> dict[str, Any]:
+def find(run: Run, ident: str) -> Artifact | None:
+    return read_manifest(run).find(ident)
+
+
+def upsert(run: Run, artifact: Artifact) -> Artifact:
     """Insert or replace the entry with the same ``id`` and rewrite the manifest atomically."""
-    data = read_manifest(run)
-    arts = [a for a in data["artifacts"] if a.get("id") != entry["id"]]
-    arts.append(entry)
-    arts.sort(
-        key=lambda a: (a.get("model", ""), list(SUFFIXES).index(a["format"]) if a.get("format") in SUFFIXES else 99)
-    )
-    data["artifacts"] = arts
-    atomic.write_json(manifest_path(run), data)
-    return entry
+    manifest = read_manifest(run)
+    manifest.artifacts = [a for a in manifest.artifacts if a.id != artifact.id] + [artifact]
+    write_manifest(run, manifest)
+    return artifact
 
 
-def remove(run: Run, ident: str) -> dict[str, Any] | None:
+def remove(run: Run, ident: str) -> Artifact | None:
     """Drop an entry and delete its files; returns the removed entry."""
-    data = read_manifest(run)
-    gone = [a for a in data["artifacts"] if a.get("id") == ident]
-    if not gone:
+    manifest = read_manifest(run)
+    gone = manifest.find(ident)
+    if gone is None:
         return None
-    for name in gone[0].get("files", []):
-        (run.export_dir / name).unlink(missing_ok=True)
-    data["artifacts"] = [a for a in data["artifacts"] if a.get("id") != ident]
-    atomic.write_json(manifest_path(run), data)
-    return gone[0]
+    for path in gone.paths(run.export_dir):
+        path.unlink(missing_ok=True)
+    manifest.artifacts = [a for a in manifest.artifacts if a.id != ident]
+    write_manifest(run, manifest)
+    return gone
 
 
-def artifact_path(run: Run, entry: dict[str, Any]) -> Path:
+def artifact_path(run: Run, artifact: Artifact) -> Path:
     """The main file of an artifact (the ``.onnx`` or ``.engine``); raises for skipped entries."""
-    files = entry.get("files") or []
-    if not files:
-        raise UserError(f"{entry.get('id')}: no file ({entry.get('reason') or 'skipped'}); re-run the export")
-    path = run.export_dir / files[0]
+    if not artifact.files:
+        raise UserError(f"{artifact.id}: no file ({artifact.reason or 'skipped'}); re-run the export")
+    path = run.export_dir / artifact.files[0]
     if not path.is_file():
         raise UserError(f"{path}: listed in the manifest but missing; re-run `kdeploy export` / `kdeploy quantize`")
     return path
-
-
-def usable(entry: dict[str, Any]) -> bool:
-    """Whether a consumer may load and serve this artifact (it passed its gate)."""
-    return entry.get("status") == "ok" and bool(entry.get("passed")) and bool(entry.get("files"))
 
 
 def file_bytes(folder: Path, files: list[str]) -> int:
@@ -125,26 +124,11 @@ def file_bytes(folder: Path, files: list[str]) -> int:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def drop(reference: float | None, accuracy: float | None) -> float | None:
-    """Accuracy lost versus the reference (positive = worse), rounded to 1e-6 to hide float32 noise."""
-    if reference is None or accuracy is None:
-        return None
-    return round(reference - accuracy, 6)
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str | None]:
-    return package_versions("torch", "onnx", "onnxruntime")
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def select_models(run: Run, models: list[str] | str | None) -> list[str]:
@@ -166,9 +150,9 @@ def select_models(run: Run, models: list[str] | str | None) -> list[str]:
 def drop_derived(run: Run, source_name: str, source_sha256: str) -> list[str]:
     """Remove artifacts built from an older version of ``source_name`` (their source was replaced)."""
     stale = [
-        a["id"]
-        for a in read_manifest(run)["artifacts"]
-        if a.get("source") == source_name and a.get("source_sha256") not in (None, source_sha256)
+        a.id
+        for a in read_manifest(run).artifacts
+        if a.source == source_name and a.source_sha256 not in (None, source_sha256)
     ]
     for ident in stale:
         remove(run, ident)

@@ -1,0 +1,152 @@
+"""Does distillation pay? Each shipped recipe's KD student against its CE-only baseline over seeds.
+
+For every row of :data:`ENTRIES` this runs the real CLI twice and reads the numbers back from the run folders:
+
+1. ``kdeploy run RECIPE --set ... --out runs/kd/<recipe>/deploy --batch-sizes 1``: teacher, baseline and student
+   of seed 0, ONNX export with the parity gate, static INT8 + FP16, bench at batch 1 (the student's INT8 accuracy
+   and latency in the table come from here).
+2. ``kdeploy distill RECIPE --seeds 0,1,2 --set teacher.checkpoint=<step 1's teacher> --out runs/kd/<recipe>/seeds``:
+   baseline and student for every seed against the one teacher of step 1 (the seeds share it, as the issue allows
+   for teachers that are expensive to train; seed 0 repeats step 1's pair). Same seed = same initialisation and
+   data order for baseline and student, so ``student - baseline`` per seed is a paired difference.
+
+Usage::
+
+    KDEPLOY_DATA=../shared/data .venv/bin/python benchmarks/bench_kd_seeds.py [--only NAME ...] [--write-readme]
+
+A step whose output already exists is skipped (``--force`` redoes it), so an interrupted sweep continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _markdown import emit, md_table
+
+from kdeploy.seeds import GAIN
+
+REPO = Path(__file__).resolve().parents[1]
+README = Path(__file__).resolve().parent / "README.md"
+OUT = REPO / "runs" / "kd"
+SEEDS = "0,1,2"
+
+
+@dataclass(frozen=True)
+class Entry:
+    recipe: str
+    overrides: list[str] = field(default_factory=list)  # on top of the recipe, in both steps
+    note: str = ""
+
+
+ENTRIES = [
+    Entry("fashion_mnist_mlp", note="`make demo`"),
+    Entry("mnist_mlp"),
+    Entry("hinton_mnist", note="paper: baseline 146 errors, student 74"),
+    Entry("fashion_mnist_cnn"),
+]
+
+
+def kdeploy(*args: str) -> None:
+    cmd = [str(Path(sys.executable).with_name("kdeploy")), "-q", *args]
+    print("$ kdeploy -q " + " ".join(args), file=sys.stderr, flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def run_entry(entry: Entry, force: bool) -> None:
+    root = OUT / entry.recipe
+    recipe = f"recipes/{entry.recipe}.yaml"
+    deploy, seeds = root / "deploy", root / "seeds"
+    if force or not (deploy / "bench.json").is_file():
+        kdeploy("run", recipe, *sets(entry.overrides), "--out", str(deploy), "--force", "--batch-sizes", "1")
+    if force or not (seeds / "seeds.json").is_file():
+        shared = f"teacher.checkpoint={deploy / 'teacher.safetensors'}"
+        kdeploy("distill", recipe, "--seeds", SEEDS, *sets([*entry.overrides, shared]), "--out", str(seeds), "--force")
+
+
+def pct(stat: dict[str, Any], digits: int = 2) -> str:
+    if stat.get("mean") is None:
+        return "-"
+    std = stat.get("std")
+    return f"{stat['mean'] * 100:.{digits}f}" + (f" ± {std * 100:.{digits}f}" if std is not None else "")
+
+
+def student_int8(bench: dict[str, Any]) -> str:
+    for row in bench["rows"]:
+        if row["model"] == "student" and row["format"] == "onnx-int8" and row["batch_size"] == 1:
+            return f"{row['accuracy'] * 100:.2f} %, {row['latency_ms']['p50']:.3f} ms"
+    return "-"
+
+
+def cells(entry: Entry) -> list[str]:
+    root = OUT / entry.recipe
+    summary = json.loads((root / "seeds" / "seeds.json").read_text(encoding="utf-8"))["summary"]
+    metrics = json.loads((root / "deploy" / "metrics.json").read_text(encoding="utf-8"))["models"]
+    bench = json.loads((root / "deploy" / "bench.json").read_text(encoding="utf-8"))
+    gain = summary[GAIN]["accuracy"]
+    per_seed = ", ".join(f"{v * 100:+.2f}" for v in gain["values"])
+    verdict = "pays" if gain["mean"] > (gain["std"] or 0.0) else "does not pay"
+    params = f"{metrics['teacher']['params']:,} / {metrics['student']['params']:,}"
+    over = " ".join(f"`{o}`" for o in entry.overrides) or "-"
+    return [
+        f"`{entry.recipe}`" + (f" ({entry.note})" if entry.note else ""),
+        f"{metrics['teacher']['accuracy'] * 100:.2f}",
+        pct(summary["baseline"]["accuracy"]),
+        pct(summary["student"]["accuracy"]),
+        f"**{pct(gain)}** ({per_seed}): {verdict}",
+        params,
+        student_int8(bench),
+        over,
+    ]
+
+
+def table(entries: list[Entry]) -> str:
+    headers = ["recipe", "teacher %", "CE baseline %", "KD student %", "paired gain, points (per seed)",
+               "params teacher / student", "student INT8 ONNX: accuracy, p50 batch 1", "overrides"]  # fmt: skip
+    done = [e for e in entries if (OUT / e.recipe / "seeds" / "seeds.json").is_file()]
+    return md_table(headers, [cells(e) for e in done])
+
+
+def cpu_name() -> str:
+    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
+    return f"{model or platform.processor()} ({'AMX' if 'amx_bf16' in flags else 'no AMX'})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=[e.recipe for e in ENTRIES], help="run only these recipes")
+    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    ap.add_argument("--report-only", action="store_true", help="only write the table from existing run folders")
+    ap.add_argument("--write-readme", action="store_true", help=f"replace the section in {README.name}")
+    args = ap.parse_args()
+    chosen = [e for e in ENTRIES if not args.only or e.recipe in args.only]
+    if not args.report_only:
+        try:
+            for entry in chosen:
+                run_entry(entry, args.force)
+        except subprocess.CalledProcessError as exc:
+            sys.exit(f"error: {exc}")
+    text = "\n\n".join([
+        "### Does KD pay? Paired gains over seeds (`benchmarks/bench_kd_seeds.py`)",
+        f"Command: `KDEPLOY_DATA=../shared/data python benchmarks/bench_kd_seeds.py --write-readme`. Seeds {SEEDS} "
+        "share one teacher (`teacher.checkpoint`, from the `kdeploy run` of seed 0); baseline and student of a seed "
+        "share initialisation, data order and augmentation, so the gain is paired. mean ± sample std; the gain "
+        f"'pays' when its mean exceeds its std. CPU: {cpu_name()}, 2 cores.",
+        table(ENTRIES),
+    ])  # fmt: skip
+    emit(text, README, "bench_kd_seeds", args.write_readme)
+
+
+if __name__ == "__main__":
+    main()

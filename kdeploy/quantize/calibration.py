@@ -1,0 +1,45 @@
+"""INT8 calibration images: a seeded subset of the training split, fed to ORT as a ``CalibrationDataReader``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdeploy.data import Split, iterate_batches
+from kdeploy.errors import UserError
+
+CALIB_BATCH = 64
+
+
+def calibration_split(train: Split, samples: int, seed: int) -> Split:
+    """A seeded random subset of the training split (never the test set)."""
+    if len(train) == 0:
+        raise UserError("the run's training split is empty; INT8 calibration needs training images")
+    n = min(samples, len(train))
+    order = np.random.default_rng(seed).permutation(len(train))[:n]
+    return train.subset(torch.as_tensor(np.sort(order), dtype=torch.int64))
+
+
+def make_reader(split: Split, mean: Any, std: Any, name: str, batch_size: int = CALIB_BATCH) -> Any:
+    """A ``CalibrationDataReader`` yielding normalised float32 batches of ``split``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = [
+                x.numpy() for x, _, _ in iterate_batches(split, batch_size, shuffle=False, mean=mean, std=std)
+            ]
+            self.pos = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.pos >= len(self.batches):
+                return None
+            self.pos += 1
+            return {name: self.batches[self.pos - 1]}
+
+        def rewind(self) -> None:
+            self.pos = 0
+
+    return _Reader()

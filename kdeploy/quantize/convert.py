@@ -1,0 +1,173 @@
+"""The three ONNX Runtime conversions (static INT8 QDQ, dynamic INT8, FP16); each returns its manifest settings."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from kdeploy import progress
+from kdeploy.data import Dataset, Split
+from kdeploy.errors import first_line
+from kdeploy.export.ort import run_batch, try_session
+from kdeploy.export.qdq_target import DEFAULT_TARGET, extra_options, finish, per_channel_for
+from kdeploy.quantize.calibration import make_reader
+from kdeploy.quantize.graph import INTEGER_OPS, gemm_to_matmul, op_counts
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+STATIC_INT8 = ("onnx-int8", "onnx-int8-qat")  # QAT: the fine-tuned float model, quantized the same way as PTQ
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """ORT's quantizer logs and prints advice; keep library output to ``progress``."""
+    sink = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def convert_static(
+    src: Path,
+    dst: Path,
+    tmp: Path,
+    reader: Any,
+    *,
+    per_channel: bool,
+    calib_method: str,
+    target: str = DEFAULT_TARGET,
+) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / "preprocessed.onnx"
+    note = None
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(pre))
+    except Exception as exc:  # symbolic shape inference gives up on some graphs; quantize the export as is
+        note = f"quant_pre_process failed ({first_line(exc, 200)})"
+        progress.log(f"  {note}; quantizing without pre-processing")
+        pre = src
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calib_method]
+    per_channel = per_channel_for(target, per_channel)
+    with _quiet():
+        quantize_static(
+            str(pre),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            extra_options=extra_options(target),
+        )
+    checked = finish(dst, target)  # TensorRT form, then tensorrt_compatible read from the graph
+    ops = op_counts(dst)
+    return {
+        "method": "static",
+        "quant_format": "QDQ",
+        "activation_type": "int8",
+        "weight_type": "int8",
+        "symmetric": True,
+        "per_channel": per_channel,
+        "calib_method": calib_method,
+        "preprocessed": note is None,
+        "preprocess_note": note,
+        "quantize_linear_nodes": ops["QuantizeLinear"],
+        **checked,
+    }
+
+
+def convert_dynamic(src: Path, dst: Path, tmp: Path, *, per_channel: bool) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src))
+    rewritten = gemm_to_matmul(model)
+    prepared = tmp / "matmul.onnx"
+    onnx.save(model, str(prepared))
+    with _quiet():
+        quantize_dynamic(str(prepared), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    ops = op_counts(dst)
+    return {
+        "method": "dynamic",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "gemm_rewritten_as_matmul": rewritten,
+        "integer_ops": {k: ops[k] for k in INTEGER_OPS if ops[k]},
+    }
+
+
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    with _quiet():
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        wrapped = OnnxModel(model)
+        wrapped.topological_sort()  # the converter appends the input Casts last; the checker requires order
+    onnx.save(wrapped.model, str(dst))
+    return {"keep_io_types": True, "converter": "onnxruntime.transformers.float16"}
+
+
+def convert(
+    fmt: str,
+    src: Path,
+    dst: Path,
+    tmp: Path,
+    data: Dataset,
+    calib: Split | None,
+    *,
+    per_channel: bool,
+    calib_method: str,
+    target: str = DEFAULT_TARGET,
+) -> dict[str, Any]:
+    """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
+    if fmt in STATIC_INT8:
+        if calib is None:
+            raise ValueError("static INT8 needs calibration images")
+        reader = make_reader(
+            calib, data.mean, data.std, onnx.load(str(src), load_external_data=False).graph.input[0].name
+        )
+        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method, target=target)
+    if fmt == "onnx-int8-dynamic":
+        return convert_dynamic(src, dst, tmp, per_channel=per_channel)
+    if fmt == "onnx-fp16":
+        return convert_fp16(src, dst)
+    raise ValueError(f"unknown quantized format {fmt!r}")
+
+
+def dynamic_problem(path: Path, settings: dict[str, Any], sample: np.ndarray) -> str | None:
+    """Why a dynamic-INT8 graph must not be published (nothing quantized, or ORT cannot run it), or None."""
+    if not settings["integer_ops"]:
+        return (
+            "nothing was quantized: ORT dynamic quantization covers MatMul/Conv and found none to convert; "
+            "use --method static"
+        )
+    session, error = try_session(path)
+    if session is None:
+        ops = ", ".join(settings["integer_ops"])
+        return f"ONNX Runtime CPU cannot load the dynamic INT8 graph ({ops}): {error}; use --method static"
+    try:
+        run_batch(session, sample)
+    except Exception as exc:  # runtime kernel errors
+        return f"ONNX Runtime CPU cannot run the dynamic INT8 graph: {first_line(exc)}"
+    return None

@@ -1,0 +1,68 @@
+"""ONNX graph rewrites and inspection for the quantizers (no ONNX Runtime here)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv")
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Rewrite ``Gemm(A, W, b)`` with a constant ``W`` (alpha = beta = 1, no transA) as ``MatMul(A, W') + b``.
+
+    Numerically the same function; it lets ORT's dynamic quantizer, which covers MatMul but not Gemm, quantize
+    ``nn.Linear`` layers. Returns how many nodes were rewritten (in place).
+    """
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses = Counter(i for n in graph.node for i in n.input)
+    new_nodes: list[onnx.NodeProto] = []
+    count = 0
+    for node in graph.node:
+        ok = (
+            node.op_type == "Gemm"
+            and node.input[1] in inits
+            and _attr(node, "alpha", 1.0) == 1.0
+            and _attr(node, "beta", 1.0) == 1.0
+            and int(_attr(node, "transA", 0)) == 0
+        )
+        if not ok:
+            new_nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        if int(_attr(node, "transB", 0)):
+            weight = np.ascontiguousarray(weight.T)
+        w_name = f"{node.input[1]}__matmul"
+        graph.initializer.append(numpy_helper.from_array(weight, w_name))
+        uses[node.input[1]] -= 1
+        has_bias = len(node.input) > 2 and node.input[2] != ""
+        mm_out = f"{node.output[0]}__matmul" if has_bias else node.output[0]
+        new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_matmul"))
+        if has_bias:
+            new_nodes.append(
+                onnx.helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_add")
+            )
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        unused = [t for t in graph.initializer if uses.get(t.name, 0) <= 0 and t.name in inits]
+        for t in unused:
+            graph.initializer.remove(t)
+    return count
+
+
+def op_counts(path: Path) -> Counter[str]:
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)

@@ -1,0 +1,197 @@
+"""The quantize stage: per model and format, convert the gated fp32 ONNX, gate the result on accuracy, record it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdeploy import progress
+from kdeploy.artifacts import (
+    Artifact,
+    Comparison,
+    accuracy_gate,
+    build_artifact,
+    describe,
+    finish_stage,
+    manifest,
+    source_artifact,
+)
+from kdeploy.artifacts.record import Status
+from kdeploy.data import Dataset, Split, iterate_batches
+from kdeploy.errors import UserError, first_line
+from kdeploy.evaluate import top1_accuracy
+from kdeploy.export.onnx import check_model
+from kdeploy.export.ort import onnx_logits, try_session
+from kdeploy.export.parity import compare_logits
+from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target
+from kdeploy.export.staging import publish, staging_dir
+from kdeploy.quantize.calibration import calibration_split
+from kdeploy.quantize.convert import CALIB_METHODS, STATIC_INT8, convert, dynamic_problem
+from kdeploy.recipe import load_data
+from kdeploy.rundata import run_recipe
+from kdeploy.runs import Run
+
+METHODS = ("static", "dynamic")
+WHAT = {"onnx-int8": "static INT8", "onnx-int8-dynamic": "dynamic INT8", "onnx-fp16": "FP16"}
+
+
+@dataclass
+class Outcome:
+    """What converting and gating one artifact gave (before it is published and recorded)."""
+
+    status: Status = "ok"
+    reason: str | None = None
+    accuracy: float | None = None
+    vs_fp32: Comparison | None = None
+
+
+def gate_converted(
+    staged: Path, source: Artifact, data: Dataset, fp32_logits: np.ndarray, max_accuracy_drop: float
+) -> Outcome:
+    """Checker, ORT load, test accuracy and the accuracy gate of a converted file."""
+    problem = check_model(staged)
+    session, load_error = (None, "") if problem else try_session(staged)
+    if problem or session is None:
+        return Outcome("failed", f"onnx.checker: {problem}" if problem else f"ORT: {load_error}")
+    logits = onnx_logits(session, data.test, data.mean, data.std)
+    accuracy = top1_accuracy(logits, data.test.labels.numpy())
+    vs_fp32 = Comparison(reference=source.files[0], **compare_logits(fp32_logits, logits))
+    reason = accuracy_gate(accuracy, source.accuracy, max_accuracy_drop)
+    return Outcome("failed" if reason else "ok", reason, accuracy, vs_fp32)
+
+
+def quantize_one(
+    run: Run,
+    role: str,
+    fmt: str,
+    source: Artifact,
+    data: Dataset,
+    fp32_logits: np.ndarray,
+    *,
+    calib: Split | None,
+    calib_seed: int,
+    calib_method: str,
+    per_channel: bool,
+    max_accuracy_drop: float,
+    target: str = DEFAULT_TARGET,
+) -> Artifact:
+    """Convert ``source`` to ``fmt``, gate it, publish the file (``.failed`` when it missed) and record it."""
+    src = manifest.artifact_path(run, source)
+    old = manifest.find(run, manifest.artifact_id(role, fmt))
+    old_files = old.files if old else []
+    t0 = time.perf_counter()
+    outcome = Outcome()
+    settings: dict[str, Any] = {}
+    with staging_dir(run.export_dir) as tmp:
+        staged = tmp / manifest.file_name(role, fmt)
+        try:
+            settings = convert(
+                fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method, target=target
+            )
+        except Exception as exc:  # the ORT converters raise on graphs they do not handle
+            outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
+        if fmt in STATIC_INT8 and calib is not None:
+            settings.update(calib_samples=len(calib), calib_split="train", calib_seed=calib_seed)
+        settings["max_accuracy_drop"] = max_accuracy_drop
+        convert_s = time.perf_counter() - t0
+        if outcome.status == "ok" and fmt == "onnx-int8-dynamic":
+            sample = next(iterate_batches(data.test.head(8), 8, shuffle=False, mean=data.mean, std=data.std))[0]
+            skip = dynamic_problem(staged, settings, sample.numpy())
+            outcome = Outcome("skipped", skip) if skip else outcome
+        if outcome.status == "ok":
+            outcome = gate_converted(staged, source, data, fp32_logits, max_accuracy_drop)
+        if staged.is_file() and outcome.status != "skipped":
+            name = manifest.file_name(role, fmt, failed=outcome.status == "failed")
+            files = publish(staged, [], run.export_dir, name, old_files)
+        else:  # skipped, or the converter crashed before writing: nothing to keep, old files go
+            for old_name in old_files:
+                (run.export_dir / old_name).unlink(missing_ok=True)
+            files = []
+    art = build_artifact(
+        run,
+        role,
+        fmt,
+        files,
+        status=outcome.status,
+        reason=outcome.reason,
+        accuracy=outcome.accuracy,
+        fp32_accuracy=source.accuracy,
+        samples=len(data.test),
+        settings=settings,
+        seconds=convert_s,
+        built_from=source,
+        vs_fp32=outcome.vs_fp32,
+    )
+    return manifest.upsert(run, art)
+
+
+# ---- the stage -------------------------------------------------------------------------------------------
+def check_args(method: str, calib_samples: int, calib_method: str, max_accuracy_drop: float) -> None:
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if calib_method not in CALIB_METHODS:
+        raise UserError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+    if calib_samples < 1:
+        raise UserError(f"--calib-samples {calib_samples}: must be >= 1 (default 512)")
+    if not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1):
+        raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
+
+
+def quantize(
+    run: Run | str | Path | None = None,
+    int8: bool = True,
+    method: str = "static",
+    fp16: bool = False,
+    calib_samples: int = 512,
+    calib_method: str = "minmax",
+    per_channel: bool = False,
+    models: list[str] | str | None = None,
+    *,
+    max_accuracy_drop: float = 0.01,
+    raise_on_fail: bool = True,
+    target: str = DEFAULT_TARGET,
+) -> list[Artifact]:
+    """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`)."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    check_args(method, calib_samples, calib_method, max_accuracy_drop)
+    check_target(target)
+    if not (int8 or fp16):
+        raise UserError("nothing to do: pass --int8 and/or --fp16")
+    roles = manifest.select_models(run, models)
+    sources = {role: source_artifact(run, role, "onnx", "quantization") for role in roles}
+    recipe = run_recipe(run)
+    data = load_data(recipe)
+    calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
+    formats = ([f"onnx-int8{'-dynamic' if method == 'dynamic' else ''}"] if int8 else []) + (["onnx-fp16"] * fp16)
+    artifacts = []
+    for role in roles:
+        source = sources[role]
+        fp32_session = try_session(manifest.artifact_path(run, source))[0]
+        if fp32_session is None:
+            raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it; re-run `kdeploy export --onnx`")
+        fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
+        for fmt in formats:
+            detail = f" ({calib_method}, {len(calib or [])} calibration samples)" if fmt == "onnx-int8" else ""
+            progress.log(f"quantizing {role}: {WHAT[fmt]}{detail}")
+            art = quantize_one(
+                run,
+                role,
+                fmt,
+                source,
+                data,
+                fp32_logits,
+                calib=calib,
+                calib_seed=recipe.seed,
+                calib_method=calib_method,
+                per_channel=per_channel,
+                max_accuracy_drop=max_accuracy_drop,
+                target=target,
+            )
+            progress.log("  " + describe(art))
+            artifacts.append(art)
+    return finish_stage(artifacts, raise_on_fail)
