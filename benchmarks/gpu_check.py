@@ -99,22 +99,6 @@ JOBS = [
     ),
     Job("fashion_mnist_cnn", "fashion_mnist_cnn", "small CNN 0.925 (Fashion-MNIST benchmark table)", [], None, 40),
     Job(
-        "fashion_mnist_cnn_t2",
-        "fashion_mnist_cnn",
-        "variant: T=2, alpha 0.5",
-        ["distill.temperature=2", "distill.alpha=0.5"],
-        None,
-        40,
-    ),
-    Job(
-        "fashion_mnist_cnn_aug",
-        "fashion_mnist_cnn",
-        "variant: student and baseline augmented (live teacher)",
-        ["student.augment={flip: true, translate: 2}"],
-        None,
-        40,
-    ),
-    Job(
         "cifar10_cnn_logits",
         "cifar10_cnn_logits",
         "scaled CNN teacher 82.44 %, student standard 75.83 % / logits KD 66.54 %",

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kdeploy import atomic, progress
 from kdeploy.artifacts import Artifact, describe
 from kdeploy.bench import BenchSettings, bench
-from kdeploy.bench.gate import evaluate_gate
+from kdeploy.bench.gate import GateVerdict, evaluate_gate
 from kdeploy.bench.records import BenchResult
 from kdeploy.bench.report import write_report
 from kdeploy.errors import GateFailed, UserError
@@ -69,7 +68,7 @@ class PipelineOptions:
 class PipelineResult:
     run: Run
     bench: BenchResult
-    gate: dict[str, Any] | None
+    gate: GateVerdict | None
     stage_failures: list[str]
     report: Path
 
@@ -129,16 +128,16 @@ def run_pipeline(
     run = distill(recipe, out=out, resume=resume, force=force)
     fatal = _export_stages(run, opts)
     result = bench(run, opts.bench)
-    gate: dict[str, Any] | None = None
+    gate: GateVerdict | None = None
     if opts.gated or (opts.gate_batch in opts.bench.batch_sizes and "torch" in opts.bench.runtimes):
         gate = evaluate_gate(result.rows, opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
-        atomic.write_json(run.gate_path, gate)
-        verdict = ("gate passed: " if gate["passed"] else "gate missed: ") if gate["gated"] else ""
-        progress.log(verdict + gate["message"])
+        atomic.write_json(run.gate_path, gate.to_dict())
+        verdict = ("gate passed: " if gate.passed else "gate missed: ") if gate.gated else ""
+        progress.log(verdict + gate.message)
     else:
         run.gate_path.unlink(missing_ok=True)  # a gate from an earlier session would be stale
     report = write_report(run)
-    problems = ([f"deployment gate: {gate['message']}"] if gate and not gate["passed"] else []) + fatal
+    problems = ([f"deployment gate: {gate.message}"] if gate and not gate.passed else []) + fatal
     if problems:
         raise GateFailed("; ".join(problems) + f" (report: {report})")
     return PipelineResult(run, result, gate, fatal, report)

@@ -90,6 +90,7 @@ class TrainConfig(_Strict):
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
+    tensorboard: bool = Field(False, description="per-epoch scalars under <run>/tensorboard/<model>")
 
 
 class QatConfig(_Strict):

@@ -95,3 +95,26 @@ def test_latest_link_and_first_line(tmp_path: Path) -> None:
     Run(tmp_path / "runs" / "name").mark_latest()
     assert (tmp_path / "runs" / "latest").readlink() == Path("name")
     assert first_line(ValueError("one\ntwo")) == "one" and first_line(KeyError()) == "KeyError"
+
+
+def test_gate_tables_plot_and_report_on_typed_rows(tmp_path: Path) -> None:
+    from kdeploy.artifacts import Manifest
+    from kdeploy.bench.gate import evaluate_gate
+    from kdeploy.bench.plot import write_pareto
+    from kdeploy.bench.report import report_markdown
+    from kdeploy.bench.tables import bench_csv, bench_markdown
+
+    rows = [row("teacher", "pytorch", "torch", "cpu", 4.0, acc=0.95), row("student", "onnx", "onnxruntime", "cpu", 1.0),
+            row("student", "onnx-int8", "onnxruntime", "cpu", 0.5, acc=0.7)]  # fmt: skip
+    add_ratios(rows)
+    verdict = evaluate_gate(rows, max_accuracy_drop=0.1, min_speedup=2.0)
+    assert verdict.passed and verdict.artifact == "student:onnx" and verdict.speedup == 4.0
+    assert "student:onnx on onnxruntime/cpu at batch 1" in verdict.message
+    missed = evaluate_gate(rows, max_accuracy_drop=0.01, min_speedup=2.0)
+    assert not missed.passed and missed.to_dict()["message"].endswith("no student row meets both")
+    result = BenchResult("r", {"cpu": "x"}, {"threads": 1}, rows, [])
+    assert bench_markdown(result).count("\n| ") == len(rows) + 1 and len(bench_csv(rows).splitlines()) == 4
+    assert write_pareto(tmp_path / "pareto.png", rows) == tmp_path / "pareto.png"
+    manifest = Manifest([Artifact.from_dict(OLD_INT8)])
+    text = report_markdown({"name": "t"}, {"student": ModelMetrics(accuracy=0.9)}, result, manifest, verdict)
+    assert "**PASSED**" in text and "| student:onnx-int8 | ok |" in text and "| student | 0.9000 |" in text

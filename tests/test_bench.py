@@ -282,10 +282,10 @@ def test_gate_on_real_rows(benched: tuple[Run, BenchResult]) -> None:
     rows = benched[1].rows
     open_gate = evaluate_gate(rows, max_accuracy_drop=1.0, min_speedup=1e-6)
     students = [r for r in rows if r.model == "student" and r.batch_size == 1]
-    assert open_gate["passed"] and open_gate["speedup"] == max(r.speedup for r in students)
-    assert open_gate["artifact"].startswith("student:") and open_gate["batch_size"] == 1
+    assert open_gate.passed and open_gate.speedup == max(r.speedup for r in students)
+    assert open_gate.artifact.startswith("student:") and open_gate.batch_size == 1
     closed = evaluate_gate(rows, max_accuracy_drop=1.0, min_speedup=1e9)
-    assert not closed["passed"] and "min 1e+09x" in closed["message"]
+    assert not closed.passed and "min 1e+09x" in closed.message
 
 
 # ---- CLI errors ---------------------------------------------------------------------------------------

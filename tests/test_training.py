@@ -198,3 +198,27 @@ def test_init_from_data_runs_once_before_training_not_on_resume(mnist_root: Path
         "teacher", again, cfg.model_copy(update={"epochs": 2}), create_method("ce", {}), tmp_path / "s.pt", resume=True
     )
     assert again.calls == [], "a resumed model keeps its trained weights"
+
+
+def test_tensorboard_scalars_per_model(mnist_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = tiny_recipe(mnist_root, train__tensorboard=True, student__epochs=1, teacher__epochs=2)
+    run = distill(validate(raw), out=tmp_path / "run")
+    for role, epochs in (("teacher", 2), ("baseline", 1), ("student", 1)):
+        events = EventAccumulator(str(run.root / "tensorboard" / role)).Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"loss", "loss_ce", "train_acc", "val_acc", "lr", "samples_per_s"} <= tags, (role, tags)
+        assert [e.step for e in events.Scalars("loss")] == list(range(1, epochs + 1))
+    assert "loss_kd" in EventAccumulator(str(run.root / "tensorboard" / "student")).Reload().Tags()["scalars"]
+
+
+def test_tensorboard_missing_is_one_line(mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(UserError, match=r"train\.tensorboard: the tensorboard package is not installed; pip install"):
+        distill(validate(tiny_recipe(mnist_root, train__tensorboard=True)), out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ closest miss is reported: the fastest row within the accuracy budget, else the m
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from kdeploy.errors import UserError
@@ -14,6 +15,30 @@ if TYPE_CHECKING:
     from kdeploy.bench.records import BenchRow
 
 REFERENCE = ("teacher", "pytorch")
+
+
+@dataclass
+class GateVerdict:
+    """The deployment gate's thresholds and verdict, as ``gate.json`` holds them."""
+
+    passed: bool
+    gated: bool  # False: no thresholds, the verdict only names the fastest student row
+    max_accuracy_drop: float | None
+    min_speedup: float | None
+    batch_size: int
+    artifact: str
+    runtime: str
+    device: str
+    accuracy: float
+    teacher_accuracy: float
+    accuracy_drop: float
+    speedup: float | None
+    p50_ms: float
+    teacher_p50_ms: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _ok(row: BenchRow, ref_acc: float, max_drop: float | None, min_speedup: float | None) -> tuple[bool, bool]:
@@ -28,8 +53,8 @@ def evaluate_gate(
     min_speedup: float | None = None,
     batch_size: int = 1,
     candidate: str = "student",
-) -> dict[str, Any]:
-    """The gate verdict as a JSON-friendly dict (``passed``, ``message``, the chosen row's numbers)."""
+) -> GateVerdict:
+    """The gate verdict: ``passed``, ``message`` and the chosen row's numbers (``gate.json``)."""
     at = [r for r in rows if r.batch_size == batch_size]
     ref = next((r for r in at if r.key == REFERENCE), None)
     if ref is None:
@@ -56,30 +81,30 @@ def evaluate_gate(
         limits.append(f"accuracy drop {drop:+.4f} (max {max_accuracy_drop:g})")
     else:
         limits.append(f"accuracy drop {drop:+.4f}")
-    limits.append(f"speed-up {best['speedup']:.2f}x" + (f" (min {min_speedup:g}x)" if min_speedup is not None else ""))
+    limits.append(f"speed-up {best.speedup:.2f}x" + (f" (min {min_speedup:g}x)" if min_speedup is not None else ""))
     message = (
-        f"{best['model']}:{best['format']} on {best['runtime']}/{best['device']} at batch {batch_size}: "
-        f"accuracy {best['accuracy']:.4f} vs teacher PyTorch fp32 {ref['accuracy']:.4f}, "
-        f"p50 {best['latency_ms']['p50']:.4g} ms vs {ref['latency_ms']['p50']:.4g} ms; " + ", ".join(limits)
+        f"{best.model}:{best.format} on {best.runtime}/{best.device} at batch {batch_size}: "
+        f"accuracy {best.accuracy:.4f} vs teacher PyTorch fp32 {ref.accuracy:.4f}, "
+        f"p50 {best.latency_ms.p50:.4g} ms vs {ref.latency_ms.p50:.4g} ms; " + ", ".join(limits)
     )
     if max_accuracy_drop is None and min_speedup is None:
         message = "no thresholds set; fastest " + message
     elif not passed and max_accuracy_drop is not None and min_speedup is not None:
         message += f"; no {candidate} row meets both"
-    return {
-        "passed": passed,
-        "gated": max_accuracy_drop is not None or min_speedup is not None,
-        "max_accuracy_drop": max_accuracy_drop,
-        "min_speedup": min_speedup,
-        "batch_size": batch_size,
-        "artifact": f"{best['model']}:{best['format']}",
-        "runtime": best.runtime,
-        "device": best.device,
-        "accuracy": best.accuracy,
-        "teacher_accuracy": ref.accuracy,
-        "accuracy_drop": drop,
-        "speedup": best.speedup,
-        "p50_ms": best.latency_ms.p50,
-        "teacher_p50_ms": ref.latency_ms.p50,
-        "message": message,
-    }
+    return GateVerdict(
+        passed=passed,
+        gated=max_accuracy_drop is not None or min_speedup is not None,
+        max_accuracy_drop=max_accuracy_drop,
+        min_speedup=min_speedup,
+        batch_size=batch_size,
+        artifact=f"{best.model}:{best.format}",
+        runtime=best.runtime,
+        device=best.device,
+        accuracy=best.accuracy,
+        teacher_accuracy=ref.accuracy,
+        accuracy_drop=drop,
+        speedup=best.speedup,
+        p50_ms=best.latency_ms.p50,
+        teacher_p50_ms=ref.latency_ms.p50,
+        message=message,
+    )

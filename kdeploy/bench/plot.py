@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from kdeploy import atomic
+from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.records import BenchRow
 from kdeploy.bench.winners import runtime_label
 
@@ -46,8 +47,6 @@ def _label_offsets(xy: list[tuple[float, float]], idx: list[int], xspan: float, 
 def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     """Accuracy vs p50 latency at batch 1 (or the smallest): colour = model, marker = format, area ~ size on
     disk, the teacher's PyTorch row outlined, the Pareto front dashed and its points labelled."""
-    import math as _m
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +63,7 @@ def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     lats = [x for x, _ in xy]
     log = max(lats) / max(min(lats), 1e-9) > 10
     fig, ax = plt.subplots(figsize=(10, 6), dpi=120)
-    reference = [i for i, r in enumerate(pts) if (r.model, r.format) == ("teacher", "pytorch")]
+    reference = [i for i, r in enumerate(pts) if r.key == REFERENCE]
     for i, (r, (x, y)) in enumerate(zip(pts, xy, strict=True)):
         ref = i in reference
         ax.scatter(x, y, s=40 + 900 * r.size_mb / biggest, color=MODEL_COLORS.get(r.model, "#2ca02c"),
@@ -74,7 +73,7 @@ def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], "--", color="black", lw=1, alpha=0.6, zorder=2,
             drawstyle="steps-post")  # fmt: skip
     labelled = sorted(set(front) | set(reference))
-    tx = [_m.log10(x) for x in lats] if log else lats
+    tx = [math.log10(x) for x in lats] if log else lats
     ys = [y for _, y in xy]
     offsets = _label_offsets(
         [(tx[i], ys[i]) for i in range(len(pts))], labelled, (max(tx) - min(tx)) or 1.0, (max(ys) - min(ys)) or 1.0

@@ -13,6 +13,7 @@ from typing import Any
 from kdeploy import atomic
 from kdeploy.artifacts import Manifest, read_manifest
 from kdeploy.bench.curves import curves_markdown
+from kdeploy.bench.gate import GateVerdict, evaluate_gate
 from kdeploy.bench.plot import write_pareto
 from kdeploy.bench.records import BenchResult
 from kdeploy.bench.tables import bench_csv, bench_markdown, markdown_table, num
@@ -128,9 +129,9 @@ def _parity_section(manifest: Manifest) -> list[str]:
     return [markdown_table(headers, cells)]
 
 
-def gate_markdown(gate: dict[str, Any]) -> str:
-    verdict = ("PASSED" if gate["passed"] else "FAILED") if gate.get("gated", True) else "Best student row"
-    return f"**{verdict}**: {gate['message']}"
+def gate_markdown(gate: GateVerdict) -> str:
+    verdict = ("PASSED" if gate.passed else "FAILED") if gate.gated else "Best student row"
+    return f"**{verdict}**: {gate.message}"
 
 
 def report_markdown(
@@ -138,7 +139,7 @@ def report_markdown(
     models: dict[str, ModelMetrics],
     bench: BenchResult | None,
     manifest: Manifest,
-    gate: dict[str, Any] | None,
+    gate: GateVerdict | None,
 ) -> str:
     parts = [f"# kdeploy report: {recipe.get('name', '?')}", "", "## Recipe", "", *_recipe_section(recipe)]
     if gate:
@@ -150,10 +151,8 @@ def report_markdown(
     return "\n".join(parts) + "\n"
 
 
-def regate(run: Run, bench: BenchResult | None) -> dict[str, Any] | None:
+def regate(run: Run, bench: BenchResult | None) -> GateVerdict | None:
     """The gate re-evaluated on the current bench.json with the thresholds saved in ``gate.json``."""
-    from kdeploy.bench.gate import evaluate_gate
-
     path = run.gate_path
     if bench is None or not path.is_file():
         return None

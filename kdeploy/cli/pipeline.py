@@ -82,6 +82,6 @@ def run_all(
     print_metrics(result.run.read_metrics())
     print_bench(result.bench)
     if result.gate:
-        verdict = "gate passed: " if result.gate["gated"] else ""
-        out.print(verdict + result.gate["message"], highlight=False, soft_wrap=True)
+        verdict = "gate passed: " if result.gate.gated else ""
+        out.print(verdict + result.gate.message, highlight=False, soft_wrap=True)
     out.print(f"report: {result.report}", highlight=False)

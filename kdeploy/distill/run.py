@@ -16,6 +16,7 @@ from kdeploy.data import Dataset
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
+from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer, check_precision
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
@@ -127,6 +128,8 @@ def distill(
     alone (the multi-seed driver points it itself)."""
     world = world or world_from_env(recipe.train.device)
     check_precision(recipe.train, world.device)
+    if recipe.train.tensorboard:
+        check_available()
     run = run_folder(recipe, out)
     prepare(run, recipe, resume, force)
     world.barrier()  # every rank has checked the folder before rank 0 changes it
@@ -186,6 +189,10 @@ class DistillSession:
                 run.mark_latest()
         return session
 
+    def tensorboard_dir(self, role: str) -> Path | None:
+        """``<run>/tensorboard/<role>`` when train.tensorboard is on (rank 0 alone writes)."""
+        return self.run.root / "tensorboard" / role if self.recipe.train.tensorboard and self.world.main else None
+
     def done(self, role: str) -> bool:
         """Finished in an earlier session of a resumed run."""
         return self.resume and self.run.weights_path(role).is_file() and role in self.metrics["models"]
@@ -203,7 +210,10 @@ class DistillSession:
             self.finish("teacher", teacher, recipe.teacher, result, {"checkpoint": recipe.teacher.checkpoint})
         else:
             ce, path = create_method("ce", {}), self.run.state_path("teacher")
-            result = self.trainer.fit("teacher", teacher, recipe.teacher, ce, path, resume=self.resume)
+            board = self.tensorboard_dir("teacher")
+            result = self.trainer.fit(
+                "teacher", teacher, recipe.teacher, ce, path, resume=self.resume, tensorboard_dir=board
+            )
             self.finish("teacher", teacher, recipe.teacher, result, {})
         teacher.to(world.device).eval()
         for p in teacher.parameters():
@@ -232,6 +242,7 @@ class DistillSession:
                 teacher=teacher if distilling else None,
                 cached_teacher=cached,
                 resume=self.resume,
+                tensorboard_dir=self.tensorboard_dir(role),
             )
             extra = {"method": recipe.distill.method, "teacher_outputs": self.teacher_outputs} if distilling else {}
             self.finish(role, students[role], recipe.student, result, extra)

@@ -29,6 +29,7 @@ from kdeploy.distill.mixing import mix_batch, mixing_rng, one_hot
 from kdeploy.distill.schedule import lr_factor, make_optimizer
 from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
+from kdeploy.distill.tensorboard import EpochScalars
 from kdeploy.errors import UserError
 from kdeploy.recipe import ModelConfig, TrainConfig
 
@@ -61,6 +62,7 @@ class Job:
     steps_per_epoch: int
     state_path: Path
     hooks: list[FeatureHooks] = field(default_factory=list)
+    scalars: EpochScalars | None = None  # train.tensorboard
 
 
 def check_precision(train: TrainConfig, device: torch.device) -> None:
@@ -131,8 +133,11 @@ class Trainer:
         teacher: nn.Module | None = None,
         cached_teacher: Tensor | None = None,
         resume: bool = False,
+        tensorboard_dir: Path | None = None,
     ) -> Result:
+        """Train ``model`` with ``method``'s losses; ``tensorboard_dir``: write per-epoch scalars there."""
         job = self.setup(role, model, cfg, method, Path(state_path), teacher, cached_teacher, resume)
+        job.scalars = EpochScalars(tensorboard_dir) if tensorboard_dir is not None else None
         compile_seconds = 0.0
         if self.train_cfg.compile and job.state.epoch < cfg.epochs:
             compile_seconds = self.warm_up(job)
@@ -240,6 +245,8 @@ class Trainer:
             val_acc = self.scorer.accuracy(state.eval_model, self.data.val)
             row["val_acc"] = round(val_acc, 6) if not math.isnan(val_acc) else ""
             state.history.append(row)
+            if job.scalars is not None:
+                job.scalars.write(row)
             if math.isnan(val_acc) or val_acc > state.best.val:
                 weights = {k: v.detach().cpu().clone() for k, v in state.eval_model.state_dict().items()}
                 state.best = BestEpoch(val_acc if not math.isnan(val_acc) else -1.0, epoch + 1, weights)
@@ -337,6 +344,8 @@ class Trainer:
         (the EMA's when on)."""
         for hooks in job.hooks:
             hooks.detach()
+        if job.scalars is not None:
+            job.scalars.close()
         state = job.state
         model = state.model
         if state.ema is not None:

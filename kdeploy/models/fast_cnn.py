@@ -74,8 +74,9 @@ class _Block(nn.Sequential):
         )
 
 
+@register_model("fast_cnn")
 class FastCNN(nn.Module):
-    """Children ``stem``, ``block1``, ``block2``, ``block3`` (feature layers), ``pool``, ``head``."""
+    """Fast-training CIFAR CNN; children ``stem``, ``block1``-``block3`` (feature layers), ``pool``, ``head``."""
 
     def __init__(
         self,
@@ -128,26 +129,3 @@ class FastCNN(nn.Module):
         filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, c, STEM_PATCH, STEM_PATCH)
         conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
         conv.bias.zero_()
-
-
-@register_model("fast_cnn")
-def fast_cnn(
-    *,
-    num_classes: int,
-    in_shape: tuple[int, int, int],
-    widths: Sequence[int] = (64, 256, 256),
-    head_scale: float = 1 / 9,
-    bn_momentum: float = 0.4,
-    shift_scale: float = 8.0,
-    tta: Literal["none", "flip"] = "none",
-) -> FastCNN:
-    """Fast-training CIFAR CNN: ``widths=(64, 256, 256)`` ~2M params, ``(16, 48, 64)`` ~0.1M."""
-    return FastCNN(
-        num_classes=num_classes,
-        in_shape=in_shape,
-        widths=tuple(widths),
-        head_scale=head_scale,
-        bn_momentum=bn_momentum,
-        shift_scale=shift_scale,
-        tta=tta,
-    )
