@@ -55,17 +55,17 @@ def one_seed(seed: int, out: Path, overrides: list[str], settings: BenchSettings
     for per_channel in (True, False):  # per-tensor last: its file is the one benched (the shipped PTQ default)
         quantize(run, int8=True, calib_samples=512, per_channel=per_channel, models=["student"], max_accuracy_drop=1.0,
                  raise_on_fail=False)  # fmt: skip
-        accuracy[per_channel] = next(a for a in read_manifest(run)["artifacts"] if a["id"] == "student:onnx-int8")
+        accuracy[per_channel] = read_manifest(run).find("student:onnx-int8").accuracy
     qat(run, max_accuracy_drop=1.0, raise_on_fail=False)
     result = bench(run, settings)
-    arts = {a["format"]: a for a in read_manifest(run)["artifacts"] if a["model"] == "student"}
-    p50 = {(r["format"], r["batch_size"]): r["latency_ms"]["p50"] for r in result["rows"]}
+    arts = {a.format: a for a in read_manifest(run).artifacts if a.model == "student"}
+    p50 = {(r.format, r.batch_size): r.latency_ms.p50 for r in result.rows}
     return {
         "seed": seed,
-        "float": arts["onnx"]["accuracy"],
-        "ptq": arts["onnx-int8"]["accuracy"],
-        "ptq_pc": accuracy[True]["accuracy"],
-        "qat": arts["onnx-int8-qat"]["accuracy"],
+        "float": arts["onnx"].accuracy,
+        "ptq": arts["onnx-int8"].accuracy,
+        "ptq_pc": accuracy[True],
+        "qat": arts["onnx-int8-qat"].accuracy,
         "p50": p50,
         "seconds": time.perf_counter() - t0,
     }

@@ -79,8 +79,8 @@ def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
     Every stage runs with ``raise_on_fail=False``: its failed artifacts are recorded in the manifest, left out
     of the bench and listed in the report. Only a missed ONNX parity gate fails the run (a correctness error)."""
     from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.rundata import run_recipe
     from kdeploy.quantize import quantize
+    from kdeploy.rundata import run_recipe
 
     exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
     fatal = [describe(a) for a in exported if a.failed]

@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kdeploy.bench import BenchSettings, TimingSettings, bench
+from kdeploy.bench import BenchRow, BenchSettings, TimingSettings, bench
+from kdeploy.bench.latency import LatencyMs
 from kdeploy.bench.winners import compare_runtimes, runtime_label, winners_markdown
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
@@ -26,9 +27,11 @@ from .conftest import tiny_recipe
 FAST = TimingSettings(warmup=2, min_iters=5, min_seconds=0.0)
 
 
-def _row(runtime: str, p50: float, batch: int = 1, precision: str = "fp32", **extra: Any) -> dict[str, Any]:
-    return {"model": "student", "precision": precision, "runtime": runtime, "batch_size": batch, "device": "cpu",
-            "latency_ms": {"p50": p50}, **extra}  # fmt: skip
+def _row(runtime: str, p50: float, batch: int = 1, precision: str = "fp32", **extra: Any) -> BenchRow:
+    latency = LatencyMs(p50=p50, p90=p50, p99=p50, mean=p50, min=p50, std=0.0)
+    return BenchRow(model="student", format="onnx", precision=precision, runtime=runtime, device="cpu",
+                    batch_size=batch, accuracy=0.9, latency_ms=latency, iters=10, throughput=batch / p50,
+                    **extra)  # fmt: skip
 
 
 def test_compare_runtimes_names_the_winner_per_batch() -> None:
@@ -66,17 +69,18 @@ def test_openvino_rows_record_accuracy_hint_and_precision(ov_run: Run, precision
         batch_sizes=(1, 16), threads=1, runtimes=("onnxruntime", "openvino"), timing=FAST, openvino_precision=precision
     )
     result = bench(ov_run, settings)
-    ov_rows = [r for r in result["rows"] if r["runtime"] == "openvino"]
-    assert {(r["format"], r["batch_size"]) for r in ov_rows} == {(f, b) for f in ("onnx", "onnx-int8") for b in (1, 16)}
+    ov_rows = [r for r in result.rows if r.runtime == "openvino"]
+    assert {(r.format, r.batch_size) for r in ov_rows} == {(f, b) for f in ("onnx", "onnx-int8") for b in (1, 16)}
     for r in ov_rows:
-        assert r["latency_hint"] == "LATENCY" and r["threads"] == 1 and r["inference_precision"] in ("f32", "bf16")
-        assert r["inference_precision"] in r["inference_precision_note"]
-        ort_row = next(o for o in result["rows"] if o["runtime"] == "onnxruntime" and o["artifact"] == r["artifact"])
+        assert r.latency_hint == "LATENCY" and r.threads == 1 and r.inference_precision in ("f32", "bf16")
+        assert r.inference_precision_note and r.inference_precision in r.inference_precision_note
+        assert r.to_dict()["inference_precision"] == r.inference_precision, "kept in bench.json"
+        ort_row = next(o for o in result.rows if o.runtime == "onnxruntime" and o.artifact == r.artifact)
         # the same file through two runtimes: at most 1 % of test images may flip (bf16 or int8 kernels differ)
-        assert r["accuracy"] == pytest.approx(ort_row["accuracy"], abs=0.01)
-    fp32 = [r for r in ov_rows if r["format"] == "onnx"]
+        assert r.accuracy == pytest.approx(ort_row.accuracy, abs=0.01)
+    fp32 = [r for r in ov_rows if r.format == "onnx"]
     if precision == "f32":
-        assert all(r["inference_precision"] == "f32" for r in fp32)
+        assert all(r.inference_precision == "f32" for r in fp32)
         _check_f32_logits_match_ort(ov_run)
     md = (ov_run.root / "bench.md").read_text()
     assert "Fastest runtime per model" in md and (ov_run.root / "runtimes.png").is_file()

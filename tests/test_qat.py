@@ -12,13 +12,14 @@ from onnx import numpy_helper
 
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
+from kdeploy.evaluate import top1_accuracy
 from kdeploy.export import export_onnx, read_manifest
-from kdeploy.export.ort import onnx_logits, top1_accuracy, try_session
-from kdeploy.export.rundata import load_run_data
+from kdeploy.export.ort import onnx_logits, try_session
 from kdeploy.models import create_model
 from kdeploy.qat import qat
 from kdeploy.qat.fakequant import calibrate, fold_batchnorm, insert_fake_quant, quantize_weight, strip_fake_quant
 from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
 
 from .conftest import tiny_recipe
 
@@ -63,18 +64,16 @@ def qat_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
-    run, entry = qat_run
-    assert (entry["id"], entry["format"], entry["files"]) == (
-        "student:onnx-int8-qat",
-        "onnx-int8-qat",
-        ["student.qat.int8.onnx"],
-    )
-    assert entry["status"] == "ok" and entry["source"] == "student.onnx"
-    assert entry["settings"]["per_channel"] is True and entry["settings"]["qat"]["epochs"] == 1
-    kd = entry["settings"]["qat"]["kd"]
+    run, art = qat_run
+    assert (art.id, art.format, art.files) == ("student:onnx-int8-qat", "onnx-int8-qat", ["student.qat.int8.onnx"])
+    assert art.status == "ok" and art.usable and art.source == "student.onnx"
+    assert art.vs_fp32 is not None and art.vs_fp32.reference == "student.onnx"
+    assert art.settings["per_channel"] is True and art.settings["qat"]["epochs"] == 1
+    kd = art.settings["qat"]["kd"]
     assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
-    assert entry["settings"]["qat"]["batchnorm_folded"] is True and entry["settings"]["qat"]["quantized_layers"] == 6
-    assert [a["id"] for a in read_manifest(run)["artifacts"]].count("student:onnx-int8-qat") == 1
+    assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6
+    assert [a.id for a in read_manifest(run).artifacts].count("student:onnx-int8-qat") == 1
+    assert read_manifest(run).find("student:onnx-int8-qat").to_dict() == art.to_dict(), "what the manifest holds"
     assert not list(run.export_dir.glob(".staging-*")), "staging folders are removed"
     path = run.export_dir / "student.qat.int8.onnx"
     graph = onnx.load(str(path)).graph
@@ -85,7 +84,7 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     data = load_run_data(run)
     session, _ = try_session(path)
     logits = onnx_logits(session, data.test, data.mean, data.std)
-    assert entry["accuracy"] == pytest.approx(top1_accuracy(logits, data.test.labels.numpy()))
+    assert art.accuracy == pytest.approx(top1_accuracy(logits, data.test.labels.numpy()))
 
 
 def test_qat_without_a_float_student_is_one_line(mnist_root: Path, tmp_path: Path, qat_run) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 from kdeploy import atomic
 from kdeploy.bench.records import BenchRow
 
