@@ -85,7 +85,7 @@ def fine_tune(qmodel: QuantModel, teacher: torch.nn.Module, loss: torch.nn.Modul
                 optimizer.step()
                 schedule.step()
                 for k, v in terms.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * len(y)
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(y)
                 seen += len(y)
                 bar.update(1)
         row = {f"loss_{k}": v / max(seen, 1) for k, v in totals.items()}
