@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "resnet32x4": _CIFAR_RESNET.format(32, "32-64-128-256"),
     "fast_cnn": "fast-training CIFAR CNN: whitening stem, 3 conv blocks (kwargs: widths, tta); (64, 256, 256) ~2M",
     "torchvision": "a torchvision.models architecture (kwargs: arch, small_input, weights)",
+    "timm": "a timm architecture, needs the timm extra (kwargs: arch, pretrained, model_kwargs)",
 }
 
 DATASETS: dict[str, str] = {

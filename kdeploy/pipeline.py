@@ -80,6 +80,7 @@ def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
     of the bench and listed in the report. Only a missed ONNX parity gate fails the run (a correctness error)."""
     from kdeploy.export import export_onnx, export_tensorrt
     from kdeploy.quantize import quantize
+    from kdeploy.rundata import run_recipe
 
     exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
     fatal = [describe(a) for a in exported if a.failed]
@@ -96,6 +97,10 @@ def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
             raise_on_fail=False,
             target="tensorrt" if opts.tensorrt else "onnxruntime",
         )  # fmt: skip; engines need TRT's form
+    if "student" in ok_roles and run_recipe(run).qat is not None:  # the recipe asks for quantization-aware KD
+        from kdeploy.qat import qat
+
+        made.append(qat(run, raise_on_fail=False))
     if ok_roles and opts.tensorrt:
         made += export_tensorrt(run, "fp16", ok_roles, raise_on_fail=False)
         int8_roles = [a.model for a in made if a.format == "onnx-int8" and a.usable]

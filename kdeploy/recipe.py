@@ -93,6 +93,18 @@ class TrainConfig(_Strict):
     tensorboard: bool = Field(False, description="per-epoch scalars under <run>/tensorboard/<model>")
 
 
+class QatConfig(_Strict):
+    """Quantization-aware distillation (`kdeploy qat`): INT8 fake quantization, KD fine-tuning of the student."""
+
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate (cosine to 0 over the QAT epochs)")
+    per_channel: bool = Field(True, description="per-output-channel symmetric weight scales (else per tensor)")
+    calib_samples: int = Field(512, ge=1, description="training images that set the activation ranges")
+    temperature: float | None = Field(None, gt=0, description="KD temperature; default distill.temperature")
+    alpha: float | None = Field(None, ge=0, le=1, description="weight of the KD term; default distill.alpha")
+    batch_size: int | None = Field(None, ge=1, description="default data.batch_size")
+
+
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
@@ -103,6 +115,7 @@ class Recipe(_Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     baseline: bool = True
     train: TrainConfig = Field(default_factory=TrainConfig)
+    qat: QatConfig | None = Field(None, description="quantization-aware distillation; `kdeploy run` runs it when set")
 
     @model_validator(mode="after")
     def _method_params(self) -> Recipe:
@@ -143,6 +156,7 @@ def _valid_keys() -> dict[str, list[str]]:
             out[key] = list(ann.model_fields)
     for key in ("data.augment", "teacher.augment", "student.augment"):
         out[key] = list(Augment.model_fields)
+    out["qat"] = list(QatConfig.model_fields)  # Optional section: not found by the loop above
     return out
 
 

@@ -152,7 +152,9 @@ def test_outputs_written(benched: tuple[Run, BenchResult]) -> None:
     assert len(table) == len(result.rows)
     assert float(table[0]["p50_ms"]) == pytest.approx(result.rows[0].latency_ms.p50)
     md = (run.root / "bench.md").read_text()
-    assert md.count("\n| ") == len(result.rows) + 1 and "![accuracy vs latency](pareto.png)" in md
+    rows_table, fastest = md.split("Fastest runtime per model", 1)  # PyTorch and ORT fp32 rows: a runtime comparison
+    assert rows_table.count("\n| ") == len(result.rows) + 1 and "![accuracy vs latency](pareto.png)" in md
+    assert "![p50 latency by runtime](runtimes.png)" in fastest and (run.root / "runtimes.png").is_file()
     busy = saved["machine"]["busy_cores_before"]
     assert busy is None or f"other processes used {busy:.1f} cores" in md
     png = run.root / "pareto.png"
@@ -298,8 +300,8 @@ def test_cli_cuda_without_gpu_is_a_user_error(benched: tuple[Run, BenchResult]) 
 
 def test_cli_rejects_unknown_runtime_and_bad_batch_sizes(benched: tuple[Run, BenchResult]) -> None:
     root = str(benched[0].root)
-    res = CliRunner().invoke(app, ["-q", "bench", root, "--runtimes", "torch,openvino"])
-    assert res.exit_code == 2 and "openvino" in res.output
+    res = CliRunner().invoke(app, ["-q", "bench", root, "--runtimes", "torch,tflite"])
+    assert res.exit_code == 2 and "unknown tflite" in res.output and "openvino" in res.output  # the optional one
     res = CliRunner().invoke(app, ["-q", "bench", root, "--batch-sizes", "1,x"])
     assert res.exit_code == 2 and "--batch-sizes" in res.output
     before = (benched[0].root / "bench.json").read_bytes()

@@ -30,6 +30,7 @@ from kdeploy.runs import Run
 SUFFIXES = {
     "onnx": ".onnx",
     "onnx-int8": ".int8.onnx",
+    "onnx-int8-qat": ".qat.int8.onnx",  # kdeploy.qat: quantization-aware distilled student
     "onnx-int8-dynamic": ".int8-dynamic.onnx",
     "onnx-fp16": ".fp16.onnx",
     "tensorrt-fp16": ".fp16.engine",

@@ -8,6 +8,7 @@ from pathlib import Path
 from kdeploy import atomic
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.records import BenchRow
+from kdeploy.bench.winners import runtime_label
 
 
 def plot_batch(rows: list[BenchRow]) -> int | None:
@@ -27,8 +28,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 MODEL_COLORS = {"teacher": "#d62728", "baseline": "#7f7f7f", "student": "#1f77b4"}
-FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8": "^", "onnx-int8-dynamic": "v", "onnx-fp16": "D",
-                  "tensorrt-fp16": "P", "tensorrt-int8": "X"}  # fmt: skip
+FORMAT_MARKERS = {"pytorch": "o", "onnx": "s", "onnx-int8": "^", "onnx-int8-qat": "*", "onnx-int8-dynamic": "v",
+                  "onnx-fp16": "D", "tensorrt-fp16": "P", "tensorrt-int8": "X"}  # fmt: skip
 
 
 def _label_offsets(xy: list[tuple[float, float]], idx: list[int], xspan: float, yspan: float) -> dict[int, int]:
@@ -79,7 +80,8 @@ def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     )
     for i in labelled:
         r = pts[i]
-        text = f"{r.model} {r.format}" + (" (reference)" if i in reference else "")
+        runtime = f" {runtime_label(r)}" if len({x.runtime for x in pts if x.format != "pytorch"}) > 1 else ""
+        text = f"{r.model} {r.format}{runtime}" + (" (reference)" if i in reference else "")
         ax.annotate(text, xy[i], textcoords="offset points", xytext=(8, offsets[i]), fontsize=8, zorder=4,
                     fontweight="bold" if i in reference else "normal")  # fmt: skip
     handles = [Line2D([], [], ls="--", color="black", alpha=0.6, label="Pareto front (labelled)")]

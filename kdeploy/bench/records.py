@@ -14,7 +14,8 @@ from typing import Any
 from kdeploy.bench.latency import LatencyMs
 
 # runtime details a runner reports; present only for the runtimes that have them
-RUNTIME_FIELDS = ("threads", "inter_op_threads", "graph_optimization_level", "input_dtype", "cuda_graph", "tensorrt")
+RUNTIME_FIELDS = ("threads", "inter_op_threads", "graph_optimization_level", "input_dtype", "cuda_graph", "tensorrt",
+                  "openvino", "latency_hint", "streams", "inference_precision", "inference_precision_note")  # fmt: skip
 
 
 @dataclass
@@ -44,6 +45,11 @@ class BenchRow:
     input_dtype: str | None = None
     cuda_graph: bool | None = None
     tensorrt: str | None = None
+    openvino: str | None = None  # OpenVINO rows: version, performance hint, streams, the precision the plugin used
+    latency_hint: str | None = None
+    streams: int | None = None
+    inference_precision: str | None = None
+    inference_precision_note: str | None = None
     # against the teacher's PyTorch fp32 row at the same batch size (see harness.add_ratios)
     speedup: float | None = None
     size_reduction: float | None = None

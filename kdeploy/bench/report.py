@@ -12,18 +12,22 @@ from typing import Any
 
 from kdeploy import atomic
 from kdeploy.artifacts import Manifest, read_manifest
+from kdeploy.bench.curves import curves_markdown
 from kdeploy.bench.gate import GateVerdict, evaluate_gate
 from kdeploy.bench.plot import write_pareto
 from kdeploy.bench.records import BenchResult
 from kdeploy.bench.tables import bench_csv, bench_markdown, markdown_table, num
+from kdeploy.bench.winners import FILENAME as WINNERS_PLOT
+from kdeploy.bench.winners import write_runtime_plot
 from kdeploy.errors import UserError, first_line
 from kdeploy.runs import ModelMetrics, Run
 
 
 def write_bench_outputs(run: Run, result: BenchResult) -> list[Path]:
-    """bench.csv, bench.md and pareto.png next to bench.json."""
+    """bench.csv, bench.md, pareto.png and (when a model ran on two runtimes) runtimes.png next to bench.json."""
     written = [atomic.write_text(run.bench_output(".csv"), bench_csv(result.rows))]
     plot = write_pareto(run.pareto_path, result.rows)
+    written += [p for p in [write_runtime_plot(run.root / WINNERS_PLOT, result.rows)] if p]
     written.append(atomic.write_text(run.bench_output(".md"), bench_markdown(result, plot.name if plot else None)))
     if plot:
         written.append(plot)
@@ -170,4 +174,5 @@ def write_report(run: Run) -> Path:
         write_bench_outputs(run, bench)
     gate = regate(run, bench)
     text = report_markdown(recipe, run.model_metrics(), bench, read_manifest(run), gate)
+    text += curves_markdown(run.root, run.read_history())
     return atomic.write_text(run.report_path, text)

@@ -9,16 +9,19 @@ import torch
 
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.latency import TimingSettings
+from kdeploy.bench.openvino_runner import check_openvino
 from kdeploy.errors import UserError
 from kdeploy.export.ort import GRAPH_LEVELS
 from kdeploy.runs import ROLES, available_cores
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+OPTIONAL_RUNTIMES = ("openvino",)  # not in the default list: an optional extra
 DEVICES = ("cpu", "cuda")
 PRECISION = {
     "pytorch": "fp32",
     "onnx": "fp32",
     "onnx-int8": "int8",
+    "onnx-int8-qat": "int8",
     "onnx-int8-dynamic": "int8-dynamic",
     "onnx-fp16": "fp16",
     "tensorrt-fp16": "fp16",
@@ -38,6 +41,7 @@ class BenchSettings:
     cuda_graph: bool = False  # replay PyTorch CUDA graphs (small models: removes launch overhead)
     eval_batch_size: int = 1000
     data_root: str | None = None  # override the recipe's data.root
+    openvino_precision: str = "auto"  # OpenVINO INFERENCE_PRECISION_HINT; auto: the CPU plugin's default
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
@@ -45,9 +49,11 @@ class BenchSettings:
     def check(self) -> None:
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise UserError(f"--batch-sizes {list(self.batch_sizes)}: give positive integers, e.g. 1,32,256")
-        bad = [r for r in self.runtimes if r not in RUNTIMES]
+        bad = [r for r in self.runtimes if r not in RUNTIMES + OPTIONAL_RUNTIMES]
         if bad or not self.runtimes:
-            raise UserError(f"--runtimes: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(RUNTIMES)}")
+            known = ", ".join(RUNTIMES + OPTIONAL_RUNTIMES)
+            raise UserError(f"--runtimes: unknown {', '.join(bad) or '(none)'}; choose from {known}")
+        check_openvino(self.runtimes, self.openvino_precision)
         if self.device not in DEVICES:
             raise UserError(f"--device {self.device!r}: choose cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():

@@ -7,6 +7,8 @@ import io
 import math
 
 from kdeploy.bench.records import BenchResult, BenchRow
+from kdeploy.bench.winners import FILENAME as WINNERS_PLOT
+from kdeploy.bench.winners import runtime_label, winners_markdown
 
 # Table columns, shared by the Markdown tables and the terminal (which shows the COMPACT subset).
 COLUMNS = ["model", "format", "runtime", "device", "batch", "accuracy", "Δacc", "params", "MMACs", "size MB",
@@ -68,7 +70,7 @@ def row_cells(r: BenchRow, columns: list[str] = COLUMNS) -> list[str]:
     values = [
         r.model,
         r.format,
-        r.runtime,
+        runtime_label(r),
         r.device,
         str(r.batch_size),
         num(r.accuracy, ".4f"),
@@ -138,6 +140,7 @@ def bench_markdown(result: BenchResult, plot: str | None = "pareto.png") -> str:
         parts += [f"- {s.model} {s.format} ({s.runtime}): {s.reason}" for s in result.skipped]
     if plot:
         parts += ["", f"![accuracy vs latency]({plot})"]
+    parts.append(winners_markdown(result.rows, WINNERS_PLOT if plot else None))
     return "\n".join(parts) + "\n"
 
 

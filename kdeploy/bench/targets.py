@@ -11,6 +11,7 @@ from kdeploy import progress
 from kdeploy.artifacts import Artifact, read_manifest
 from kdeploy.artifacts.manifest import sha256
 from kdeploy.bench.measure import count_macs, count_params, disk_bytes, memory_bytes
+from kdeploy.bench.openvino_runner import OpenVINORunner
 from kdeploy.bench.records import Skipped
 from kdeploy.bench.runners import OrtRunner, Runner, TensorRTRunner, TorchRunner
 from kdeploy.bench.settings import BenchSettings
@@ -83,8 +84,12 @@ def torch_targets(run: Run, opts: BenchSettings) -> dict[str, Target]:
     return out
 
 
-def artifact_target(run: Run, art: Artifact, base: Target | None, opts: BenchSettings) -> Target | str:
-    """A target for one manifest entry, or the reason it is skipped."""
+def artifact_target(
+    run: Run, art: Artifact, base: Target | None, opts: BenchSettings, runtime: str | None = None
+) -> Target | str:
+    """A target for one manifest entry on ``runtime`` (default the artifact's own; ``openvino`` for ONNX files too),
+    or the reason it is skipped."""
+    runtime = runtime or art.runtime
     if not art.usable:
         reason = first_line(art.reason or "")
         return f"export status {art.status}" + (f": {reason}" if reason else "")
@@ -107,10 +112,14 @@ def artifact_target(run: Run, art: Artifact, base: Target | None, opts: BenchSet
     else:
         onnx_file = next((f for f in files if f.suffix == ".onnx"), files[0])
         make = lambda: OrtRunner(onnx_file, opts.device, opts.resolved_threads(), opts.graph_level)  # noqa: E731
+        if runtime == "openvino":
+            if opts.device != "cpu":
+                return "OpenVINO is benched on the CPU only (--device cpu)"
+            make = lambda: OpenVINORunner(onnx_file, opts.resolved_threads(), opts.openvino_precision)  # noqa: E731
     return Target(
         model=art.model,
         format=art.format,
-        runtime=art.runtime,
+        runtime=runtime,
         make=make,
         params=base.params if base else None,
         macs=base.macs if base else None,
@@ -128,19 +137,26 @@ def collect_targets(run: Run, opts: BenchSettings) -> tuple[list[Target], list[S
     bases = torch_targets(run, opts)
     targets = [t for t in bases.values() if "torch" in opts.runtimes]
     artifacts = read_manifest(run).artifacts
-    if not artifacts and ({"onnxruntime", "tensorrt"} & set(opts.runtimes)):
+    if not artifacts and ({"onnxruntime", "openvino", "tensorrt"} & set(opts.runtimes)):
         progress.log(f"{run.root}: no export/manifest.json, so PyTorch rows only; run `kdeploy export` first")
     for art in artifacts:
-        if (opts.models and art.model not in opts.models) or art.runtime not in opts.runtimes:
+        if opts.models and art.model not in opts.models:
             continue
-        got = artifact_target(run, art, bases.get(art.model), opts)
-        if isinstance(got, str):
-            skipped.append(Skipped(art.model, art.format, art.runtime, got))
-        else:
-            targets.append(got)
+        for runtime in ("tensorrt",) if art.runtime == "tensorrt" else ("onnxruntime", "openvino"):
+            if runtime not in opts.runtimes:
+                continue
+            got = artifact_target(run, art, bases.get(art.model), opts, runtime)
+            if isinstance(got, str):
+                skipped.append(Skipped(art.model, art.format, runtime, got))
+            else:
+                targets.append(got)
     if not targets:
-        fixes = {"onnxruntime": "`kdeploy export --onnx`", "tensorrt": "`kdeploy export --tensorrt` (on a GPU)"}
-        build = " or ".join(fixes[r] for r in opts.runtimes if r in fixes) or "`kdeploy export`"
+        fixes = {
+            "onnxruntime": "`kdeploy export --onnx`",
+            "openvino": "`kdeploy export --onnx`",
+            "tensorrt": "`kdeploy export --tensorrt` (on a GPU)",
+        }
+        build = " or ".join(dict.fromkeys(fixes[r] for r in opts.runtimes if r in fixes)) or "`kdeploy export`"
         models = ",".join(opts.models) if opts.models else "all"
         raise UserError(
             f"{run.root}: nothing to bench for --models {models} --runtimes {','.join(opts.runtimes)}; "

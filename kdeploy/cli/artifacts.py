@@ -125,3 +125,16 @@ def quantize_cmd(
         if art.status == "skipped":
             out.print(f"skipped {art.id}: {art.reason}", highlight=False, soft_wrap=True)
     finish_stage(artifacts)
+
+
+@command("qat")
+def qat_cmd(run_dir: RunArg = None, max_accuracy_drop: MaxDropOpt = 0.01) -> None:
+    """Quantization-aware distillation of the run's student -> export/student.qat.int8.onnx (recipe `qat:`)."""
+    from kdeploy.artifacts import finish_stage
+    from kdeploy.qat import qat
+    from kdeploy.runs import Run
+
+    run = Run.open(run_dir)
+    art = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    print_artifacts([art], f"{run.root.name}: quantization-aware distilled student ({run.manifest_path})")
+    finish_stage([art])

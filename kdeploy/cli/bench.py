@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from kdeploy.cli.main import command, out
 from kdeploy.cli.options import (
     BatchOpt,
@@ -11,6 +13,7 @@ from kdeploy.cli.options import (
     GraphOpt,
     ItersOpt,
     ModelsOpt,
+    OvPrecisionOpt,
     RunArg,
     RuntimesOpt,
     SecondsOpt,
@@ -35,6 +38,7 @@ def bench(
     graph_level: GraphOpt = "all",
     cuda_graph: CudaGraphOpt = False,
     data_root: DataRootOpt = None,
+    openvino_precision: OvPrecisionOpt = "auto",
 ) -> None:
     """Measure accuracy, params, MACs, size and latency of every model and artifact of a run."""
     from kdeploy.bench import bench as run_bench
@@ -43,6 +47,8 @@ def bench(
     options = bench_settings(
         batch_sizes, threads, runtimes, device, models, warmup, iters, seconds, graph_level, cuda_graph, data_root
     )
+    options = dataclasses.replace(options, openvino_precision=openvino_precision)
+    options.check()  # a missing optional runtime is reported before the run folder is read
     run = Run.open(run_dir)
     result = run_bench(run, options)
     print_bench(result)

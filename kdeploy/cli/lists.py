@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
+import typer
 from rich.table import Table
 
 from kdeploy.cli.main import command, out
@@ -27,8 +29,16 @@ def list_recipes() -> None:
 
 
 @command("models")
-def list_models() -> None:
-    """List the registered model names (use them as teacher.model / student.model)."""
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="a model family (timm, torchvision): list its archs")] = None,
+    pattern: Annotated[str, typer.Argument(help="shell pattern for the archs, e.g. 'resnet*'")] = "*",
+) -> None:
+    """List the registered model names (use them as teacher.model / student.model), or NAME's archs."""
+    if name:
+        from kdeploy.models import list_archs
+
+        out.print("\n".join(list_archs(name, pattern)), highlight=False)
+        return
     from kdeploy.catalog import MODELS
 
     _print_table(("model", "description"), sorted(MODELS.items()))

@@ -28,7 +28,12 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing run
 RunArg = Annotated[Path | None, typer.Argument(help="run folder (default: runs/latest)")]
 BatchOpt = Annotated[str, typer.Option("--batch-sizes", help="comma-separated batch sizes to time")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch and ORT intra-op threads (default: all)")]
-RuntimesOpt = Annotated[str, typer.Option("--runtimes", help="comma-separated: torch, onnxruntime, tensorrt")]
+RuntimesOpt = Annotated[
+    str, typer.Option("--runtimes", help="comma-separated: torch, onnxruntime, tensorrt, openvino (kdeploy[openvino])")
+]
+OvPrecisionOpt = Annotated[
+    str, typer.Option("--openvino-precision", help="OpenVINO inference precision: auto (plugin default), f32, bf16")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda")]
 ModelsOpt = Annotated[str | None, typer.Option("--models", help="roles to bench, e.g. teacher,student (default all)")]
 WarmupOpt = Annotated[int, typer.Option("--warmup", help="untimed iterations before timing")]

@@ -5,13 +5,14 @@ nothing of distillation, export or benchmarks. Feature layers are addressed by m
 """
 
 # The model modules are imported for their @register_model side effects.
-from kdeploy.models import cifar_resnet, cnn, fast_cnn, mlp, torchvision_models  # noqa: F401
+from kdeploy.models import cifar_resnet, cnn, fast_cnn, mlp, timm_models, torchvision_models  # noqa: F401
 from kdeploy.models.registry import (
     MODELS,
     build_model,
     count_params,
     create_model,
     import_target,
+    list_archs,
     list_models,
     model_meta,
     module_paths,
@@ -24,6 +25,7 @@ __all__ = [
     "count_params",
     "create_model",
     "import_target",
+    "list_archs",
     "list_models",
     "model_meta",
     "module_paths",

@@ -215,3 +215,12 @@ def _reject_injected(label: str, kwargs: dict[str, Any], injected: Sequence[str]
     for key in kwargs:
         if key in injected:
             raise UserError(f"{label}: {key} comes from the data settings; remove it from the model kwargs")
+
+
+def list_archs(name: str, pattern: str = "*") -> list[str]:
+    """Architectures a model family (``timm``, ``torchvision``) accepts as its ``arch`` kwarg, by shell pattern."""
+    lister = getattr(MODELS.get(name), "list_archs", None)
+    if lister is None:
+        families = ", ".join(n for n in MODELS.names() if hasattr(MODELS.get(n), "list_archs"))
+        raise UserError(f"model {name!r} takes no 'arch'; models with an arch list: {families}")
+    return lister(pattern)

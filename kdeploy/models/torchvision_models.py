@@ -138,3 +138,15 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, child, new)
+
+
+def list_archs(pattern: str = "*") -> list[str]:
+    """torchvision classification model names matching a shell-style ``pattern``, sorted."""
+    import fnmatch
+
+    import torchvision
+
+    return sorted(fnmatch.filter(torchvision.models.list_models(module=torchvision.models), pattern or "*"))
+
+
+torchvision_model.list_archs = list_archs  # type: ignore[attr-defined]  # `kdeploy models torchvision`

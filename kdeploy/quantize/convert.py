@@ -22,6 +22,7 @@ from kdeploy.quantize.calibration import make_reader
 from kdeploy.quantize.graph import INTEGER_OPS, gemm_to_matmul, op_counts
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+STATIC_INT8 = ("onnx-int8", "onnx-int8-qat")  # QAT: the fine-tuned float model, quantized the same way as PTQ
 
 
 @contextlib.contextmanager
@@ -140,7 +141,7 @@ def convert(
     target: str = DEFAULT_TARGET,
 ) -> dict[str, Any]:
     """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
-    if fmt == "onnx-int8":
+    if fmt in STATIC_INT8:
         if calib is None:
             raise ValueError("static INT8 needs calibration images")
         reader = make_reader(

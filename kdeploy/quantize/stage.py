@@ -31,7 +31,7 @@ from kdeploy.export.parity import compare_logits
 from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target
 from kdeploy.export.staging import publish, staging_dir
 from kdeploy.quantize.calibration import calibration_split
-from kdeploy.quantize.convert import CALIB_METHODS, convert, dynamic_problem
+from kdeploy.quantize.convert import CALIB_METHODS, STATIC_INT8, convert, dynamic_problem
 from kdeploy.recipe import load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -95,7 +95,7 @@ def quantize_one(
             )
         except Exception as exc:  # the ORT converters raise on graphs they do not handle
             outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
-        if fmt == "onnx-int8" and calib is not None:
+        if fmt in STATIC_INT8 and calib is not None:
             settings.update(calib_samples=len(calib), calib_split="train", calib_seed=calib_seed)
         settings["max_accuracy_drop"] = max_accuracy_drop
         convert_s = time.perf_counter() - t0

@@ -1,0 +1,147 @@
+"""INT8 fake quantization that simulates what ONNX Runtime's static QDQ quantizer later does to the same model.
+
+kdeploy's PTQ (``kdeploy.quantize``) quantizes with symmetric int8 everywhere: scale = absmax / 127, zero point 0,
+range [-127, 127]; activations per tensor from min-max calibration, weights per tensor or per output channel from
+the weights themselves, after BatchNorm is folded into the convolutions. Here the same arithmetic runs in PyTorch
+(``torch.fake_quantize_per_*_affine``, straight-through gradients) so that fine-tuning adapts the weights to it:
+
+- ``fold_batchnorm``: Conv+BN folded (``torch.fx``), as the ONNX export and ORT's pre-processing do;
+- ``ActQuant``: per-tensor activation quantizer, min-max calibrated, then frozen;
+- ``QuantConv2d`` / ``QuantLinear``: quantize their input (``ActQuant``) and their weight (per channel or per tensor);
+- ``insert_fake_quant``: wraps every Conv2d/Linear and appends an output quantizer (ORT quantizes the logits too).
+
+``strip_fake_quant`` returns the plain float model (same parameters) for the ONNX export.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+QMAX = 127  # symmetric int8 as ORT uses it: [-127, 127], zero point 0
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, str | None]:
+    """Conv+BatchNorm folded into Conv (eval statistics); returns ``(model, note)``, note set when tracing failed."""
+    from torch.fx.experimental.optimization import fuse
+
+    model = model.eval()
+    try:
+        return fuse(model, inplace=False), None
+    except Exception as exc:  # a forward torch.fx cannot trace: keep BatchNorm (weights simulated before folding)
+        return model, f"BatchNorm not folded (torch.fx cannot trace the model: {type(exc).__name__})"
+
+
+def _scale(absmax: Tensor) -> Tensor:
+    return (absmax / QMAX).clamp_min(torch.finfo(torch.float32).tiny).float()
+
+
+class ActQuant(nn.Module):
+    """Per-tensor symmetric int8 fake quantization; records the running absmax while ``calibrating``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("absmax", torch.zeros(()))
+        self.calibrating = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating:
+            self.absmax = torch.maximum(self.absmax, x.detach().abs().max().float())
+            return x
+        if float(self.absmax) == 0.0:
+            return x  # never calibrated (a layer calibration did not reach): leave it float
+        return torch.fake_quantize_per_tensor_affine(x, float(_scale(self.absmax)), 0, -QMAX, QMAX)
+
+
+def quantize_weight(weight: Tensor, per_channel: bool) -> Tensor:
+    """Fake-quantized weight; scales from the current weight (ORT computes them the same way at export)."""
+    if per_channel:
+        absmax = weight.detach().abs().flatten(1).amax(dim=1)
+        zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+        return torch.fake_quantize_per_channel_affine(weight, _scale(absmax), zero, 0, -QMAX, QMAX)
+    return torch.fake_quantize_per_tensor_affine(weight, float(_scale(weight.detach().abs().max())), 0, -QMAX, QMAX)
+
+
+class QuantConv2d(nn.Module):
+    def __init__(self, conv: nn.Conv2d, per_channel: bool) -> None:
+        super().__init__()
+        self.conv, self.per_channel, self.act = conv, per_channel, ActQuant()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv._conv_forward(self.act(x), quantize_weight(self.conv.weight, self.per_channel), self.conv.bias)
+
+
+class QuantLinear(nn.Module):
+    def __init__(self, linear: nn.Linear, per_channel: bool) -> None:
+        super().__init__()
+        self.linear, self.per_channel, self.act = linear, per_channel, ActQuant()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.act(x), quantize_weight(self.linear.weight, self.per_channel), self.linear.bias)
+
+
+class QuantModel(nn.Module):
+    """A float model whose Conv2d/Linear layers are wrapped in place, plus a quantizer on the logits."""
+
+    def __init__(self, model: nn.Module, per_channel: bool) -> None:
+        super().__init__()
+        self.model = _wrap(model, per_channel)
+        self.out = ActQuant()
+        self.layers = sum(isinstance(m, QuantConv2d | QuantLinear) for m in self.model.modules())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.model(x))
+
+    def quantizers(self) -> list[ActQuant]:
+        return [m for m in self.modules() if isinstance(m, ActQuant)]
+
+    def set_calibrating(self, on: bool) -> None:
+        for q in self.quantizers():
+            q.calibrating = on
+
+
+def _wrap(model: nn.Module, per_channel: bool) -> nn.Module:
+    for name, child in list(model.named_children()):
+        if type(child) is nn.Conv2d:
+            setattr(model, name, QuantConv2d(child, per_channel))
+        elif type(child) is nn.Linear:
+            setattr(model, name, QuantLinear(child, per_channel))
+        else:
+            _wrap(child, per_channel)
+    return model
+
+
+def strip_fake_quant(qmodel: QuantModel) -> nn.Module:
+    """The plain float model again (wrappers replaced by their layers, in place), ready for the ONNX export."""
+
+    def unwrap(module: nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, QuantConv2d):
+                setattr(module, name, child.conv)
+            elif isinstance(child, QuantLinear):
+                setattr(module, name, child.linear)
+            else:
+                unwrap(child)
+
+    unwrap(qmodel.model)
+    return qmodel.model
+
+
+def insert_fake_quant(model: nn.Module, per_channel: bool = True) -> QuantModel:
+    """Wrap a (BatchNorm-folded) float model in place."""
+    return QuantModel(model, per_channel)
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantModel, batches: list[Tensor]) -> None:
+    """Min-max ranges of every quantized tensor over ``batches`` (float forward), then frozen."""
+    qmodel.eval()
+    for q in qmodel.quantizers():
+        q.absmax.zero_()
+    qmodel.set_calibrating(True)
+    try:
+        for x in batches:
+            qmodel(x)
+    finally:
+        qmodel.set_calibrating(False)

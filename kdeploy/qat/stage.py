@@ -1,0 +1,171 @@
+"""`kdeploy qat [RUN]`: quantization-aware distillation of the run's float student into an INT8 QDQ ONNX file.
+
+1. The float student and the teacher are rebuilt from the run's weights (model registry, never the trainer).
+2. BatchNorm is folded, INT8 fake quantization inserted (``fakequant``: symmetric int8, weights per channel by
+   default, activations per tensor) and calibrated with min-max on ``qat.calib_samples`` training images.
+3. The student is fine-tuned with the recipe's KD loss (``kdeploy.distill.methods`` ``kd``; temperature and alpha
+   from ``qat:`` or else ``distill:``) against the frozen teacher: Adam, cosine schedule, ``qat.epochs`` epochs.
+4. The fine-tuned float model is exported to ONNX and quantized by the same ORT static QDQ path as PTQ INT8,
+   with the simulated settings (per-channel weights, min-max calibration on the same images), so the file has
+   PTQ INT8's graph and kernels; it is written as ``export/student.qat.int8.onnx`` (format ``onnx-int8-qat``),
+   its full test-set accuracy measured through ONNX Runtime and gated against the float student's ONNX accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import torch
+
+from kdeploy import progress
+from kdeploy.artifacts import Artifact, describe, finish_stage, manifest, source_artifact
+from kdeploy.data import iterate_batches
+from kdeploy.distill.methods import Outputs, create_method
+from kdeploy.errors import UserError
+from kdeploy.export.onnx import export_graph
+from kdeploy.export.ort import onnx_logits, try_session
+from kdeploy.export.staging import staging_dir
+from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
+from kdeploy.quantize import calibration_split, quantize_one
+from kdeploy.recipe import QatConfig, Recipe, load_data
+from kdeploy.rundata import run_recipe
+from kdeploy.runs import Run
+
+FORMAT = "onnx-int8-qat"
+ROLE = "student"
+
+
+def kd_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
+    """The registered ``kd`` loss with ``qat:``'s temperature/alpha, else ``distill:``'s when it is a KD recipe."""
+    distill = recipe.distill.params() if recipe.distill.method == "kd" else {}
+    params: dict[str, Any] = {k: v for k, v in distill.items() if k in ("temperature", "alpha")}
+    if "temperature" not in params and "temperature" in recipe.distill.params():
+        params["temperature"] = recipe.distill.params()["temperature"]
+    if cfg.temperature is not None:
+        params["temperature"] = cfg.temperature
+    if cfg.alpha is not None:
+        params["alpha"] = cfg.alpha
+    return create_method("kd", params)
+
+
+def _require_models(run: Run) -> None:
+    roles = run.roles()
+    if ROLE not in roles:
+        raise UserError(f"{run.root}: no float student (student.safetensors) to fine-tune; run `kdeploy distill` first")
+    if "teacher" not in roles:
+        raise UserError(f"{run.root}: no teacher.safetensors; quantization-aware distillation needs the teacher")
+
+
+def fine_tune(qmodel: QuantModel, teacher: torch.nn.Module, loss: torch.nn.Module, data: Any, cfg: QatConfig,
+              batch_size: int, seed: int) -> list[dict[str, float]]:  # fmt: skip
+    """KD fine-tuning with frozen activation ranges; returns per-epoch mean losses."""
+    params = [p for p in qmodel.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    steps = cfg.epochs * math.ceil(len(data.train) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+    generator = torch.Generator().manual_seed(seed)
+    teacher.eval()
+    history = []
+    for epoch in range(cfg.epochs):
+        qmodel.train()
+        totals: dict[str, float] = {}
+        seen = 0
+        with progress.task(f"qat epoch {epoch + 1}/{cfg.epochs}", total=math.ceil(len(data.train) / batch_size)) as bar:
+            for x, y, _ in iterate_batches(data.train, batch_size, shuffle=True, generator=generator,
+                                           mean=data.mean, std=data.std):  # fmt: skip
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                terms = loss(Outputs(student_logits=qmodel(x), targets=y, teacher_logits=teacher_logits))
+                total = sum(terms.values())
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(y)
+                seen += len(y)
+                bar.update(1)
+        row = {f"loss_{k}": v / max(seen, 1) for k, v in totals.items()}
+        progress.log(f"qat epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        history.append(row)
+    return history
+
+
+@torch.no_grad()
+def torch_accuracy(model: torch.nn.Module, data: Any) -> float:
+    model.eval()
+    correct = 0
+    for x, y, _ in iterate_batches(data.test, 1000, shuffle=False, mean=data.mean, std=data.std):
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(len(data.test), 1)
+
+
+def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_on_fail: bool = True) -> Artifact:
+    """Run quantization-aware distillation on ``run``; returns the ``onnx-int8-qat`` artifact (also in the manifest).
+
+    Like every artifact stage it ends in :func:`~kdeploy.artifacts.finish_stage`: with ``raise_on_fail`` a missed
+    accuracy gate raises :class:`~kdeploy.errors.GateFailed`."""
+    run = run if isinstance(run, Run) else Run.open(run)
+    _require_models(run)
+    recipe = run_recipe(run)
+    cfg = recipe.qat or QatConfig()
+    # the float student's gated ONNX: accuracy reference and I/O spec
+    source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
+    loss = kd_method(recipe, cfg)
+    data = load_data(recipe)
+    torch.manual_seed(recipe.seed)
+    t0 = time.perf_counter()
+    student, meta = run.load_model(ROLE)
+    teacher, _ = run.load_model("teacher")
+    folded, note = fold_batchnorm(student)
+    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel)
+    calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
+    calib_batches = [x for x, _, _ in iterate_batches(calib, 64, shuffle=False, mean=data.mean, std=data.std)]
+    calibrate(qmodel, calib_batches)
+    before = torch_accuracy(qmodel, data)
+    progress.log(f"qat: {qmodel.layers} quantized layers, simulated INT8 accuracy before fine-tuning {before:.4f}")
+    history = fine_tune(qmodel, teacher, loss, data, cfg, cfg.batch_size or recipe.data.batch_size, recipe.seed)
+    calibrate(qmodel, calib_batches)  # the ranges ORT will compute from the fine-tuned weights
+    after = torch_accuracy(qmodel, data)
+    progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
+    tuned = strip_fake_quant(qmodel).eval()
+    art = _export_and_quantize(run, tuned, meta, source, data, calib, cfg, max_accuracy_drop)
+    art.settings["qat"] = {
+        **cfg.model_dump(),
+        "kd": loss.params.model_dump(),
+        "batchnorm_folded": note is None,
+        "note": note,
+        "quantized_layers": qmodel.layers,
+        "simulated_accuracy_before": before,
+        "simulated_accuracy_after": after,
+        "history": history,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    art = manifest.upsert(run, art)
+    progress.log("  " + describe(art))
+    return finish_stage([art], raise_on_fail)[0]
+
+
+def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any], source: Artifact, data: Any,
+                         calib: Any, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
+    """Export the fine-tuned float student to a staged ONNX file and quantize it by quantize's static INT8 path."""
+    fp32_session, error = try_session(manifest.artifact_path(run, source))
+    if fp32_session is None:
+        raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it ({error}); re-run `kdeploy export --onnx`")
+    fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
+    with staging_dir(run.export_dir) as tmp:
+        folder = tmp / "qat-fp32"
+        folder.mkdir()
+        tuned_path = folder / "student.qat.fp32.onnx"
+        export_graph(tuned, list(meta["dataset"]["in_shape"]), tuned_path, source.opset or 18)
+        tuned_source = dataclasses.replace(source, files=[str(tuned_path.relative_to(run.export_dir))], sha256=None)
+        art = quantize_one(
+            run, ROLE, FORMAT, tuned_source, data, fp32_logits, calib=calib, calib_seed=run_recipe(run).seed,
+            calib_method="minmax", per_channel=cfg.per_channel, max_accuracy_drop=max_accuracy_drop,
+        )  # fmt: skip
+    art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
+    art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None
+    return art

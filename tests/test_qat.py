@@ -1,0 +1,108 @@
+"""Quantization-aware distillation: the fake-quant arithmetic, the `kdeploy qat` stage on a tiny run, bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from kdeploy.distill import distill
+from kdeploy.errors import UserError
+from kdeploy.evaluate import top1_accuracy
+from kdeploy.export import export_onnx, read_manifest
+from kdeploy.export.ort import onnx_logits, try_session
+from kdeploy.models import create_model
+from kdeploy.qat import qat
+from kdeploy.qat.fakequant import calibrate, fold_batchnorm, insert_fake_quant, quantize_weight, strip_fake_quant
+from kdeploy.recipe import validate
+from kdeploy.rundata import load_run_data
+
+from .conftest import tiny_recipe
+
+
+def test_weights_snap_to_a_symmetric_int8_grid_per_channel() -> None:
+    w = torch.randn(4, 3, 3, 3) * torch.tensor([0.1, 1.0, 3.0, 10.0]).view(4, 1, 1, 1)
+    q = quantize_weight(w, per_channel=True)
+    scale = w.abs().flatten(1).amax(1) / 127
+    steps = q / scale.view(4, 1, 1, 1)
+    torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)
+    assert steps.abs().max() <= 127 + 1e-4
+    assert (q - w).abs().flatten(1).amax(1).le(scale / 2 + 1e-6).all()
+    per_tensor = quantize_weight(w, per_channel=False) / (w.abs().max() / 127)
+    torch.testing.assert_close(per_tensor, per_tensor.round(), atol=1e-3, rtol=0)
+
+
+def test_fold_wrap_calibrate_and_strip_keep_the_float_model() -> None:
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=10, in_shape=(3, 16, 16), width=2).eval()
+    x = torch.randn(16, 3, 16, 16)
+    reference = model(x)
+    folded, note = fold_batchnorm(model)
+    assert note is None and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), reference, atol=1e-5, rtol=1e-5)
+    qmodel = insert_fake_quant(folded)
+    assert qmodel.layers == 6  # 5 convolutions and the head
+    calibrate(qmodel, [x])
+    assert all(float(q.absmax) > 0 for q in qmodel.quantizers())
+    simulated = qmodel(x)
+    assert not torch.equal(simulated, reference) and (simulated.argmax(1) == reference.argmax(1)).float().mean() > 0.8
+    torch.testing.assert_close(strip_fake_quant(qmodel)(x), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def qat_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    raw = tiny_recipe(mnist_root, baseline=False)
+    raw["student"].update(model="cnn", kwargs={"width": 2})
+    raw["qat"] = {"epochs": 1, "calib_samples": 128}
+    run = distill(validate(raw), out=tmp_path_factory.mktemp("qat") / "tiny")
+    export_onnx(run, models=["student"])
+    return run, qat(run, max_accuracy_drop=1.0)
+
+
+def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
+    run, art = qat_run
+    assert (art.id, art.format, art.files) == ("student:onnx-int8-qat", "onnx-int8-qat", ["student.qat.int8.onnx"])
+    assert art.status == "ok" and art.usable and art.source == "student.onnx"
+    assert art.vs_fp32 is not None and art.vs_fp32.reference == "student.onnx"
+    assert art.settings["per_channel"] is True and art.settings["qat"]["epochs"] == 1
+    kd = art.settings["qat"]["kd"]
+    assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
+    assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6
+    assert [a.id for a in read_manifest(run).artifacts].count("student:onnx-int8-qat") == 1
+    assert read_manifest(run).find("student:onnx-int8-qat").to_dict() == art.to_dict(), "what the manifest holds"
+    assert not list(run.export_dir.glob(".staging-*")), "staging folders are removed"
+    path = run.export_dir / "student.qat.int8.onnx"
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = [i for i in graph.initializer if numpy_helper.to_array(i).dtype == np.int8]
+    assert len(int8) >= 6, "every conv and the head store int8 weights"
+    data = load_run_data(run)
+    session, _ = try_session(path)
+    logits = onnx_logits(session, data.test, data.mean, data.std)
+    assert art.accuracy == pytest.approx(top1_accuracy(logits, data.test.labels.numpy()))
+
+
+def test_qat_without_a_float_student_is_one_line(mnist_root: Path, tmp_path: Path, qat_run) -> None:
+    run, _ = qat_run
+    (run.root / "student.safetensors").rename(tmp_path / "student.safetensors")
+    try:
+        with pytest.raises(UserError, match=r"no float student \(student.safetensors\) to fine-tune"):
+            qat(run)
+    finally:
+        (tmp_path / "student.safetensors").rename(run.root / "student.safetensors")
+
+
+def test_qat_recipe_keys_are_validated(mnist_root: Path) -> None:
+    raw = tiny_recipe(mnist_root)
+    raw["qat"] = {"epoch": 2}
+    with pytest.raises(UserError, match=r"qat.epoch: unknown key \(did you mean 'epochs'\?\)"):
+        validate(raw)
+    raw["qat"] = {"lr": 0}
+    with pytest.raises(UserError, match=r"qat.lr: must be > 0"):
+        validate(raw)
+    assert validate(tiny_recipe(mnist_root)).qat is None
