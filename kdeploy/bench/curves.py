@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdeploy import atomic
+from kdeploy.bench.figures import save_png
 
 FILENAME = "curves.png"
 # Fixed colours so a model keeps its colour across reports; unknown roles take the next free one.
@@ -100,11 +100,7 @@ def write_curves(path: Path, rows: list[dict[str, str]]) -> Path | None:
     acc_ax.grid(alpha=0.3)
     fig.tight_layout()
 
-    try:
-        atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def curves_markdown(root: Path, rows: list[dict[str, str]]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdeploy import atomic
+from kdeploy.bench.figures import save_png
 from kdeploy.bench.gate import REFERENCE
 from kdeploy.bench.records import BenchRow
 from kdeploy.bench.winners import runtime_label
@@ -101,6 +101,4 @@ def write_pareto(path: Path, rows: list[BenchRow]) -> Path | None:
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.2, y=0.2)
     fig.tight_layout()
-    atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

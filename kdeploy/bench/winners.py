@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdeploy import atomic
+from kdeploy.bench.figures import save_png
 from kdeploy.bench.records import BenchRow
 
 FILENAME = "runtimes.png"
@@ -116,8 +116,4 @@ def write_runtime_plot(path: Path, rows: list[BenchRow]) -> Path | None:
         ax.legend(fontsize=7)
         ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
-    try:
-        atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)

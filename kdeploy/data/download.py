@@ -5,28 +5,16 @@ Files are fetched into a temporary folder and moved into place only when complet
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import urllib.error
-from collections.abc import Iterator
 from pathlib import Path
 
 from kdeploy.errors import UserError
+from kdeploy.timeouts import socket_timeout
 
 TIMEOUT_S = 15.0  # per socket operation: a dead or silent server fails after this, a slow one keeps going
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _reason(exc: BaseException) -> str:
@@ -62,7 +50,7 @@ def download_idx(name: str, tv_class: str, target: Path) -> None:
 
     cls = getattr(tvd, tv_class)
     raw = target / tv_class / "raw"
-    with _socket_timeout(TIMEOUT_S), _tmpdir(target, name) as tmp:
+    with socket_timeout(TIMEOUT_S), _tmpdir(target, name) as tmp:
         for filename, md5 in cls.resources:
             if (raw / filename).is_file():
                 continue
@@ -90,7 +78,7 @@ def download_cifar(name: str, tv_class: str, target: Path) -> None:
 
     cls = getattr(tvd, tv_class)
     final = target / cls.base_folder
-    with _socket_timeout(TIMEOUT_S), _tmpdir(target, name) as tmp:
+    with socket_timeout(TIMEOUT_S), _tmpdir(target, name) as tmp:
         try:
             download_and_extract_archive(cls.url, tmp, filename=cls.filename, md5=cls.tgz_md5, remove_finished=True)
         except Exception as exc:

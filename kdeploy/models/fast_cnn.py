@@ -40,14 +40,13 @@ class ShiftBatchNorm(nn.BatchNorm2d):
         self.shift_scale = shift_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        training = self.training
         return F.batch_norm(
             x,
             self.running_mean,
             self.running_var,
             self.weight,
             self.bias * self.shift_scale,
-            training,
+            self.training,
             self.momentum,
             self.eps,
         )

@@ -21,6 +21,7 @@ from torch import nn
 
 from kdeploy.errors import UserError
 from kdeploy.models.registry import register_model
+from kdeploy.timeouts import socket_timeout
 
 INSTALL = "pip install 'kdeploy[timm]'"
 PROBE_TIMEOUT_S = 3.0
@@ -83,7 +84,7 @@ def _pretrained(timm: Any, arch: str, kwargs: dict[str, Any]) -> nn.Module:
     offline = not _hub_reachable()
     where = "the Hugging Face hub is not reachable and the weights are not in the local cache"
     try:
-        with _hub_offline(offline), _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        with _hub_offline(offline), socket_timeout(DOWNLOAD_TIMEOUT_S):
             return timm.create_model(arch, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as error:  # hub errors, URLError, timeouts, corrupt files
         reason = where if offline else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -123,16 +124,6 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = previous
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 timm_model.list_archs = list_archs  # type: ignore[attr-defined]  # `kdeploy models timm` lists these

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import socket
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from kdeploy.errors import UserError
 from kdeploy.models.registry import register_model
+from kdeploy.timeouts import socket_timeout
 
 DOWNLOAD_TIMEOUT_S = 30.0
 # Inception-style models return auxiliary outputs while training; the trainer expects plain logits.
@@ -73,17 +73,14 @@ def _pretrained(arch: str, weights: str, extra: dict[str, Any]) -> nn.Module:
         raise UserError(
             f"torchvision arch {arch!r}: unknown weights {weights!r}; valid: DEFAULT, {', '.join(names)}, or null"
         )
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return torchvision.models.get_model(arch, weights=weights, **extra)
+        with socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return torchvision.models.get_model(arch, weights=weights, **extra)
     except (OSError, RuntimeError) as error:  # URLError, timeouts, a truncated or corrupt file
         raise UserError(
             f"cannot download torchvision weights {weights!r} for {arch!r}: {error}; "
             "run with internet once or set weights: null"
         ) from None
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 def _replace_classifier(model: nn.Module, arch: str, num_classes: int) -> None:
