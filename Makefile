@@ -6,9 +6,13 @@ KDEPLOY := $(VENV)/bin/kdeploy
 # Pinned builds that install from local files on the reference machines (pip only, not uv/poetry).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
-DEMO_RECIPE ?= recipes/fashion_mnist_mlp.yaml
+DEMO_RECIPE ?= recipes/mnist_demo.yaml
+# MNIST for the demo: offline from ../shared/data on the reference machines (an existing KDEPLOY_DATA wins);
+# elsewhere the recipe's `data.download: true` lets torchvision fetch it.
+KDEPLOY_DATA ?= $(abspath $(wildcard ../shared/data))
+export KDEPLOY_DATA
 
-.PHONY: demo test format venv clean
+.PHONY: demo fashion-mnist test format venv clean
 
 venv: $(VENV)/.installed
 
@@ -26,8 +30,11 @@ $(FASHION_DIR)/train-images-idx3-ubyte.gz:
 	  ($$SUDO apt-get install -y -qq dataset-fashion-mnist || \
 	   ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist))
 
-demo: venv $(FASHION_DIR)/train-images-idx3-ubyte.gz
-	@echo "==> distill -> export -> quantize -> bench on Fashion-MNIST ($(DEMO_RECIPE))"
+# the Fashion-MNIST recipes' data (the demo itself runs on MNIST)
+fashion-mnist: $(FASHION_DIR)/train-images-idx3-ubyte.gz
+
+demo: venv
+	@echo "==> distill -> export -> quantize -> bench on MNIST ($(DEMO_RECIPE))"
 	$(KDEPLOY) run $(DEMO_RECIPE) --force
 
 test: venv

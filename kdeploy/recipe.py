@@ -81,7 +81,9 @@ class DistillConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="auto: bf16 where native (bf16 GPUs, CPUs with AVX512-BF16/AMX), else fp32"
+    )
     channels_last: bool = False
     compile: bool = False
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")

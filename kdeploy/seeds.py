@@ -19,6 +19,7 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ GAIN = "student - baseline"
 class SeedsResult:
     root: Path
     runs: dict[int, Run]
-    summary: dict[str, Any]  # the content of seeds.json
+    summary: SeedsSummary  # what seeds.json holds
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -80,59 +81,92 @@ def prepare_parent(root: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{root} already holds a multi-seed run; pass --resume to continue it, --force or --out DIR")
 
 
-def mean_std(values: list[float]) -> dict[str, Any]:
-    """Mean, sample std (n - 1; null for one value) and the values themselves; NaNs are left out."""
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    return {
-        "mean": statistics.mean(vals) if vals else None,
-        "std": statistics.stdev(vals) if len(vals) > 1 else None,
-        "n": len(vals),
-        "values": vals,
-    }
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (n - 1; None for one value) of a metric over seeds, with the values themselves."""
+
+    mean: float | None
+    std: float | None
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        """The statistics of ``values``; None and NaN are left out."""
+        vals = tuple(v for v in values if v is not None and not math.isnan(v))
+        mean = statistics.mean(vals) if vals else None
+        return cls(mean, statistics.stdev(vals) if len(vals) > 1 else None, vals)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def percent(self) -> str:
+        """``98.12 ± 0.08`` in percent points, or ``-`` when there is nothing to show."""
+        if self.mean is None:
+            return "-"
+        return f"{self.mean * 100:.2f}" + (f" ± {self.std * 100:.2f}" if self.std is not None else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values)}
 
 
-def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{role: {metric: mean_std}}`` over the seeds' ``metrics.json["models"]``, plus the KD gain per seed."""
-    summary: dict[str, dict[str, dict[str, Any]]] = {}
+Summary = dict[str, dict[str, Stat]]  # role (and GAIN) -> metric -> statistics
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> Summary:
+    """``{role: {metric: Stat}}`` over the seeds' ``metrics.json["models"]``, plus the paired KD gain per seed."""
+    summary: Summary = {}
     for role in ROLES:
         found = [m[role] for m in per_seed.values() if role in m]
         if found:
-            summary[role] = {k: mean_std([float(m[k]) for m in found if k in m]) for k in METRICS}
+            summary[role] = {k: Stat.of(float(m[k]) for m in found if k in m) for k in METRICS}
     both = [m for m in per_seed.values() if "student" in m and "baseline" in m]
     if both:
         summary[GAIN] = {
-            k: mean_std([float(m["student"][k]) - float(m["baseline"][k]) for m in both if k in m["student"]])
+            k: Stat.of(float(m["student"][k]) - float(m["baseline"][k]) for m in both if k in m["student"])
             for k in METRICS
         }
     return summary
 
 
-def fmt(stat: dict[str, Any]) -> str:
-    """``98.12 ± 0.08`` in percent points, or ``-`` when there is nothing to show."""
-    if stat["mean"] is None:
-        return "-"
-    text = f"{stat['mean'] * 100:.2f}"
-    return text + (f" ± {stat['std'] * 100:.2f}" if stat["std"] is not None else "")
+@dataclass
+class SeedsSummary:
+    """What ``seeds.json`` holds: the recipe, its seeds, each seed's run folder and accuracies, the statistics."""
 
+    recipe: str
+    seeds: list[int]
+    runs: dict[int, str]  # seed -> run folder name
+    per_seed: dict[int, dict[str, dict[str, float | None]]]  # seed -> role -> metric -> value
+    stats: Summary
 
-def markdown(result: dict[str, Any]) -> str:
-    seeds = ", ".join(str(s) for s in result["seeds"])
-    lines = [
-        f"# {result['recipe']}: test accuracy (%) over seeds {seeds}",
-        "",
-        "mean ± sample std (n - 1). Best epoch: the model selected on the validation split. Last epoch: after the "
-        "final epoch.",
-        "",
-        "| model | best epoch | last epoch | n | per seed (best epoch) |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for role, stats in result["summary"].items():
-        per_seed = ", ".join(f"{v * 100:.2f}" for v in stats["accuracy"]["values"])
-        lines.append(
-            f"| {role} | {fmt(stats['accuracy'])} | {fmt(stats['last_accuracy'])} | {stats['accuracy']['n']} "
-            f"| {per_seed} |"
-        )
-    return "\n".join(lines) + "\n"
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "seeds": self.seeds,
+            "runs": {str(s): name for s, name in self.runs.items()},
+            "std": "sample standard deviation (n - 1)",
+            "per_seed": {str(s): roles for s, roles in self.per_seed.items()},
+            "summary": {role: {k: st.to_json() for k, st in stats.items()} for role, stats in self.stats.items()},
+        }
+
+    def markdown(self) -> str:
+        seeds = ", ".join(str(s) for s in self.seeds)
+        lines = [
+            f"# {self.recipe}: test accuracy (%) over seeds {seeds}",
+            "",
+            "mean ± sample std (n - 1). Best epoch: the model selected on the validation split. Last epoch: after "
+            f"the final epoch. `{GAIN}` is the paired difference of the same seed (points).",
+            "",
+            "| model | best epoch | last epoch | n | per seed (best epoch) |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for role, stats in self.stats.items():
+            per_seed = ", ".join(f"{v * 100:.2f}" for v in stats["accuracy"].values)
+            lines.append(
+                f"| {role} | {stats['accuracy'].percent()} | {stats['last_accuracy'].percent()} "
+                f"| {stats['accuracy'].n} | {per_seed} |"
+            )
+        return "\n".join(lines) + "\n"
 
 
 def distill_seeds(
@@ -162,18 +196,17 @@ def distill_seeds(
         )
     world.barrier()  # rank 0 has written every seed's metrics.json
     per_seed = {s: r.read_metrics()["models"] for s, r in runs.items()}
-    result = {
-        "recipe": recipe.name,
-        "seeds": seeds,
-        "runs": {str(s): r.root.name for s, r in runs.items()},
-        "std": "sample standard deviation (n - 1)",
-        "per_seed": {str(s): {role: {k: m[role].get(k) for k in METRICS} for role in m} for s, m in per_seed.items()},
-        "summary": aggregate(per_seed),
-    }
+    result = SeedsSummary(
+        recipe=recipe.name,
+        seeds=seeds,
+        runs={s: r.root.name for s, r in runs.items()},
+        per_seed={s: {role: {k: m[role].get(k) for k in METRICS} for role in m} for s, m in per_seed.items()},
+        stats=aggregate(per_seed),
+    )
     if world.main:
         folder = SeedsFolder(root)
-        atomic.write_json(folder.summary_path, result)
-        atomic.write_text(folder.markdown_path, markdown(result))
+        atomic.write_json(folder.summary_path, result.to_json())
+        atomic.write_text(folder.markdown_path, result.markdown())
         point_latest(root.parent, runs[seeds[0]].root)
     world.barrier()
     return SeedsResult(root=root, runs=runs, summary=result)

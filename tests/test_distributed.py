@@ -290,6 +290,6 @@ def test_channels_last_cnn_in_bf16(mnist_root: Path, tmp_path: Path) -> None:
 def test_fp16_on_cpu_is_refused_before_writing(mnist_root: Path, tmp_path: Path) -> None:
     raw = tiny_recipe(mnist_root)
     raw["train"] = {"precision": "fp16"}
-    with pytest.raises(UserError, match="fp16 needs a CUDA GPU.*use train.precision=bf16"):
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU.*use train.precision=auto"):
         distill(validate(raw), out=tmp_path / "r")
     assert not (tmp_path / "r").exists()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from kdeploy.cli import app
 from kdeploy.errors import UserError
 from kdeploy.runs import Run
-from kdeploy.seeds import aggregate, mean_std, parse_seeds
+from kdeploy.seeds import Stat, aggregate, parse_seeds
 
 from .conftest import tiny_recipe, write_recipe
 
@@ -112,10 +112,12 @@ def test_aggregate_by_hand() -> None:
         1: {"teacher": {"accuracy": 0.92, "last_accuracy": 0.84}, "student": {"accuracy": 0.74, "last_accuracy": 0.7}},
     }
     summary = aggregate(per_seed)
-    assert summary["teacher"]["accuracy"]["mean"] == pytest.approx(0.91)
-    assert summary["teacher"]["accuracy"]["std"] == pytest.approx(0.0141421356, abs=1e-9)  # |0.92 - 0.90| / sqrt(2)
-    assert summary["teacher"]["last_accuracy"]["mean"] == pytest.approx(0.82)
-    assert summary["student"]["last_accuracy"]["std"] == 0.0
+    assert summary["teacher"]["accuracy"].mean == pytest.approx(0.91)
+    assert summary["teacher"]["accuracy"].std == pytest.approx(0.0141421356, abs=1e-9)  # |0.92 - 0.90| / sqrt(2)
+    assert summary["teacher"]["last_accuracy"].mean == pytest.approx(0.82)
+    assert summary["student"]["last_accuracy"].std == 0.0
     assert "baseline" not in summary and "student - baseline" not in summary
-    one = mean_std([0.5])
-    assert one["mean"] == 0.5 and one["std"] is None and one["n"] == 1
+    one = Stat.of([0.5, float("nan"), None])
+    assert one.mean == 0.5 and one.std is None and one.n == 1
+    assert one.to_json() == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}
+    assert Stat.of([0.9, 0.92]).percent() == "91.00 ± 1.41" and Stat.of([]).percent() == "-"

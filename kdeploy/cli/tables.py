@@ -12,6 +12,7 @@ from kdeploy.cli.main import out
 if TYPE_CHECKING:
     from kdeploy.artifacts import Artifact
     from kdeploy.bench.records import BenchResult
+    from kdeploy.seeds import SeedsSummary
 
 
 def _wide() -> Console:
@@ -19,15 +20,13 @@ def _wide() -> Console:
     return out if out.is_terminal else Console(width=200)
 
 
-def print_seeds(result: dict[str, Any]) -> None:
-    from kdeploy.seeds import fmt
-
-    seeds = ", ".join(str(s) for s in result["seeds"])
-    table = Table(title=f"{result['recipe']}: test accuracy % over seeds {seeds} (mean ± std)", title_justify="left")
+def print_seeds(result: SeedsSummary) -> None:
+    seeds = ", ".join(str(s) for s in result.seeds)
+    table = Table(title=f"{result.recipe}: test accuracy % over seeds {seeds} (mean ± std)", title_justify="left")
     for col in ("model", "best epoch", "last epoch", "n"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, stats in result["summary"].items():
-        table.add_row(role, fmt(stats["accuracy"]), fmt(stats["last_accuracy"]), str(stats["accuracy"]["n"]))
+    for role, stats in result.stats.items():
+        table.add_row(role, stats["accuracy"].percent(), stats["last_accuracy"].percent(), str(stats["accuracy"].n))
     out.print(table)
 
 

@@ -53,7 +53,7 @@ def distill(
         result = distill_seeds(config, parse_seeds(seeds), out=out_dir, resume=resume, force=force, world=world)
         if world.main:
             print_seeds(result.summary)
-            first = result.runs[result.summary["seeds"][0]].root
+            first = result.runs[result.summary.seeds[0]].root
             out.print(f"multi-seed folder: {result.root} (seeds.json, seeds.md); latest -> {first}", highlight=False)
         return
     run = run_distill(config, out=out_dir, resume=resume, force=force, world=world)

@@ -17,7 +17,7 @@ from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
 from kdeploy.distill.tensorboard import check_available
-from kdeploy.distill.trainer import Result, Trainer, check_precision
+from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
@@ -127,7 +127,6 @@ def distill(
     Under torchrun every rank calls this; rank 0 alone writes files. ``mark_latest=False`` leaves ``latest``
     alone (the multi-seed driver points it itself)."""
     world = world or world_from_env(recipe.train.device)
-    check_precision(recipe.train, world.device)
     if recipe.train.tensorboard:
         check_available()
     run = run_folder(recipe, out)

@@ -26,11 +26,11 @@ from kdeploy.distill.evaluation import SplitScorer, teacher_table
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.distill.methods import Method
 from kdeploy.distill.mixing import mix_batch, mixing_rng, one_hot
+from kdeploy.distill.precision import resolve_precision
 from kdeploy.distill.schedule import lr_factor, make_optimizer
 from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
 from kdeploy.distill.tensorboard import EpochScalars
-from kdeploy.errors import UserError
 from kdeploy.recipe import ModelConfig, TrainConfig
 
 INIT_IMAGES = 5000  # training images a model's init_from_data(images) sees
@@ -65,17 +65,6 @@ class Job:
     scalars: EpochScalars | None = None  # train.tensorboard
 
 
-def check_precision(train: TrainConfig, device: torch.device) -> None:
-    """fp16 autocast needs a GPU; bf16 runs on CPUs (fast with AVX512-BF16/AMX) and bf16-capable GPUs."""
-    if train.precision == "fp16" and device.type != "cuda":
-        raise UserError(
-            "train.precision: fp16 needs a CUDA GPU (CPUs lack fast fp16 kernels and it needs loss scaling); "
-            "use train.precision=bf16 on CPU"
-        )
-    if train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("train.precision: this GPU has no bf16 support; use train.precision=fp16")
-
-
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling/augmentation RNG of one epoch: the same for every model of a run (a CPU generator on every
     device, so a GPU run draws the same crops and flips as a CPU run)."""
@@ -102,6 +91,7 @@ class Trainer:
         self.train_cfg = train
         self.augment = augment  # the recipe's data.augment; a model's own `augment` replaces it
         self.world = world or World()
+        self.precision = resolve_precision(train.precision, self.world.device)
         self.scorer = SplitScorer(data, self.world, eval_batch_size)
         # the training images live on the training device (uint8): batches are gathered there, no copy per step
         self.train_split = Split(data.train.images.to(self.device), data.train.labels.to(self.device))
@@ -234,7 +224,7 @@ class Trainer:
         per_rank = math.ceil(len(self.data.train) / self.world.size)
         steps = max(1, math.ceil(per_rank / (cfg.batch_size or self.batch_size)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         ema = WeightEMA(model, cfg.ema) if cfg.ema else None
         return TrainState(model, method, optimizer, scheduler, scaler, ema)
 
@@ -368,10 +358,9 @@ class Trainer:
 
     # ---- helpers -------------------------------------------------------------------------------------
     def autocast(self) -> Any:
-        precision = self.train_cfg.precision
-        if precision == "fp32":
+        if self.precision == "fp32":
             return nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def warm_up(self, job: Job) -> float:
