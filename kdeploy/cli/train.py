@@ -10,12 +10,21 @@ import typer
 from kdeploy.cli.main import command, out, settings
 from kdeploy.cli.options import DataRootOpt, ForceOpt, OutOpt, RecipeArg, ResumeOpt, SetOpt, set_args
 from kdeploy.cli.tables import print_metrics, print_seeds
+from kdeploy.errors import UserError
 
 if TYPE_CHECKING:
     from kdeploy.recipe import Recipe
 
 SeedsOpt = Annotated[
     str | None, typer.Option("--seeds", help="one run per seed into <out>/seed<N>, then mean +- std: 0,1,2")
+]
+GridOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--grid",
+        metavar="KEY=V1,V2",
+        help="one student per combination of distill.* values, chosen on validation: distill.temperature=2,4,8",
+    ),
 ]
 NprocOpt = Annotated[int | None, typer.Option("--nproc", help="train with N processes (DDP): starts torchrun for you")]
 
@@ -29,6 +38,7 @@ def distill(
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     seeds: SeedsOpt = None,
+    grid: GridOpt = None,
     nproc: NprocOpt = None,
 ) -> None:
     """Train the teacher (or load it), a CE-only baseline and the distilled student into one run folder."""
@@ -38,6 +48,14 @@ def distill(
     from kdeploy.recipe import load_recipe
 
     config = load_recipe(recipe, set_ or [], data_root)
+    if grid:
+        if seeds is not None or nproc not in (None, 1) or resume:
+            raise UserError("--grid runs one process, one seed, from the start: drop --seeds, --nproc and --resume")
+        from kdeploy.grid import distill_grid
+
+        chosen = distill_grid(config, grid, out=out_dir, force=force)
+        out.print(chosen.markdown_path.read_text(encoding="utf-8"), highlight=False, markup=False)
+        return
     if nproc is not None and nproc != 1:
         args = ["distill", str(recipe), *set_args(set_)]
         args += ["--data-root", data_root] if data_root else []

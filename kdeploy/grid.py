@@ -1,0 +1,168 @@
+"""A small grid over the distillation keys, chosen on the validation split.
+
+``kdeploy distill R --grid distill.temperature=2,4,8 --grid distill.alpha=0.5,0.9`` trains one student per
+combination. The teacher and the CE-only baseline do not depend on ``distill.*``, so the first cell trains (or
+loads) them and every later cell reuses its teacher (``teacher.checkpoint``) and skips the baseline::
+
+    runs/<name>/
+      temperature-2_alpha-0.5/ ...   one run folder per cell (the first also holds the baseline)
+      grid.json, grid.md             every cell's student (validation and test accuracy) and the chosen cell
+    runs/latest -> <name>/<chosen cell>
+
+The cell is chosen on validation accuracy alone (the test split is only reported), so ``data.val_size`` must be
+positive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdeploy import atomic, progress
+from kdeploy.errors import UserError
+from kdeploy.recipe import Recipe, apply_overrides, validate
+from kdeploy.runs import Run, default_run_dir, point_latest
+
+GRID_PREFIX = "distill."
+SUMMARY, MARKDOWN = "grid.json", "grid.md"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination: ``{"distill.temperature": 2, ...}``, and its folder name."""
+
+    values: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        parts = (f"{key.removeprefix(GRID_PREFIX)}-{value}" for key, value in self.values.items())
+        return re.sub(r"[^A-Za-z0-9_.=-]", "", "_".join(parts))
+
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values.items()]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    cell: Cell
+    val_accuracy: float | None
+    accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cell": self.cell.name, "values": self.cell.values, "val_accuracy": self.val_accuracy,
+                "accuracy": self.accuracy}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GridResult:
+    root: Path
+    cells: list[CellResult]  # grid order
+    chosen: CellResult
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.root / MARKDOWN
+
+
+def parse_grid(specs: list[str]) -> list[Cell]:
+    """``["distill.temperature=2,4", "distill.alpha=0.5,0.9"]`` -> the four cells, in order."""
+    axes: dict[str, list[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise UserError(f"--grid {spec!r}: expected KEY=V1,V2,..., e.g. --grid distill.temperature=2,4,8")
+        if not key.startswith(GRID_PREFIX) or key == "distill.method":
+            raise UserError(
+                f"--grid {spec!r}: only distill.* parameters can be searched (teacher and baseline are shared "
+                "by every cell); vary other keys with separate runs"
+            )
+        axes[key] = [yaml.safe_load(v.strip()) for v in values.split(",") if v.strip()]
+    return [Cell(dict(zip(axes, combo, strict=True))) for combo in itertools.product(*axes.values())]
+
+
+def cell_recipe(recipe: Recipe, cell: Cell, shared: list[str]) -> Recipe:
+    """The recipe with the cell's values (and the shared teacher, for every cell after the first)."""
+    raw = apply_overrides(recipe.model_dump(mode="json"), [*cell.overrides(), *shared])
+    return validate(raw, f"--grid {cell.name}")
+
+
+def distill_grid(
+    recipe: Recipe, specs: list[str], out: str | os.PathLike[str] | None = None, force: bool = False
+) -> GridResult:
+    """Train every cell of the grid into ``<out>/<cell>``; write grid.json / grid.md; point ``latest`` at the
+    cell with the best validation accuracy."""
+    from kdeploy.distill import distill
+
+    cells = parse_grid(specs)
+    if not recipe.data.val_size:
+        raise UserError("--grid chooses on the validation split: set data.val_size above 0, e.g. 5000")
+    root = default_run_dir(recipe.name, out)
+    cells_recipes = [cell_recipe(recipe, cell, []) for cell in cells]  # every cell validates before any training
+    prepare_root(root, force)
+    results: list[CellResult] = []
+    shared: list[str] = []
+    for i, (cell, own) in enumerate(zip(cells, cells_recipes, strict=True)):
+        progress.log(f"grid cell {cell.name} ({i + 1}/{len(cells)})")
+        run = distill(own if not shared else cell_recipe(recipe, cell, shared), out=root / cell.name,
+                      mark_latest=False)  # fmt: skip
+        student = run.read_metrics()["models"]["student"]
+        results.append(CellResult(cell, student.get("val_accuracy"), student["accuracy"]))
+        shared = shared or [f"teacher.checkpoint={run.weights_path('teacher')}", "baseline=false"]
+    best = choose(results)
+    write_summary(root, recipe, results, best)
+    point_latest(root.parent, root / best.cell.name)
+    return GridResult(root, results, best)
+
+
+def prepare_root(root: Path, force: bool) -> None:
+    """A grid goes into an empty folder; --force clears an existing one."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file; choose another --out for the grid")
+    if root.is_dir() and any(root.iterdir()):
+        if not force:
+            raise UserError(f"{root} is not empty; pass --force to replace it, or --out DIR for the grid")
+        Run(root).clear()
+
+
+def choose(results: list[CellResult]) -> CellResult:
+    """The best validation accuracy; the earlier cell on a tie."""
+    return max(results, key=lambda r: -1.0 if r.val_accuracy is None else r.val_accuracy)
+
+
+def write_summary(root: Path, recipe: Recipe, results: list[CellResult], best: CellResult) -> None:
+    baseline = Run(root / results[0].cell.name).read_metrics()["models"].get("baseline")
+    data = {
+        "recipe": recipe.name,
+        "chosen": best.cell.name,
+        "chosen_on": "validation accuracy of the student",
+        "baseline": None if baseline is None else {k: baseline.get(k) for k in ("val_accuracy", "accuracy")},
+        "cells": [r.to_json() for r in results],
+    }
+    atomic.write_json(root / SUMMARY, data)
+    atomic.write_text(root / MARKDOWN, markdown(data))
+
+
+def markdown(data: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.2f}"
+
+    lines = [
+        f"# {data['recipe']}: distillation grid, chosen on validation accuracy: `{data['chosen']}`",
+        "",
+        "| cell | student val % | student test % |",
+        "|---|---:|---:|",
+    ]
+    for cell in data["cells"]:
+        mark = " (chosen)" if cell["cell"] == data["chosen"] else ""
+        lines.append(f"| `{cell['cell']}`{mark} | {pct(cell['val_accuracy'])} | {pct(cell['accuracy'])} |")
+    if data["baseline"]:
+        b = data["baseline"]
+        lines.append(f"| CE baseline (first cell) | {pct(b['val_accuracy'])} | {pct(b['accuracy'])} |")
+    return "\n".join(lines) + "\n"
