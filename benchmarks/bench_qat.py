@@ -9,12 +9,14 @@ accuracies through ONNX Runtime, read from ``export/manifest.json``; the default
 ORT's graph optimisations off ("reference QDQ arithmetic": DequantizeLinear + float ops, no integer kernels), which
 separates quantization error from what the integer kernels of this CPU add (x86 CPUs without VNNI saturate the
 16-bit pair sums of ORT's u8s8 kernels on full-range int8 weights; ``reduce_range`` avoids it). Latencies from
-``bench.json`` (``--batch-sizes``, ``--threads``). Rows go to ``results/bench_qat.json``.
+``bench.json`` (``--batch-sizes``, ``--threads``); then the last seed's two files are benched ``--latency-rounds``
+more times (each round one bench run timing both), since one run on a shared machine moves by tens of per cent.
+Rows go to ``results/bench_qat.json`` and each seed's ``row.json`` (``--reuse`` keeps seeds that have one).
 
 Usage::
 
     KDEPLOY_DATA=../shared/data nice -n 10 .venv/bin/python benchmarks/bench_qat.py [--seeds 0,1,2] [--threads 1]
-        [--write-readme]
+        [--latency-rounds 5] [--reuse] [--write-readme]
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def reference_accuracy(run: Run, file: str) -> float:
     return top1_accuracy(onnx_logits(session, data.test, data.mean, data.std), data.test.labels.numpy())
 
 
-def one_seed(seed: int, out: Path, overrides: list[str], settings: BenchSettings) -> dict[str, Any]:
+def one_seed(seed: int, out: Path, overrides: list[str], settings: BenchSettings, reuse: bool) -> dict[str, Any]:
+    saved = out / f"seed{seed}" / "row.json"
+    if reuse and saved.is_file():
+        return json.loads(saved.read_text(encoding="utf-8"))
     recipe = load_recipe(RECIPE, [*overrides, f"seed={seed}"])
     t0 = time.perf_counter()
     run = distill(recipe, out=out / f"seed{seed}", force=True)
@@ -90,7 +95,7 @@ def one_seed(seed: int, out: Path, overrides: list[str], settings: BenchSettings
     qad = qat(run, max_accuracy_drop=1.0, raise_on_fail=False)
     result = bench(run, settings)
     p50 = {f"{r.format} b{r.batch_size}": r.latency_ms.p50 for r in result.rows}
-    return {
+    row = {
         "seed": seed,
         "float": read_manifest(run).find("student:onnx").accuracy,
         **accuracy,
@@ -100,6 +105,28 @@ def one_seed(seed: int, out: Path, overrides: list[str], settings: BenchSettings
         "load_average": result.machine.get("load_average_before"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    saved.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
+    return row
+
+
+def latency_rounds(run_dir: Path, settings: BenchSettings, rounds: int) -> dict[int, list[float]]:
+    """QAD p50 / PTQ p50 per batch size in each of ``rounds`` bench runs of one seed's two INT8 files."""
+    ratios: dict[int, list[float]] = {b: [] for b in settings.batch_sizes}
+    for _ in range(rounds):
+        p50 = {(r.format, r.batch_size): r.latency_ms.p50 for r in bench(Run.open(run_dir), settings).rows}
+        for b in settings.batch_sizes:
+            ratios[b].append(p50[("onnx-int8-qat", b)] / p50[("onnx-int8", b)])
+    return ratios
+
+
+def latency_text(ratios: dict[int, list[float]], seed: int) -> str:
+    parts = []
+    for b, values in ratios.items():
+        median = statistics.median(values)
+        verdict = "within 10 %" if abs(median - 1) <= 0.1 else "MISSES 10 %"
+        parts.append(f"batch {b}: {' / '.join(f'{v:.2f}' for v in values)}, median {median:.2f} ({verdict})")
+    return (f"QAD p50 / PTQ p50 over {len(next(iter(ratios.values())))} more bench runs of seed {seed}'s two files "
+            f"(each run times both): " + "; ".join(parts) + ".")  # fmt: skip
 
 
 def loss(r: dict[str, Any], key: str) -> str:
@@ -138,6 +165,8 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], help="more recipe overrides")
     ap.add_argument("--batch-sizes", default="1,256")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency-rounds", type=int, default=5, help="extra bench runs of the last seed's files")
+    ap.add_argument("--reuse", action="store_true", help="keep the seeds whose run folder has row.json")
     ap.add_argument("--write-readme", action="store_true", help=f"replace the section in {README.name}")
     args = ap.parse_args()
     batches = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -145,10 +174,11 @@ def main() -> None:
                              models=("student",), timing=TimingSettings(min_iters=100, min_seconds=1.0))  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = OVERRIDES + args.extra
-    rows = [one_seed(seeds[0], args.out, overrides, settings)]
+    rows = [one_seed(seeds[0], args.out, overrides, settings, args.reuse)]
     shared = f"teacher.checkpoint={args.out / f'seed{seeds[0]}' / 'teacher.safetensors'}"
-    rows += [one_seed(s, args.out, [*overrides, shared], settings) for s in seeds[1:]]
+    rows += [one_seed(s, args.out, [*overrides, shared], settings, args.reuse) for s in seeds[1:]]
     mean = _mean(rows)
+    ratios = latency_rounds(args.out / f"seed{seeds[-1]}", settings, args.latency_rounds) if args.latency_rounds else {}
     machine = bench_machine(args.out / f"seed{seeds[-1]}")
     command = "nice -n 10 python benchmarks/bench_qat.py " + " ".join(sys.argv[1:])
     text = "\n".join([
@@ -165,12 +195,15 @@ def main() -> None:
         f"{(mean['float'] - mean['ptq']) * 100:.2f} (reference QDQ arithmetic of the same file "
         f"{(mean['float'] - mean['ptq_reference']) * 100:.2f}), PTQ 7-bit weights per tensor "
         f"{(mean['float'] - mean['ptq_rr']) * 100:.2f}, per channel {(mean['float'] - mean['ptq_pc_rr']) * 100:.2f}; "
-        f"QAD INT8 {(mean['float'] - mean['qat']) * 100:.2f}. {sum(r['seconds'] for r in rows) / 60:.1f} min in all.",
+        f"QAD INT8 {(mean['float'] - mean['qat']) * 100:.2f}. {sum(r['seconds'] for r in rows) / 60:.1f} min in all "
+        "(the seeds' training, quantization, QAD and first bench).",
+        *(["", latency_text(ratios, seeds[-1])] if ratios else []),
     ])  # fmt: skip
     emit(text, README, "bench_qat", args.write_readme)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "recipe": str(RECIPE.relative_to(REPO)), "overrides": overrides,
-               "machine": machine, "threads": args.threads, "rows": rows, "mean": mean}  # fmt: skip
+               "machine": machine, "threads": args.threads, "rows": rows, "mean": mean,
+               "latency_rounds_qat_over_ptq": {str(b): v for b, v in ratios.items()}}  # fmt: skip
     RESULTS.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS}", file=sys.stderr)
 
