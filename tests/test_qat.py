@@ -24,16 +24,18 @@ from kdeploy.rundata import load_run_data
 from .conftest import tiny_recipe
 
 
-def test_weights_snap_to_a_symmetric_int8_grid_per_channel() -> None:
+@pytest.mark.parametrize("qmax", [127, 64])  # 64: reduce_range, ORT's 7-bit weights for CPUs without VNNI
+def test_weights_snap_to_a_symmetric_int8_grid_per_channel(qmax: int) -> None:
     w = torch.randn(4, 3, 3, 3) * torch.tensor([0.1, 1.0, 3.0, 10.0]).view(4, 1, 1, 1)
-    q = quantize_weight(w, per_channel=True)
-    scale = w.abs().flatten(1).amax(1) / 127
+    q = quantize_weight(w, per_channel=True, qmax=qmax)
+    scale = w.abs().flatten(1).amax(1) / qmax
     steps = q / scale.view(4, 1, 1, 1)
     torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)
-    assert steps.abs().max() <= 127 + 1e-4
+    assert steps.abs().max() <= qmax + 1e-4
     assert (q - w).abs().flatten(1).amax(1).le(scale / 2 + 1e-6).all()
-    per_tensor = quantize_weight(w, per_channel=False) / (w.abs().max() / 127)
+    per_tensor = quantize_weight(w, per_channel=False, qmax=qmax) / (w.abs().max() / qmax)
     torch.testing.assert_close(per_tensor, per_tensor.round(), atol=1e-3, rtol=0)
+    assert per_tensor.abs().max() == pytest.approx(qmax, abs=1e-3)
 
 
 def test_fold_wrap_calibrate_and_strip_keep_the_float_model() -> None:
@@ -69,6 +71,7 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     assert art.status == "ok" and art.usable and art.source == "student.onnx"
     assert art.vs_fp32 is not None and art.vs_fp32.reference == "student.onnx"
     assert art.settings["per_channel"] is True and art.settings["qat"]["epochs"] == 1
+    assert art.settings["reduce_range"] is False and art.settings["qat"]["reduce_range"] is False
     kd = art.settings["qat"]["kd"]
     assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
     assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6

@@ -106,6 +106,20 @@ def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
     assert len(calibration_split(data.train, 10**6, seed=0)) == len(data.train)
 
 
+def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: Path) -> None:
+    """``--reduce-range``: every int8 weight on [-64, 64] (the full range is used), recorded in the settings."""
+    work = Run(shutil.copytree(run.root, tmp_path / "run"))
+    result = CliRunner().invoke(app, ["--quiet", "quantize", str(work.root), "--int8", "--reduce-range",
+                                      "--calib-samples", "128", "--models", "teacher"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    e = find(work, "teacher:onnx-int8")
+    assert e.settings["reduce_range"] is True and e.accuracy_drop <= 0.01
+    proto = onnx.load(str(work.export_dir / "teacher.int8.onnx"))
+    weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
+    weights = [w for w in weights if w.size > 1]  # not the zero points
+    assert len(weights) >= 5 and max(int(np.abs(w).max()) for w in weights) == 64
+
+
 # ---- dynamic INT8 and FP16 ------------------------------------------------------------------------------
 def test_dynamic_int8_covers_linear_layers_on_mlp(run: Run) -> None:
     e = quantize(run, method="dynamic", models="student")[0]

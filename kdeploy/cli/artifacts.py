@@ -93,6 +93,9 @@ def quantize_cmd(
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
+    reduce_range: Annotated[
+        bool, typer.Option("--reduce-range", help="static INT8: 7-bit weights (x86 CPUs without VNNI saturate 8-bit)")
+    ] = False,
     target: Annotated[
         str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
     ] = "onnxruntime",
@@ -119,6 +122,7 @@ def quantize_cmd(
         max_accuracy_drop=max_accuracy_drop,
         raise_on_fail=False,
         target=target,
+        reduce_range=reduce_range,
     )
     print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
     for art in artifacts:

@@ -2,8 +2,10 @@
 
 kdeploy's PTQ (``kdeploy.quantize``) quantizes with symmetric int8 everywhere: scale = absmax / 127, zero point 0,
 range [-127, 127]; activations per tensor from min-max calibration, weights per tensor or per output channel from
-the weights themselves, after BatchNorm is folded into the convolutions. Here the same arithmetic runs in PyTorch
-(``torch.fake_quantize_per_*_affine``, straight-through gradients) so that fine-tuning adapts the weights to it:
+the weights themselves, after BatchNorm is folded into the convolutions (weights on [-64, 64] with ``reduce_range``,
+as ORT writes them for x86 CPUs without VNNI, whose u8s8 kernels saturate on full-range int8 weights). Here the same
+arithmetic runs in PyTorch (``torch.fake_quantize_per_*_affine``, straight-through gradients) so that fine-tuning
+adapts the weights to it:
 
 - ``fold_batchnorm``: Conv+BN folded (``torch.fx``), as the ONNX export and ORT's pre-processing do;
 - ``ActQuant``: per-tensor activation quantizer, min-max calibrated, then frozen;
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 QMAX = 127  # symmetric int8 as ORT uses it: [-127, 127], zero point 0
+QMAX_REDUCED = 64  # ORT's reduce_range weights: [-64, 64] (7 bits), for x86 CPUs without VNNI
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, str | None]:
@@ -33,8 +36,8 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, str | None]:
         return model, f"BatchNorm not folded (torch.fx cannot trace the model: {type(exc).__name__})"
 
 
-def _scale(absmax: Tensor) -> Tensor:
-    return (absmax / QMAX).clamp_min(torch.finfo(torch.float32).tiny).float()
+def _scale(absmax: Tensor, qmax: int = QMAX) -> Tensor:
+    return (absmax / qmax).clamp_min(torch.finfo(torch.float32).tiny).float()
 
 
 class ActQuant(nn.Module):
@@ -54,39 +57,41 @@ class ActQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, float(_scale(self.absmax)), 0, -QMAX, QMAX)
 
 
-def quantize_weight(weight: Tensor, per_channel: bool) -> Tensor:
-    """Fake-quantized weight; scales from the current weight (ORT computes them the same way at export)."""
+def quantize_weight(weight: Tensor, per_channel: bool, qmax: int = QMAX) -> Tensor:
+    """Fake-quantized weight on [-qmax, qmax]; scales from the current weight (ORT computes them the same way)."""
     if per_channel:
         absmax = weight.detach().abs().flatten(1).amax(dim=1)
         zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-        return torch.fake_quantize_per_channel_affine(weight, _scale(absmax), zero, 0, -QMAX, QMAX)
-    return torch.fake_quantize_per_tensor_affine(weight, float(_scale(weight.detach().abs().max())), 0, -QMAX, QMAX)
+        return torch.fake_quantize_per_channel_affine(weight, _scale(absmax, qmax), zero, 0, -qmax, qmax)
+    scale = float(_scale(weight.detach().abs().max(), qmax))
+    return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -qmax, qmax)
 
 
 class QuantConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, per_channel: bool) -> None:
+    def __init__(self, conv: nn.Conv2d, per_channel: bool, qmax: int = QMAX) -> None:
         super().__init__()
-        self.conv, self.per_channel, self.act = conv, per_channel, ActQuant()
+        self.conv, self.per_channel, self.qmax, self.act = conv, per_channel, qmax, ActQuant()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv._conv_forward(self.act(x), quantize_weight(self.conv.weight, self.per_channel), self.conv.bias)
+        weight = quantize_weight(self.conv.weight, self.per_channel, self.qmax)
+        return self.conv._conv_forward(self.act(x), weight, self.conv.bias)
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, per_channel: bool) -> None:
+    def __init__(self, linear: nn.Linear, per_channel: bool, qmax: int = QMAX) -> None:
         super().__init__()
-        self.linear, self.per_channel, self.act = linear, per_channel, ActQuant()
+        self.linear, self.per_channel, self.qmax, self.act = linear, per_channel, qmax, ActQuant()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.act(x), quantize_weight(self.linear.weight, self.per_channel), self.linear.bias)
+        return F.linear(self.act(x), quantize_weight(self.linear.weight, self.per_channel, self.qmax), self.linear.bias)
 
 
 class QuantModel(nn.Module):
     """A float model whose Conv2d/Linear layers are wrapped in place, plus a quantizer on the logits."""
 
-    def __init__(self, model: nn.Module, per_channel: bool) -> None:
+    def __init__(self, model: nn.Module, per_channel: bool, reduce_range: bool = False) -> None:
         super().__init__()
-        self.model = _wrap(model, per_channel)
+        self.model = _wrap(model, per_channel, QMAX_REDUCED if reduce_range else QMAX)
         self.out = ActQuant()
         self.layers = sum(isinstance(m, QuantConv2d | QuantLinear) for m in self.model.modules())
 
@@ -101,14 +106,14 @@ class QuantModel(nn.Module):
             q.calibrating = on
 
 
-def _wrap(model: nn.Module, per_channel: bool) -> nn.Module:
+def _wrap(model: nn.Module, per_channel: bool, qmax: int) -> nn.Module:
     for name, child in list(model.named_children()):
         if type(child) is nn.Conv2d:
-            setattr(model, name, QuantConv2d(child, per_channel))
+            setattr(model, name, QuantConv2d(child, per_channel, qmax))
         elif type(child) is nn.Linear:
-            setattr(model, name, QuantLinear(child, per_channel))
+            setattr(model, name, QuantLinear(child, per_channel, qmax))
         else:
-            _wrap(child, per_channel)
+            _wrap(child, per_channel, qmax)
     return model
 
 
@@ -128,9 +133,9 @@ def strip_fake_quant(qmodel: QuantModel) -> nn.Module:
     return qmodel.model
 
 
-def insert_fake_quant(model: nn.Module, per_channel: bool = True) -> QuantModel:
-    """Wrap a (BatchNorm-folded) float model in place."""
-    return QuantModel(model, per_channel)
+def insert_fake_quant(model: nn.Module, per_channel: bool = True, reduce_range: bool = False) -> QuantModel:
+    """Wrap a (BatchNorm-folded) float model in place; ``reduce_range``: weights on [-64, 64]."""
+    return QuantModel(model, per_channel, reduce_range)
 
 
 @torch.no_grad()

@@ -6,9 +6,10 @@
 3. The student is fine-tuned with the recipe's KD loss (``kdeploy.distill.methods`` ``kd``; temperature and alpha
    from ``qat:`` or else ``distill:``) against the frozen teacher: Adam, cosine schedule, ``qat.epochs`` epochs.
 4. The fine-tuned float model is exported to ONNX and quantized by the same ORT static QDQ path as PTQ INT8,
-   with the simulated settings (per-channel weights, min-max calibration on the same images), so the file has
-   PTQ INT8's graph and kernels; it is written as ``export/student.qat.int8.onnx`` (format ``onnx-int8-qat``),
-   its full test-set accuracy measured through ONNX Runtime and gated against the float student's ONNX accuracy.
+   with the simulated settings (per-channel weights, ``reduce_range``, min-max calibration on the same images), so
+   the file has PTQ INT8's graph and kernels; it is written as ``export/student.qat.int8.onnx`` (format
+   ``onnx-int8-qat``), its full test-set accuracy measured through ONNX Runtime and gated against the float
+   student's ONNX accuracy.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     student, meta = run.load_model(ROLE)
     teacher, _ = run.load_model("teacher")
     folded, note = fold_batchnorm(student)
-    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel)
+    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
     calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
     calib_batches = [x for x, _, _ in iterate_batches(calib, 64, shuffle=False, mean=data.mean, std=data.std)]
     calibrate(qmodel, calib_batches)
@@ -165,6 +166,7 @@ def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any],
         art = quantize_one(
             run, ROLE, FORMAT, tuned_source, data, fp32_logits, calib=calib, calib_seed=run_recipe(run).seed,
             calib_method="minmax", per_channel=cfg.per_channel, max_accuracy_drop=max_accuracy_drop,
+            reduce_range=cfg.reduce_range,
         )  # fmt: skip
     art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
     art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None

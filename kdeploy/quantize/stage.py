@@ -79,6 +79,7 @@ def quantize_one(
     per_channel: bool,
     max_accuracy_drop: float,
     target: str = DEFAULT_TARGET,
+    reduce_range: bool = False,
 ) -> Artifact:
     """Convert ``source`` to ``fmt``, gate it, publish the file (``.failed`` when it missed) and record it."""
     src = manifest.artifact_path(run, source)
@@ -90,9 +91,8 @@ def quantize_one(
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / manifest.file_name(role, fmt)
         try:
-            settings = convert(
-                fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method, target=target
-            )
+            settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method,
+                               target=target, reduce_range=reduce_range)  # fmt: skip
         except Exception as exc:  # the ORT converters raise on graphs they do not handle
             outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
         if fmt in STATIC_INT8 and calib is not None:
@@ -155,8 +155,11 @@ def quantize(
     max_accuracy_drop: float = 0.01,
     raise_on_fail: bool = True,
     target: str = DEFAULT_TARGET,
+    reduce_range: bool = False,
 ) -> list[Artifact]:
-    """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`)."""
+    """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
+
+    ``reduce_range``: static INT8 weights on 7 bits, for x86 CPUs without VNNI (see :func:`convert_static`)."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
     check_target(target)
@@ -191,6 +194,7 @@ def quantize(
                 per_channel=per_channel,
                 max_accuracy_drop=max_accuracy_drop,
                 target=target,
+                reduce_range=reduce_range,
             )
             progress.log("  " + describe(art))
             artifacts.append(art)
