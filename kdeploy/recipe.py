@@ -101,8 +101,8 @@ class QatConfig(_Strict):
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0, description="Adam learning rate (cosine to 0 over the QAT epochs)")
     per_channel: bool = Field(True, description="per-output-channel symmetric weight scales (else per tensor)")
-    reduce_range: bool = Field(
-        False, description="7-bit weights [-64, 64]: x86 CPUs without VNNI saturate on 8-bit weights in ORT's kernels"
+    reduce_range: bool | None = Field(
+        None, description="7-bit weights [-64, 64]; default: on x86 CPUs without VNNI (ORT's INT8 kernels saturate)"
     )
     calib_samples: int = Field(512, ge=1, description="training images that set the activation ranges")
     temperature: float | None = Field(None, gt=0, description="KD temperature; default distill.temperature")

@@ -1,4 +1,5 @@
-"""train.precision: `auto` picks bf16 only where the hardware has it natively, an emulated bf16 warns."""
+"""What the CPU runs natively (kdeploy.cpu) and the choices made from it: `train.precision: auto` picks bf16
+only where it is native, an emulated bf16 warns; static INT8 uses 7-bit weights on x86 CPUs without VNNI."""
 
 from __future__ import annotations
 
@@ -7,33 +8,60 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdeploy.distill import precision
-from kdeploy.distill.precision import cpu_has_native_bf16, resolve_precision
+from kdeploy import cpu
+from kdeploy.distill.precision import resolve_precision
+from kdeploy.quantize import auto_reduce_range
 
 CPU = torch.device("cpu")
 
 
+def _flags(monkeypatch: pytest.MonkeyPatch, text: str, machine: str = "x86_64") -> None:
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset(text.split()))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+
+
+def test_flags_are_read_from_the_flags_line(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: fma avx512_bf16 in a name\nflags\t\t: fpu avx2 fma\n")
+    assert cpu.read_flags(info) == {"fpu", "avx2", "fma"}
+    assert cpu.read_flags(tmp_path / "absent") == frozenset()
+
+
 @pytest.mark.parametrize(
-    ("flags", "native"),
-    [("fpu avx2 fma", False), ("avx2 avx512f avx512_bf16", True), ("avx512f amx_bf16 amx_tile", True)],
+    ("flags", "bf16", "saturates"),
+    [
+        ("avx2 fma", False, True),
+        ("avx2 avx512_vnni avx512_bf16", True, False),
+        ("avx_vnni amx_bf16 amx_int8", True, False),
+    ],
 )
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path, flags: str, native: bool) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="utf-8")
-    assert cpu_has_native_bf16(cpuinfo) is native
-    assert cpu_has_native_bf16(tmp_path / "absent") is False
-
-
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_is_bf16_only_on_native_cpus(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+def test_native_features(monkeypatch: pytest.MonkeyPatch, flags: str, bf16: bool, saturates: bool) -> None:
+    _flags(monkeypatch, flags)
+    assert cpu.native_bf16() is bf16 and cpu.x86_without_vnni() is saturates
+    assert resolve_precision("auto", CPU) == ("bf16" if bf16 else "fp32")
     assert resolve_precision("fp32", CPU) == "fp32"
+
+
+def test_arm_and_unknown_cpus_keep_8_bit_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    _flags(monkeypatch, "fp asimd asimddp", machine="aarch64")
+    assert not cpu.x86_without_vnni()
+    _flags(monkeypatch, "")
+    assert not cpu.x86_without_vnni(), "nothing known: no change"
 
 
 def test_explicit_bf16_on_an_emulating_cpu_warns_and_is_kept(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    _flags(monkeypatch, "avx2 fma")
     assert resolve_precision("bf16", CPU) == "bf16"
     assert "without AVX512-BF16/AMX is emulated" in capsys.readouterr().err
+
+
+def test_reduce_range_is_automatic_only_where_ort_kernels_saturate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _flags(monkeypatch, "avx2 fma")
+    assert auto_reduce_range(None) is True and "--no-reduce-range keeps 8 bits" in capsys.readouterr().err
+    assert auto_reduce_range(False) is False and auto_reduce_range(None, "tensorrt") is False
+    _flags(monkeypatch, "avx2 avx512_vnni")
+    assert auto_reduce_range(None) is False and auto_reduce_range(True) is True

@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from kdeploy import cpu
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.evaluate import top1_accuracy
@@ -71,7 +72,8 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     assert art.status == "ok" and art.usable and art.source == "student.onnx"
     assert art.vs_fp32 is not None and art.vs_fp32.reference == "student.onnx"
     assert art.settings["per_channel"] is True and art.settings["qat"]["epochs"] == 1
-    assert art.settings["reduce_range"] is False and art.settings["qat"]["reduce_range"] is False
+    auto = cpu.x86_without_vnni()  # qat.reduce_range unset: 7-bit weights exactly where ORT's kernels saturate
+    assert art.settings["reduce_range"] is auto and art.settings["qat"]["reduce_range"] is auto
     kd = art.settings["qat"]["kd"]
     assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
     assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6

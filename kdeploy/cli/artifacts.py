@@ -94,8 +94,12 @@ def quantize_cmd(
     calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
     per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
     reduce_range: Annotated[
-        bool, typer.Option("--reduce-range", help="static INT8: 7-bit weights (x86 CPUs without VNNI saturate 8-bit)")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--reduce-range/--no-reduce-range",
+            help="static INT8: 7-bit weights (default: on x86 CPUs without VNNI, whose ORT kernels saturate 8-bit)",
+        ),
+    ] = None,
     target: Annotated[
         str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
     ] = "onnxruntime",

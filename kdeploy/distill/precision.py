@@ -7,31 +7,20 @@ picks fp32 there and an explicit ``bf16`` logs one warning line.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from kdeploy import progress
+from kdeploy import cpu, progress
 from kdeploy.errors import UserError
 
 Precision = Literal["fp32", "bf16", "fp16"]
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU advertises AVX512-BF16 or AMX (Linux ``/proc/cpuinfo`` flags; False elsewhere)."""
-    try:
-        flags = cpuinfo.read_text(encoding="utf-8", errors="replace").split()
-    except OSError:
-        return False
-    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
 
 
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_native_bf16()
+    return device.type == "cpu" and cpu.native_bf16()
 
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
@@ -46,7 +35,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         )
     if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("train.precision: this GPU has no bf16 support; use train.precision=fp16")
-    if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+    if requested == "bf16" and device.type == "cpu" and not cpu.native_bf16():
         progress.log(
             "warning: train.precision bf16 on a CPU without AVX512-BF16/AMX is emulated and slower than fp32; "
             "use train.precision=auto (or fp32)"

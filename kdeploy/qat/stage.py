@@ -30,7 +30,7 @@ from kdeploy.export.onnx import export_graph
 from kdeploy.export.ort import onnx_logits, try_session
 from kdeploy.export.staging import staging_dir
 from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
-from kdeploy.quantize import calibration_split, quantize_one
+from kdeploy.quantize import auto_reduce_range, calibration_split, quantize_one
 from kdeploy.recipe import QatConfig, Recipe, load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -113,6 +113,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     _require_models(run)
     recipe = run_recipe(run)
     cfg = recipe.qat or QatConfig()
+    cfg = cfg.model_copy(update={"reduce_range": auto_reduce_range(cfg.reduce_range)})  # the settings say which
     # the float student's gated ONNX: accuracy reference and I/O spec
     source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
     loss = kd_method(recipe, cfg)
@@ -122,7 +123,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     student, meta = run.load_model(ROLE)
     teacher, _ = run.load_model("teacher")
     folded, note = fold_batchnorm(student)
-    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range)
+    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range))
     calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
     calib_batches = [x for x, _, _ in iterate_batches(calib, 64, shuffle=False, mean=data.mean, std=data.std)]
     calibrate(qmodel, calib_batches)
@@ -166,7 +167,7 @@ def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any],
         art = quantize_one(
             run, ROLE, FORMAT, tuned_source, data, fp32_logits, calib=calib, calib_seed=run_recipe(run).seed,
             calib_method="minmax", per_channel=cfg.per_channel, max_accuracy_drop=max_accuracy_drop,
-            reduce_range=cfg.reduce_range,
+            reduce_range=bool(cfg.reduce_range),
         )  # fmt: skip
     art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
     art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None

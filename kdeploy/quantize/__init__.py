@@ -7,9 +7,11 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 - ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation),
   then ``quantize_static`` calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random
   subset), MinMax / Entropy / Percentile calibration, optional per-channel weights. Activations and weights are
-  signed INT8 with zero point 0 (symmetric). ``target="tensorrt"`` writes TensorRT's explicit-quantization form
-  instead (float biases, per-channel weights, no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the
-  manifest's ``tensorrt_compatible`` is read from the written graph (``kdeploy/export/qdq_check.py``).
+  signed INT8 with zero point 0 (symmetric); on x86 CPUs without VNNI the weights use 7 bits (``reduce_range``,
+  :func:`auto_reduce_range`), because ONNX Runtime's AVX2 integer kernels saturate on 8-bit ones.
+  ``target="tensorrt"`` writes TensorRT's explicit-quantization form instead (float biases, per-channel weights,
+  no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the manifest's ``tensorrt_compatible`` is read from
+  the written graph (``kdeploy/export/qdq_check.py``).
 - ``<role>.int8-dynamic.onnx``: ``quantize_dynamic`` (weights INT8, activations quantized at run time). ORT's
   dynamic quantizer ignores ``Gemm`` (what ``nn.Linear`` exports as), so plain ``Gemm`` nodes are first rewritten
   as the equivalent ``MatMul`` + ``Add``. Convolutions become ``ConvInteger``, which the CPU provider may not
@@ -26,9 +28,10 @@ A converter that raises on a graph gives a ``failed`` entry without files (the r
 from kdeploy.quantize.calibration import calibration_split, make_reader
 from kdeploy.quantize.convert import convert, convert_dynamic, convert_fp16, convert_static, dynamic_problem
 from kdeploy.quantize.graph import gemm_to_matmul, op_counts
-from kdeploy.quantize.stage import check_args, quantize, quantize_one
+from kdeploy.quantize.stage import auto_reduce_range, check_args, quantize, quantize_one
 
 __all__ = [
+    "auto_reduce_range",
     "calibration_split",
     "check_args",
     "convert",

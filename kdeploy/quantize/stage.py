@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kdeploy import progress
+from kdeploy import cpu, progress
 from kdeploy.artifacts import (
     Artifact,
     Comparison,
@@ -142,6 +142,20 @@ def check_args(method: str, calib_samples: int, calib_method: str, max_accuracy_
         raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
 
 
+def auto_reduce_range(requested: bool | None, target: str = DEFAULT_TARGET) -> bool:
+    """``requested`` when given; else 7-bit weights exactly where ONNX Runtime's INT8 kernels would saturate on
+    8-bit ones (an x86 CPU without VNNI, see :mod:`kdeploy.cpu`; never for TensorRT files), said in one line."""
+    if requested is not None:
+        return requested
+    if target != DEFAULT_TARGET or not cpu.x86_without_vnni():
+        return False
+    progress.log(
+        "static INT8: this x86 CPU has no VNNI, so weights use 7 bits (reduce_range) to keep ONNX Runtime's integer "
+        "kernels from saturating; --no-reduce-range keeps 8 bits"
+    )
+    return True
+
+
 def quantize(
     run: Run | str | Path | None = None,
     int8: bool = True,
@@ -155,11 +169,11 @@ def quantize(
     max_accuracy_drop: float = 0.01,
     raise_on_fail: bool = True,
     target: str = DEFAULT_TARGET,
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
 
-    ``reduce_range``: static INT8 weights on 7 bits, for x86 CPUs without VNNI (see :func:`convert_static`)."""
+    ``reduce_range``: static INT8 weights on 7 bits (see :func:`convert_static`); None: :func:`auto_reduce_range`."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
     check_target(target)
@@ -167,6 +181,8 @@ def quantize(
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     roles = manifest.select_models(run, models)
     sources = {role: source_artifact(run, role, "onnx", "quantization") for role in roles}
+    if int8 and method == "static":  # after every check: a refused call prints one line
+        reduce_range = auto_reduce_range(reduce_range, target)
     recipe = run_recipe(run)
     data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
@@ -194,7 +210,7 @@ def quantize(
                 per_channel=per_channel,
                 max_accuracy_drop=max_accuracy_drop,
                 target=target,
-                reduce_range=reduce_range,
+                reduce_range=bool(reduce_range),
             )
             progress.log("  " + describe(art))
             artifacts.append(art)
