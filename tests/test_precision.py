@@ -10,7 +10,7 @@ import torch
 
 from kdeploy import cpu
 from kdeploy.distill.precision import resolve_precision
-from kdeploy.quantize import auto_reduce_range
+from kdeploy.quantize import auto_reduce_range, saturates
 
 CPU = torch.device("cpu")
 
@@ -57,11 +57,12 @@ def test_explicit_bf16_on_an_emulating_cpu_warns_and_is_kept(
     assert "without AVX512-BF16/AMX is emulated" in capsys.readouterr().err
 
 
-def test_reduce_range_is_automatic_only_where_ort_kernels_saturate(
+def test_qat_reduce_range_is_automatic_only_where_ort_kernels_saturate(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _flags(monkeypatch, "avx2 fma")
-    assert auto_reduce_range(None) is True and "--no-reduce-range keeps 8 bits" in capsys.readouterr().err
+    assert saturates() and not saturates("tensorrt")
+    assert auto_reduce_range(None) is True and "has no VNNI" in capsys.readouterr().err
     assert auto_reduce_range(False) is False and auto_reduce_range(None, "tensorrt") is False
     _flags(monkeypatch, "avx2 avx512_vnni")
     assert auto_reduce_range(None) is False and auto_reduce_range(True) is True

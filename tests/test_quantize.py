@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from kdeploy import cpu
 from kdeploy.artifacts import Artifact
 from kdeploy.artifacts.manifest import find
 from kdeploy.cli import app
@@ -258,3 +259,17 @@ def test_reexport_drops_stale_derived_artifacts(run: Run, tmp_path: Path) -> Non
     export_onnx(work, models="student")
     assert find(work, "student:onnx-int8") is None and not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "teacher:onnx-int8") is not None
+
+
+def test_static_int8_uses_7_bit_weights_only_on_a_saturating_cpu(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reduce_range unset: 7-bit weights on x86 CPUs without VNNI (ORT's kernels saturate on 8), 8 elsewhere; an
+    explicit choice wins; the manifest records what was used."""
+    work = Run(shutil.copytree(run.root, tmp_path / "run"))
+    for saturating, requested, used in ((True, None, True), (False, None, False), (True, False, False)):
+        monkeypatch.setattr(cpu, "x86_without_vnni", lambda saturating=saturating: saturating)
+        (art,) = quantize(work, int8=True, calib_samples=64, models=["teacher"], reduce_range=requested,
+                          raise_on_fail=False)  # fmt: skip
+        assert art.settings["reduce_range"] is used, (saturating, requested)
+    assert [a.id for a in read_manifest(work).artifacts].count("teacher:onnx-int8") == 1

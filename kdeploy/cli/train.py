@@ -85,11 +85,12 @@ def _launch(
 ) -> int:
     """``--nproc N``: check what every worker would trip over once, here, then start them under torchrun."""
     from kdeploy.distill.distributed import launch, world_from_env
+    from kdeploy.distill.precision import resolve_precision
     from kdeploy.distill.run import prepare, run_folder
-    from kdeploy.distill.trainer import check_precision
     from kdeploy.seeds import parse_seeds, prepare_parent, seeds_root
 
-    check_precision(config.train, world_from_env(config.train.device).device)  # user errors: once, not per process
+    device = world_from_env(config.train.device).device
+    resolve_precision(config.train.precision, device)  # user errors: once, not per process
     if seeds is None:
         prepare(run_folder(config, out_dir), config, resume, force)
     else:

@@ -46,10 +46,12 @@ def make_session(
     return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
 
 
-def try_session(path: str | os.PathLike[str], threads: int | None = None) -> tuple[ort.InferenceSession | None, str]:
+def try_session(
+    path: str | os.PathLike[str], threads: int | None = None, graph_level: str = "all"
+) -> tuple[ort.InferenceSession | None, str]:
     """``(session, "")`` or ``(None, first line of ONNX Runtime's error)`` (CPU provider)."""
     try:
-        return make_session(path, threads), ""
+        return make_session(path, threads, graph_level=graph_level), ""
     except Exception as exc:  # onnxruntime raises its own pybind exception types (Fail, NotImplemented, ...)
         return None, first_line(exc)
 

@@ -28,7 +28,7 @@ A converter that raises on a graph gives a ``failed`` entry without files (the r
 from kdeploy.quantize.calibration import calibration_split, make_reader
 from kdeploy.quantize.convert import convert, convert_dynamic, convert_fp16, convert_static, dynamic_problem
 from kdeploy.quantize.graph import gemm_to_matmul, op_counts
-from kdeploy.quantize.stage import auto_reduce_range, check_args, quantize, quantize_one
+from kdeploy.quantize.stage import auto_reduce_range, check_args, quantize, quantize_one, saturates
 
 __all__ = [
     "auto_reduce_range",
@@ -44,4 +44,5 @@ __all__ = [
     "op_counts",
     "quantize",
     "quantize_one",
+    "saturates",
 ]

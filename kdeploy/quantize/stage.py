@@ -51,11 +51,17 @@ class Outcome:
 
 
 def gate_converted(
-    staged: Path, source: Artifact, data: Dataset, fp32_logits: np.ndarray, max_accuracy_drop: float
+    staged: Path,
+    source: Artifact,
+    data: Dataset,
+    fp32_logits: np.ndarray,
+    max_accuracy_drop: float,
+    graph_level: str = "all",
 ) -> Outcome:
-    """Checker, ORT load, test accuracy and the accuracy gate of a converted file."""
+    """Checker, ORT load, test accuracy and the accuracy gate of a converted file (``graph_level="disabled"``:
+    the Q/DQ arithmetic itself, without ORT's fused integer kernels)."""
     problem = check_model(staged)
-    session, load_error = (None, "") if problem else try_session(staged)
+    session, load_error = (None, "") if problem else try_session(staged, graph_level=graph_level)
     if problem or session is None:
         return Outcome("failed", f"onnx.checker: {problem}" if problem else f"ORT: {load_error}")
     logits = onnx_logits(session, data.test, data.mean, data.std)
@@ -104,7 +110,11 @@ def quantize_one(
             skip = dynamic_problem(staged, settings, sample.numpy())
             outcome = Outcome("skipped", skip) if skip else outcome
         if outcome.status == "ok":
-            outcome = gate_converted(staged, source, data, fp32_logits, max_accuracy_drop)
+            # a TensorRT file is judged by its Q/DQ arithmetic: ORT's CPU integer kernels are not what TensorRT runs
+            # (on x86 CPUs without VNNI they saturate on the full-range weights TensorRT wants)
+            level = "disabled" if target == "tensorrt" else "all"
+            settings["accuracy_arithmetic"] = "q/dq reference" if level == "disabled" else "onnxruntime kernels"
+            outcome = gate_converted(staged, source, data, fp32_logits, max_accuracy_drop, level)
         if staged.is_file() and outcome.status != "skipped":
             name = manifest.file_name(role, fmt, failed=outcome.status == "failed")
             files = publish(staged, [], run.export_dir, name, old_files)
@@ -142,12 +152,18 @@ def check_args(method: str, calib_samples: int, calib_method: str, max_accuracy_
         raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
 
 
+def saturates(target: str = DEFAULT_TARGET) -> bool:
+    """ONNX Runtime's INT8 kernels here may saturate on 8-bit weights: an x86 CPU without VNNI (:mod:`kdeploy.cpu`);
+    never for TensorRT files."""
+    return target == DEFAULT_TARGET and cpu.x86_without_vnni()
+
+
 def auto_reduce_range(requested: bool | None, target: str = DEFAULT_TARGET) -> bool:
-    """``requested`` when given; else 7-bit weights exactly where ONNX Runtime's INT8 kernels would saturate on
-    8-bit ones (an x86 CPU without VNNI, see :mod:`kdeploy.cpu`; never for TensorRT files), said in one line."""
+    """``requested`` when given, else 7-bit weights exactly where ORT's kernels saturate on 8-bit ones
+    (:func:`saturates`; ONNX Runtime's own advice for CPUs without VNNI), said in one line."""
     if requested is not None:
         return requested
-    if target != DEFAULT_TARGET or not cpu.x86_without_vnni():
+    if not saturates(target):
         return False
     progress.log(
         "static INT8: this x86 CPU has no VNNI, so weights use 7 bits (reduce_range) to keep ONNX Runtime's integer "
@@ -198,20 +214,10 @@ def quantize(
             detail = f" ({calib_method}, {len(calib or [])} calibration samples)" if fmt == "onnx-int8" else ""
             progress.log(f"quantizing {role}: {WHAT[fmt]}{detail}")
             art = quantize_one(
-                run,
-                role,
-                fmt,
-                source,
-                data,
-                fp32_logits,
-                calib=calib,
-                calib_seed=recipe.seed,
-                calib_method=calib_method,
-                per_channel=per_channel,
-                max_accuracy_drop=max_accuracy_drop,
-                target=target,
+                run, role, fmt, source, data, fp32_logits, calib=calib, calib_seed=recipe.seed,
+                calib_method=calib_method, per_channel=per_channel, max_accuracy_drop=max_accuracy_drop, target=target,
                 reduce_range=bool(reduce_range),
-            )
+            )  # fmt: skip
             progress.log("  " + describe(art))
             artifacts.append(art)
     return finish_stage(artifacts, raise_on_fail)
