@@ -26,6 +26,7 @@ from typing import Any
 
 from _markdown import emit, md_table
 
+from kdeploy import cpu
 from kdeploy.bench import BenchRow, BenchSettings, TimingSettings, bench
 from kdeploy.distill import distill
 from kdeploy.export import export_onnx, read_manifest
@@ -67,12 +68,8 @@ def _artifacts(path: Path) -> set[str]:
 
 def cpu_flags() -> dict[str, bool]:
     """The instruction-set extensions that decide OpenVINO's and ORT's kernels (Linux /proc/cpuinfo)."""
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return {}
-    flags = set(line.split(":", 1)[1].split())
-    return {f: f in flags for f in CPU_FLAGS}
+    flags = cpu.flags()
+    return {f: f in flags for f in CPU_FLAGS} if flags else {}
 
 
 def load() -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from _markdown import emit, md_table
 
+from kdeploy import cpu
 from kdeploy.bench import BenchSettings, TimingSettings, bench
 from kdeploy.distill import distill
 from kdeploy.evaluate import top1_accuracy
@@ -213,11 +214,8 @@ def main() -> None:
 def bench_machine(run_dir: Path) -> dict[str, Any]:
     """CPU, cores and the instruction-set extensions that decide ORT's INT8 kernels, from the last bench.json."""
     machine = json.loads((run_dir / "bench.json").read_text(encoding="utf-8"))["machine"]
-    try:
-        flags = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    flags = cpu.flags()
+    vnni = [f for f in cpu.INT8_DOT if f in flags]
     return {"cpu": machine.get("cpu"), "cores": machine.get("cores_available"),
             "vnni": ", ".join(vnni) if vnni else "no", "amx": "yes" if "amx_bf16" in flags else "no",
             "onnxruntime": machine.get("versions", {}).get("onnxruntime")}  # fmt: skip
