@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kdeploy import cpu
 from kdeploy.data import load_dataset
 from kdeploy.distill import Trainer, create_method
 from kdeploy.distill.methods import kl_soft
@@ -118,18 +118,8 @@ def teacher_rate(recipe_path: Path, root: Path, precision: str) -> tuple[float, 
 
 
 def cpu_description() -> str:
-    """The CPU model and whether it has AMX (bf16 tiles), from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return f"{model}, amx_bf16: {'yes' if 'amx_bf16' in flags else 'no'}"
+    """The CPU model and whether it has AMX (bf16 tiles)."""
+    return f"{cpu.model_name()}, amx_bf16: {'yes' if 'amx_bf16' in cpu.flags() else 'no'}"
 
 
 def load_average() -> str:

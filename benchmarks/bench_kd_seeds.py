@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 from _markdown import emit, md_table
 
+from kdeploy import cpu
 from kdeploy.seeds import GAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,9 +123,7 @@ def table(entries: list[Entry]) -> str:
 
 
 def cpu_name() -> str:
-    flags = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")
-    return f"{model or platform.processor()} ({'AMX' if 'amx_bf16' in flags else 'no AMX'})"
+    return f"{cpu.model_name()} ({'AMX' if 'amx_bf16' in cpu.flags() else 'no AMX'})"
 
 
 def main() -> None:

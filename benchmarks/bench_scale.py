@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from kdeploy import cpu
+
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("teacher", "baseline", "student")
 DDP_LR = "2 processes x 1 thread, scale_lr"
@@ -47,14 +49,8 @@ class Row:
 
 
 def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(have) or 'none of avx512f/avx512_bf16/amx'}"
+    have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in cpu.flags()]
+    return f"{cpu.model_name()}, {os.cpu_count()} cores, flags: {' '.join(have) or 'none of avx512f/avx512_bf16/amx'}"
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 2.0) -> float:

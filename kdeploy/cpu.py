@@ -16,19 +16,30 @@ NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
-def read_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The first ``flags`` line of a cpuinfo file; empty when there is none (not Linux, not x86)."""
+def read_field(key: str, cpuinfo: Path = CPUINFO) -> str:
+    """The value of the first ``key : value`` line of a cpuinfo file; empty when there is none (not Linux)."""
     try:
         lines = cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return frozenset()
-    line = next((ln for ln in lines if ln.split(":", 1)[0].strip() == "flags"), "")
-    return frozenset(line.partition(":")[2].split())
+        return ""
+    line = next((ln for ln in lines if ln.split(":", 1)[0].strip() == key), "")
+    return line.partition(":")[2].strip()
+
+
+def read_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The first ``flags`` line of a cpuinfo file; empty when there is none (not Linux, not x86)."""
+    return frozenset(read_field("flags", cpuinfo).split())
 
 
 @cache
 def flags() -> frozenset[str]:
     return read_flags()
+
+
+@cache
+def model_name() -> str:
+    """The CPU model ("AMD EPYC", "Intel(R) Xeon(R) ..."), else what the platform module says, else "unknown CPU"."""
+    return read_field("model name") or platform.processor() or "unknown CPU"
 
 
 def native_bf16() -> bool:

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from kdeploy import atomic
+from kdeploy.cpu import model_name
 from kdeploy.errors import UserError, first_line
 
 ROLES = ("teacher", "baseline", "student")
@@ -367,18 +368,10 @@ def available_cores() -> int:
 
 def environment() -> dict[str, Any]:
     versions = package_versions("torch", "torchvision", "onnx", "onnxruntime", "numpy", "kdeploy")
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": model_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

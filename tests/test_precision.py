@@ -66,3 +66,11 @@ def test_qat_reduce_range_is_automatic_only_where_ort_kernels_saturate(
     assert auto_reduce_range(False) is False and auto_reduce_range(None, "tensorrt") is False
     _flags(monkeypatch, "avx2 avx512_vnni")
     assert auto_reduce_range(None) is False and auto_reduce_range(True) is True
+
+
+def test_cpu_model_name_is_read_from_its_own_field(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2\n")
+    assert cpu.read_field("model name", info) == "AMD EPYC 9B14"
+    assert cpu.read_field("model name", tmp_path / "absent") == ""
+    assert cpu.model_name()  # never empty: falls back to the platform, then "unknown CPU"
