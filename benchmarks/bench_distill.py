@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kdeploy import cpu
-from kdeploy.data import load_dataset
+from kdeploy.data import Augment, load_dataset
 from kdeploy.distill import Trainer, create_method
 from kdeploy.distill.methods import kl_soft
 from kdeploy.models import create_model
@@ -87,10 +87,10 @@ def straightforward_loop(root: Path, teacher: nn.Module, student: nn.Module, ste
 def kdeploy_epoch(recipe_path: Path, root: Path, teacher: nn.Module, student: nn.Module, cached: bool) -> float:
     recipe = load_recipe(recipe_path, [], str(root))
     data = load_dataset("mnist", root=str(root), val_size=5000, seed=0)
-    aug = recipe.data.augment if not cached else None
+    aug = JITTER if not cached else None
     trainer = Trainer(data, recipe.data.batch_size, 1000, 0, recipe.train, aug)
     method = create_method("kd", recipe.distill.params())
-    cfg = recipe.student.model_copy(update={"epochs": 1})
+    cfg = recipe.student.model_copy(update={"epochs": 1, "augment": None})  # the benchmark's augmentation, not the recipe's
     logits = trainer.teacher_cache(teacher) if cached else None
     with tempfile.TemporaryDirectory() as tmp:
         result = trainer.fit(
@@ -100,6 +100,7 @@ def kdeploy_epoch(recipe_path: Path, root: Path, teacher: nn.Module, student: nn
 
 
 MLP_TEACHER = {"hidden": [1200, 1200], "dropout": 0.3}
+JITTER = Augment(translate=2)  # the augmented rows: +-2 px jitter, whatever the recipe's student gets
 MLP_BATCH = 128
 
 
@@ -109,7 +110,7 @@ def teacher_rate(recipe_path: Path, root: Path, precision: str) -> tuple[float, 
     data = load_dataset("mnist", root=str(root), val_size=5000, seed=0)
     # the MLP teacher the issue measures (2x1200, dropout 0.3, Adam, batch 128), whatever teacher the recipe names
     teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), **MLP_TEACHER)
-    trainer = Trainer(data, MLP_BATCH, 1000, 0, recipe.train, recipe.data.augment)
+    trainer = Trainer(data, MLP_BATCH, 1000, 0, recipe.train, JITTER)
     cfg = ModelConfig(model="mlp", kwargs=MLP_TEACHER, epochs=1, optimizer="adam", lr=1e-3)
     with tempfile.TemporaryDirectory() as tmp:
         result = trainer.fit("teacher", teacher, cfg, create_method("ce", {}), Path(tmp) / "t.pt")

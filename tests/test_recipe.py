@@ -28,7 +28,10 @@ def test_mnist_mlp_recipe_matches_the_reference_system() -> None:
     r = load_recipe(RECIPES / "mnist_mlp.yaml")
     assert r.teacher.kwargs["hidden"] == [1200, 1200]
     assert r.student.kwargs["hidden"] == [800]
-    assert (r.distill.method, r.distill.temperature, r.distill.alpha) == ("kd", 5, 0.7)
+    assert (r.distill.method, r.distill.temperature, r.distill.alpha) == ("kd", 20, 0.9)
+    # Hinton's construction: the teacher jittered, baseline and student on plain images (cached teacher logits)
+    assert r.teacher.augment is not None and r.teacher.augment.translate == 2
+    assert r.student.augment is not None and not r.student.augment.enabled and not r.data.augment.enabled
 
 
 def check(raw: dict, pattern: str) -> None:
