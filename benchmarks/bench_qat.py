@@ -177,8 +177,21 @@ def losses(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     return out
 
 
-def pm(lost: dict[str, tuple[float, float]], key: str) -> str:
-    return f"{lost[key][0]:.2f} ± {lost[key][1]:.2f}" if key in lost else "n/a"
+def pm(lost: dict[str, tuple[float, float]], key: str, seeds: int) -> str:
+    if key not in lost:
+        return "n/a"
+    return f"{lost[key][0]:.2f} ± {lost[key][1]:.2f}" if seeds > 1 else f"{lost[key][0]:.2f}"
+
+
+def loss_text(lost: dict[str, tuple[float, float]], seeds: int) -> str:
+    def f(key: str) -> str:
+        return pm(lost, key, seeds)
+
+    over = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
+    return (f"Points lost against the float student{over}: PTQ INT8 8-bit per tensor {f('ptq')} (reference QDQ "
+            f"arithmetic of the same file {f('ptq_reference')}), PTQ 7-bit weights per tensor {f('ptq_rr')} (reference "
+            f"QDQ {f('ptq_rr_reference')}), per channel {f('ptq_pc_rr')}; QAD simulated {f('qat_simulated')}, QAD INT8 "
+            f"{f('qat')}.")  # fmt: skip
 
 
 def verdict(lost: dict[str, tuple[float, float]], default: str) -> str:
@@ -227,18 +240,16 @@ def main() -> None:
     command = "nice -n 10 python benchmarks/bench_qat.py " + " ".join(sys.argv[1:])
     with_overrides = f" with `{' '.join('--set ' + o for o in overrides)}`" if overrides else ""
     text = "\n".join([
-        f"Command: `{command}`. Recipe `{recipe.relative_to(REPO)}`{with_overrides}; seeds {args.seeds} share the "
-        f"first seed's teacher. Accuracies on the full test set through ONNX Runtime; latency p50 through ONNX "
+        f"Command: `{command}`. Recipe `{recipe.relative_to(REPO)}`{with_overrides}; "
+        + (f"seeds {args.seeds} share the first seed's teacher. " if len(seeds) > 1 else f"seed {args.seeds}. ")
+        + "Accuracies on the full test set through ONNX Runtime; latency p50 through ONNX "
         f"Runtime, {args.threads} thread(s), PTQ and QAD files in one bench run per seed. CPU: {machine['cpu']} "
         f"({machine['cores']} cores; VNNI: {machine['vnni']}, AMX: {machine['amx']}); 1-min load average before each "
         f"seed's bench: {', '.join(str(r['load_average']) for r in rows)} (other processes shared the cores).",
         "",
         table(rows, batches),
         "",
-        f"Points lost against the float student, mean ± std over {len(rows)} seeds: PTQ INT8 8-bit per tensor "
-        f"{pm(lost, 'ptq')} (reference QDQ arithmetic of the same file {pm(lost, 'ptq_reference')}), PTQ 7-bit "
-        f"weights per tensor {pm(lost, 'ptq_rr')} (reference QDQ {pm(lost, 'ptq_rr_reference')}), per channel "
-        f"{pm(lost, 'ptq_pc_rr')}; QAD simulated {pm(lost, 'qat_simulated')}, QAD INT8 {pm(lost, 'qat')}. "
+        loss_text(lost, len(rows)) + " "
         f"{sum(r['seconds'] for r in rows) / 60:.1f} min in all (the seeds' training, quantization, QAD and first "
         "bench). " + verdict(lost, default),
         *(["", latency_text(ratios, seeds[-1])] if ratios else []),

@@ -3,10 +3,12 @@
 Each block is a depthwise 3×3 convolution (one filter per channel) → BatchNorm → ReLU, then a pointwise 1×1
 convolution → BatchNorm → ReLU (Howard et al. 2017, MobileNets). Channels are ``4*width`` (stem), then ``8*width``
 and ``16*width``; the first block of each of those two stages has stride 2, so 28×28 inputs give 14×14, 7×7
-features and 32×32 inputs 16×16, 8×8. ``width=4`` on 1×28×28 with 10 classes has 10,458 parameters.
+features and 32×32 inputs 16×16, 8×8. ``width=4`` with 10 classes has 10,474 parameters on 1×28×28 inputs
+and 10,762 on 3×32×32.
 
-It is the classic case where per-tensor INT8 weights fail: once BatchNorm is folded into the depthwise filters,
-their per-channel ranges differ by orders of magnitude, so one scale per tensor rounds the small channels away.
+It is the classic hard case for per-tensor INT8 weights: once BatchNorm is folded into the depthwise filters (nine
+weights each), their per-channel ranges differ, by orders of magnitude in long-trained MobileNets (Nagel et al.
+2019, data-free quantization), so one scale per tensor rounds the small channels coarsely or away.
 """
 
 from __future__ import annotations
