@@ -23,6 +23,7 @@ MODELS: dict[str, str] = {
     **{f"resnet{depth}": _CIFAR_RESNET.format(depth, "16-16-32-64") for depth in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": _CIFAR_RESNET.format(8, "32-64-128-256"),
     "resnet32x4": _CIFAR_RESNET.format(32, "32-64-128-256"),
+    "dwcnn": "MobileNet-style depthwise-separable CNN (kwargs: width, dropout); width 4 ~10k, hard for per-tensor INT8",
     "fast_cnn": "fast-training CIFAR CNN: whitening stem, 3 conv blocks (kwargs: widths, tta); (64, 256, 256) ~2M",
     "torchvision": "a torchvision.models architecture (kwargs: arch, small_input, weights)",
     "timm": "a timm architecture, needs the timm extra (kwargs: arch, pretrained, model_kwargs)",

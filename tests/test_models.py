@@ -302,3 +302,23 @@ def test_user_model_next_to_the_recipe_needs_no_pythonpath(tmp_path, monkeypatch
     recipe = load_recipe(recipe_path)
     model = build_model(model_meta(None, recipe.student.target, recipe.student.kwargs, 5, [3, 32, 32]))
     assert logits(model, (3, 32, 32)).shape == (2, 5)
+
+
+def test_dwcnn_is_depthwise_separable_with_named_blocks() -> None:
+    model = create_model("dwcnn", num_classes=10, in_shape=(1, 28, 28), width=4)
+    assert count_params(model) == 10_474
+    paths = module_paths(model)
+    for name in ("stem", "block1", "block2", "block3", "block4", "pool", "head"):
+        assert name in paths
+    dw = model.get_submodule("block3.dw")
+    assert dw.groups == dw.in_channels == dw.out_channels == 32 and dw.stride == (2, 2)
+    assert model.get_submodule("block3.pw").kernel_size == (1, 1)
+    seen: dict[str, tuple[int, ...]] = {}
+    for name in ("block1", "block4"):
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, tuple(out.shape))
+        )
+    logits(model, (1, 28, 28))
+    assert seen == {"block1": (2, 32, 14, 14), "block4": (2, 64, 7, 7)}
+    with pytest.raises(UserError, match="width"):
+        create_model("dwcnn", num_classes=10, in_shape=(1, 28, 28), width=0)

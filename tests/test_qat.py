@@ -56,6 +56,28 @@ def test_fold_wrap_calibrate_and_strip_keep_the_float_model() -> None:
     torch.testing.assert_close(strip_fake_quant(qmodel)(x), reference, atol=1e-5, rtol=1e-5)
 
 
+def test_depthwise_convolutions_are_folded_and_quantized_per_channel() -> None:
+    torch.manual_seed(0)
+    model = create_model("dwcnn", num_classes=10, in_shape=(1, 16, 16), width=2)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # BN scales 0.01 to 100
+        bn.running_var.copy_(torch.logspace(-4, 4, bn.num_features)[torch.randperm(bn.num_features)])
+    model.eval()
+    x = torch.randn(16, 1, 16, 16)
+    reference = model(x)
+    folded, note = fold_batchnorm(model)
+    assert note is None and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), reference, atol=1e-3, rtol=1e-3)
+    dw = folded.get_submodule("block2.dw").weight.detach()  # one 3x3 filter per channel, BN scale folded in
+    qmodel = insert_fake_quant(folded, reduce_range=True)
+    assert qmodel.layers == 10  # stem, 4 x (depthwise, pointwise), head
+    calibrate(qmodel, [x])
+    assert all(float(q.absmax) > 0 for q in qmodel.quantizers())
+    for per_channel, zeroed in ((True, 0), (False, 1)):
+        kept = quantize_weight(dw, per_channel=per_channel, qmax=64).flatten(1).abs().amax(1)
+        # one scale per tensor rounds the small channels to zero; per-channel scales keep every channel
+        assert (int((kept == 0).sum()) >= 1) == bool(zeroed)
+
+
 @pytest.fixture(scope="module")
 def qat_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory):
     raw = tiny_recipe(mnist_root, baseline=False)
