@@ -90,7 +90,7 @@ def kdeploy_epoch(recipe_path: Path, root: Path, teacher: nn.Module, student: nn
     aug = JITTER if not cached else None
     trainer = Trainer(data, recipe.data.batch_size, 1000, 0, recipe.train, aug)
     method = create_method("kd", recipe.distill.params())
-    cfg = recipe.student.model_copy(update={"epochs": 1, "augment": None})  # the benchmark's augmentation, not the recipe's
+    cfg = recipe.student.model_copy(update={"epochs": 1, "augment": None})  # JITTER, not the recipe's
     logits = trainer.teacher_cache(teacher) if cached else None
     with tempfile.TemporaryDirectory() as tmp:
         result = trainer.fit(
