@@ -18,6 +18,22 @@ from kdeploy.models.registry import register_model
 MULTIPLIERS = (4, 8, 16)
 
 
+def check_width(width: int) -> None:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+
+
+def finish_classifier(model: nn.Module, channels: int, num_classes: int, dropout: float) -> None:
+    """Give ``model`` the children ``pool`` (global average + flatten), ``drop`` and ``head`` (linear), then He-
+    initialise every convolution (fan-out, ReLU): the tail and the init this CNN and ``dwcnn`` share."""
+    model.pool = nn.Sequential(OrderedDict(avg=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
+    model.drop = nn.Dropout(dropout)
+    model.head = nn.Linear(channels, num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
@@ -39,8 +55,7 @@ class CNN(nn.Module):
         convs: Sequence[int] = (1, 2, 2),
     ) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
+        check_width(width)
         if len(convs) != 3 or not all(isinstance(n, int) and n >= 1 for n in convs):
             raise ValueError(f"convs must be three positive integers (convolutions per stage), got {convs!r}")
         channels = in_shape[0]
@@ -54,12 +69,7 @@ class CNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             stages.append(nn.Sequential(*layers))
         self.stage1, self.stage2, self.stage3 = stages
-        self.pool = nn.Sequential(OrderedDict(avg=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        finish_classifier(self, channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stage3(self.stage2(self.stage1(x)))

@@ -18,6 +18,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from kdeploy.models.cnn import check_width, finish_classifier
 from kdeploy.models.registry import register_model
 
 # (output channels as a multiple of width, stride) of the depthwise-separable blocks
@@ -44,8 +45,7 @@ class DWCNN(nn.Module):
     def __init__(self, *, num_classes: int, in_shape: tuple[int, int, int], width: int = 4,
                  dropout: float = 0.1) -> None:  # fmt: skip
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, got {width!r}")
+        check_width(width)
         channels = 4 * width
         self.stem = nn.Sequential(
             OrderedDict(
@@ -57,12 +57,7 @@ class DWCNN(nn.Module):
         for index, (mult, stride) in enumerate(BLOCKS, start=1):
             self.add_module(f"block{index}", separable(channels, mult * width, stride))
             channels = mult * width
-        self.pool = nn.Sequential(OrderedDict(avg=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(channels, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        finish_classifier(self, channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
