@@ -120,7 +120,7 @@ def teacher_rate(recipe_path: Path, root: Path, precision: str) -> tuple[float, 
 
 def cpu_description() -> str:
     """The CPU model and whether it has AMX (bf16 tiles)."""
-    return f"{cpu.model_name()}, amx_bf16: {'yes' if 'amx_bf16' in cpu.flags() else 'no'}"
+    return f"{cpu.model_name()}, amx_bf16: {'yes' if cpu.has_amx() else 'no'}"
 
 
 def load_average() -> str:

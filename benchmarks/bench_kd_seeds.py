@@ -123,7 +123,7 @@ def table(entries: list[Entry]) -> str:
 
 
 def cpu_name() -> str:
-    return f"{cpu.model_name()} ({'AMX' if 'amx_bf16' in cpu.flags() else 'no AMX'})"
+    return f"{cpu.model_name()} ({'AMX' if cpu.has_amx() else 'no AMX'})"
 
 
 def main() -> None:

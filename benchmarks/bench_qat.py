@@ -229,7 +229,8 @@ def main() -> None:
     settings = BenchSettings(batch_sizes=batches, threads=args.threads, runtimes=("onnxruntime",),
                              models=("student",), timing=TimingSettings(min_iters=100, min_seconds=1.0))  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
-    overrides = (OVERRIDES if args.recipe is None else []) + args.extra
+    # one training thread: a benchmark setting, not the recipe's (its bench runs share the two cores)
+    overrides = (OVERRIDES if args.recipe is None else ["train.threads=1"]) + args.extra
     rows = [one_seed(recipe, seeds[0], out, overrides, settings, args.reuse)]
     shared = f"teacher.checkpoint={out / f'seed{seeds[0]}' / 'teacher.safetensors'}"
     rows += [one_seed(recipe, s, out, [*overrides, shared], settings, args.reuse) for s in seeds[1:]]
@@ -270,7 +271,7 @@ def bench_machine(run_dir: Path) -> dict[str, Any]:
     flags = cpu.flags()
     vnni = [f for f in cpu.INT8_DOT if f in flags]
     return {"cpu": machine.get("cpu"), "cores": machine.get("cores_available"),
-            "vnni": ", ".join(vnni) if vnni else "no", "amx": "yes" if "amx_bf16" in flags else "no",
+            "vnni": ", ".join(vnni) if vnni else "no", "amx": "yes" if cpu.has_amx() else "no",
             "onnxruntime": machine.get("versions", {}).get("onnxruntime")}  # fmt: skip
 
 

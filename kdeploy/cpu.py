@@ -42,6 +42,11 @@ def model_name() -> str:
     return read_field("model name") or platform.processor() or "unknown CPU"
 
 
+def has_amx() -> bool:
+    """AMX bf16 tiles (Intel Xeon 4th generation on): what the bench scripts record next to every number."""
+    return "amx_bf16" in flags()
+
+
 def native_bf16() -> bool:
     return any(f in flags() for f in NATIVE_BF16)
 

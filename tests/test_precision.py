@@ -28,16 +28,16 @@ def test_flags_are_read_from_the_flags_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "bf16", "saturates"),
+    ("flags", "bf16", "saturates", "amx"),
     [
-        ("avx2 fma", False, True),
-        ("avx2 avx512_vnni avx512_bf16", True, False),
-        ("avx_vnni amx_bf16 amx_int8", True, False),
+        ("avx2 fma", False, True, False),
+        ("avx2 avx512_vnni avx512_bf16", True, False, False),
+        ("avx_vnni amx_bf16 amx_int8", True, False, True),
     ],
 )
-def test_native_features(monkeypatch: pytest.MonkeyPatch, flags: str, bf16: bool, saturates: bool) -> None:
+def test_native_features(monkeypatch: pytest.MonkeyPatch, flags: str, bf16: bool, saturates: bool, amx: bool) -> None:
     _flags(monkeypatch, flags)
-    assert cpu.native_bf16() is bf16 and cpu.x86_without_vnni() is saturates
+    assert cpu.native_bf16() is bf16 and cpu.x86_without_vnni() is saturates and cpu.has_amx() is amx
     assert resolve_precision("auto", CPU) == ("bf16" if bf16 else "fp32")
     assert resolve_precision("fp32", CPU) == "fp32"
 
