@@ -23,6 +23,8 @@ from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.export import export_onnx, onnx_accuracy, read_manifest
 from kdeploy.quantize import (
+    Calibration,
+    QuantOptions,
     calibration_split,
     convert_dynamic,
     dynamic_problem,
@@ -100,11 +102,13 @@ def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[Artifact
 
 def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
     data = load_run_data(run)
-    a, b = calibration_split(data.train, 100, seed=0), calibration_split(data.train, 100, seed=0)
+    a, b = calibration_split(data.train, 100, seed=0).split, calibration_split(data.train, 100, seed=0).split
     assert len(a) == 100 and bool((a.images == b.images).all())
     train_rows = {bytes(img.numpy().tobytes()) for img in data.train.images}
     assert all(img.numpy().tobytes() in train_rows for img in a.images)
-    assert len(calibration_split(data.train, 10**6, seed=0)) == len(data.train)
+    everything = calibration_split(data.train, 10**6, seed=3)
+    assert len(everything.split) == len(data.train)
+    assert everything.settings() == {"calib_samples": len(data.train), "calib_split": "train", "calib_seed": 3}
 
 
 def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: Path) -> None:
@@ -203,20 +207,8 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     data = load_run_data(work)
     source = dataclasses.replace(find(work, "student:onnx"), accuracy=1.0)
     fp32 = np.zeros((len(data.test), 10), np.float32)
-    calib = Split(data.train.images[:64], data.train.labels[:64])
-    e = quantize_one(
-        work,
-        "student",
-        "onnx-int8",
-        source,
-        data,
-        fp32,
-        calib=calib,
-        calib_seed=0,
-        calib_method="minmax",
-        per_channel=False,
-        max_accuracy_drop=0.0,
-    )
+    calib = Calibration(Split(data.train.images[:64], data.train.labels[:64]), seed=0)
+    e = quantize_one(work, "student", "onnx-int8", source, data, fp32, QuantOptions(), calib, max_accuracy_drop=0.0)
     assert e.status == "failed" and not e.passed and "accuracy gate" in e.reason
     assert e.files == ["student.int8.failed.onnx"]
     assert not (work.export_dir / "student.int8.onnx").exists()

@@ -27,10 +27,16 @@ from kdeploy.data import iterate_batches
 from kdeploy.distill.methods import Outputs, create_method
 from kdeploy.errors import UserError
 from kdeploy.export.onnx import export_graph
-from kdeploy.export.ort import onnx_logits, try_session
 from kdeploy.export.staging import staging_dir
 from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
-from kdeploy.quantize import auto_reduce_range, calibration_split, quantize_one
+from kdeploy.quantize import (
+    Calibration,
+    QuantOptions,
+    auto_reduce_range,
+    calibration_split,
+    fp32_test_logits,
+    quantize_one,
+)
 from kdeploy.recipe import QatConfig, Recipe, load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -125,7 +131,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     folded, note = fold_batchnorm(student)
     qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range))
     calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
-    calib_batches = [x for x, _, _ in iterate_batches(calib, 64, shuffle=False, mean=data.mean, std=data.std)]
+    calib_batches = [x for x, _, _ in iterate_batches(calib.split, 64, shuffle=False, mean=data.mean, std=data.std)]
     calibrate(qmodel, calib_batches)
     before = torch_accuracy(qmodel, data)
     progress.log(f"qat: {qmodel.layers} quantized layers, simulated INT8 accuracy before fine-tuning {before:.4f}")
@@ -152,23 +158,17 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
 
 
 def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any], source: Artifact, data: Any,
-                         calib: Any, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
+                         calib: Calibration, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
     """Export the fine-tuned float student to a staged ONNX file and quantize it by quantize's static INT8 path."""
-    fp32_session, error = try_session(manifest.artifact_path(run, source))
-    if fp32_session is None:
-        raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it ({error}); re-run `kdeploy export --onnx`")
-    fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
+    fp32_logits = fp32_test_logits(run, source, data)
     with staging_dir(run.export_dir) as tmp:
         folder = tmp / "qat-fp32"
         folder.mkdir()
         tuned_path = folder / "student.qat.fp32.onnx"
         export_graph(tuned, list(meta["dataset"]["in_shape"]), tuned_path, source.opset or 18)
         tuned_source = dataclasses.replace(source, files=[str(tuned_path.relative_to(run.export_dir))], sha256=None)
-        art = quantize_one(
-            run, ROLE, FORMAT, tuned_source, data, fp32_logits, calib=calib, calib_seed=run_recipe(run).seed,
-            calib_method="minmax", per_channel=cfg.per_channel, max_accuracy_drop=max_accuracy_drop,
-            reduce_range=bool(cfg.reduce_range),
-        )  # fmt: skip
+        options = QuantOptions("minmax", cfg.per_channel, reduce_range=bool(cfg.reduce_range))
+        art = quantize_one(run, ROLE, FORMAT, tuned_source, data, fp32_logits, options, calib, max_accuracy_drop)
     art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
     art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None
     return art

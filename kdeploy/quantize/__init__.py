@@ -25,12 +25,21 @@ is kept as ``<role>.<kind>.failed.onnx`` with ``status: "failed"`` and :class:`G
 A converter that raises on a graph gives a ``failed`` entry without files (the reason names the exception).
 """
 
-from kdeploy.quantize.calibration import calibration_split, make_reader
-from kdeploy.quantize.convert import convert, convert_dynamic, convert_fp16, convert_static, dynamic_problem
+from kdeploy.quantize.calibration import Calibration, calibration_split, make_reader
+from kdeploy.quantize.convert import (
+    QuantOptions,
+    convert,
+    convert_dynamic,
+    convert_fp16,
+    convert_static,
+    dynamic_problem,
+)
 from kdeploy.quantize.graph import gemm_to_matmul, op_counts
-from kdeploy.quantize.stage import auto_reduce_range, check_args, quantize, quantize_one, saturates
+from kdeploy.quantize.stage import auto_reduce_range, check_args, fp32_test_logits, quantize, quantize_one, saturates
 
 __all__ = [
+    "Calibration",
+    "QuantOptions",
     "auto_reduce_range",
     "calibration_split",
     "check_args",
@@ -39,6 +48,7 @@ __all__ = [
     "convert_fp16",
     "convert_static",
     "dynamic_problem",
+    "fp32_test_logits",
     "gemm_to_matmul",
     "make_reader",
     "op_counts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,13 +14,24 @@ from kdeploy.errors import UserError
 CALIB_BATCH = 64
 
 
-def calibration_split(train: Split, samples: int, seed: int) -> Split:
+@dataclass(frozen=True)
+class Calibration:
+    """The training images static INT8 is calibrated on, and the seed that chose them (both go in the manifest)."""
+
+    split: Split
+    seed: int
+
+    def settings(self) -> dict[str, Any]:
+        return {"calib_samples": len(self.split), "calib_split": "train", "calib_seed": self.seed}
+
+
+def calibration_split(train: Split, samples: int, seed: int) -> Calibration:
     """A seeded random subset of the training split (never the test set)."""
     if len(train) == 0:
         raise UserError("the run's training split is empty; INT8 calibration needs training images")
     n = min(samples, len(train))
     order = np.random.default_rng(seed).permutation(len(train))[:n]
-    return train.subset(torch.as_tensor(np.sort(order), dtype=torch.int64))
+    return Calibration(train.subset(torch.as_tensor(np.sort(order), dtype=torch.int64)), seed)
 
 
 def make_reader(split: Split, mean: Any, std: Any, name: str, batch_size: int = CALIB_BATCH) -> Any:

@@ -7,6 +7,7 @@ import io
 import logging
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 STATIC_INT8 = ("onnx-int8", "onnx-int8-qat")  # QAT: the fine-tuned float model, quantized the same way as PTQ
 
 
+@dataclass(frozen=True)
+class QuantOptions:
+    """How a file is quantized: the static INT8 choices (dynamic INT8 reads ``per_channel`` only).
+
+    ``reduce_range``: weights on 7 bits ([-64, 64]), which keeps ONNX Runtime's u8s8 integer kernels on x86 CPUs
+    without VNNI (AVX2, AVX-512 without VNNI) from saturating their 16-bit pair sums. ``target="tensorrt"``: the
+    form TensorRT's explicit quantization wants (:mod:`kdeploy.export.qdq_target`)."""
+
+    calib_method: str = "minmax"
+    per_channel: bool = False
+    target: str = DEFAULT_TARGET
+    reduce_range: bool = False
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """ORT's quantizer logs and prints advice; keep library output to ``progress``."""
@@ -40,19 +55,8 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def convert_static(
-    src: Path,
-    dst: Path,
-    tmp: Path,
-    reader: Any,
-    *,
-    per_channel: bool,
-    calib_method: str,
-    target: str = DEFAULT_TARGET,
-    reduce_range: bool = False,
-) -> dict[str, Any]:
-    """Static QDQ INT8. ``reduce_range``: weights on 7 bits ([-64, 64]), which keeps ONNX Runtime's u8s8 integer
-    kernels on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) from saturating their 16-bit pair sums."""
+def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantOptions) -> dict[str, Any]:
+    """Static QDQ INT8, calibrated on what ``reader`` yields (:class:`QuantOptions`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -69,8 +73,8 @@ def convert_static(
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
-    }[calib_method]
-    per_channel = per_channel_for(target, per_channel)
+    }[options.calib_method]
+    per_channel = per_channel_for(options.target, options.per_channel)
     with _quiet():
         quantize_static(
             str(pre),
@@ -78,13 +82,13 @@ def convert_static(
             reader,
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
-            reduce_range=reduce_range,
+            reduce_range=options.reduce_range,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options=extra_options(target),
+            extra_options=extra_options(options.target),
         )
-    checked = finish(dst, target)  # TensorRT form, then tensorrt_compatible read from the graph
+    checked = finish(dst, options.target)  # TensorRT form, then tensorrt_compatible read from the graph
     ops = op_counts(dst)
     return {
         "method": "static",
@@ -93,8 +97,8 @@ def convert_static(
         "weight_type": "int8",
         "symmetric": True,
         "per_channel": per_channel,
-        "reduce_range": reduce_range,
-        "calib_method": calib_method,
+        "reduce_range": options.reduce_range,
+        "calib_method": options.calib_method,
         "preprocessed": note is None,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],
@@ -140,11 +144,7 @@ def convert(
     tmp: Path,
     data: Dataset,
     calib: Split | None,
-    *,
-    per_channel: bool,
-    calib_method: str,
-    target: str = DEFAULT_TARGET,
-    reduce_range: bool = False,
+    options: QuantOptions,
 ) -> dict[str, Any]:
     """Write the ``fmt`` version of ``src`` to ``dst``; returns the settings recorded in the manifest."""
     if fmt in STATIC_INT8:
@@ -153,10 +153,9 @@ def convert(
         reader = make_reader(
             calib, data.mean, data.std, onnx.load(str(src), load_external_data=False).graph.input[0].name
         )
-        return convert_static(src, dst, tmp, reader, per_channel=per_channel, calib_method=calib_method, target=target,
-                              reduce_range=reduce_range)  # fmt: skip
+        return convert_static(src, dst, tmp, reader, options)
     if fmt == "onnx-int8-dynamic":
-        return convert_dynamic(src, dst, tmp, per_channel=per_channel)
+        return convert_dynamic(src, dst, tmp, per_channel=options.per_channel)
     if fmt == "onnx-fp16":
         return convert_fp16(src, dst)
     raise ValueError(f"unknown quantized format {fmt!r}")

@@ -22,7 +22,7 @@ from kdeploy.artifacts import (
     source_artifact,
 )
 from kdeploy.artifacts.record import Status
-from kdeploy.data import Dataset, Split, iterate_batches
+from kdeploy.data import Dataset, iterate_batches
 from kdeploy.errors import UserError, first_line
 from kdeploy.evaluate import top1_accuracy
 from kdeploy.export.onnx import check_model
@@ -30,8 +30,8 @@ from kdeploy.export.ort import onnx_logits, try_session
 from kdeploy.export.parity import compare_logits
 from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target
 from kdeploy.export.staging import publish, staging_dir
-from kdeploy.quantize.calibration import calibration_split
-from kdeploy.quantize.convert import CALIB_METHODS, STATIC_INT8, convert, dynamic_problem
+from kdeploy.quantize.calibration import Calibration, calibration_split
+from kdeploy.quantize.convert import CALIB_METHODS, STATIC_INT8, QuantOptions, convert, dynamic_problem
 from kdeploy.recipe import load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -71,6 +71,57 @@ def gate_converted(
     return Outcome("failed" if reason else "ok", reason, accuracy, vs_fp32)
 
 
+def fp32_test_logits(run: Run, source: Artifact, data: Dataset) -> np.ndarray:
+    """The gated fp32 ONNX file's test-set logits through ONNX Runtime: what every quantized file is compared with."""
+    session, error = try_session(manifest.artifact_path(run, source))
+    if session is None:
+        raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it ({error}); re-run `kdeploy export --onnx`")
+    return onnx_logits(session, data.test, data.mean, data.std)
+
+
+def _convert(
+    fmt: str, src: Path, staged: Path, data: Dataset, calib: Calibration | None, options: QuantOptions
+) -> tuple[Outcome, dict[str, Any], float]:
+    """Write ``staged``; a converter that raises (ORT's do on graphs they do not handle) gives a failed outcome."""
+    t0 = time.perf_counter()
+    outcome, settings = Outcome(), {}
+    try:
+        settings = convert(fmt, src, staged, staged.parent, data, calib.split if calib else None, options)
+    except Exception as exc:
+        outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
+    if fmt in STATIC_INT8 and calib is not None:
+        settings.update(calib.settings())
+    return outcome, settings, time.perf_counter() - t0
+
+
+def _check(
+    fmt: str, staged: Path, source: Artifact, data: Dataset, fp32_logits: np.ndarray, settings: dict[str, Any],
+    options: QuantOptions, max_accuracy_drop: float,
+) -> Outcome:  # fmt: skip
+    """A dynamic INT8 graph that quantized nothing or cannot run is skipped; every other file is gated on accuracy."""
+    if fmt == "onnx-int8-dynamic":
+        sample = next(iterate_batches(data.test.head(8), 8, shuffle=False, mean=data.mean, std=data.std))[0]
+        skip = dynamic_problem(staged, settings, sample.numpy())
+        if skip:
+            return Outcome("skipped", skip)
+    # a TensorRT file is judged by its Q/DQ arithmetic: ORT's CPU integer kernels are not what TensorRT runs
+    # (on x86 CPUs without VNNI they saturate on the full-range weights TensorRT wants)
+    level = "disabled" if options.target == "tensorrt" else "all"
+    settings["accuracy_arithmetic"] = "q/dq reference" if level == "disabled" else "onnxruntime kernels"
+    return gate_converted(staged, source, data, fp32_logits, max_accuracy_drop, level)
+
+
+def _publish(run: Run, role: str, fmt: str, staged: Path, outcome: Outcome, old_files: list[str]) -> list[str]:
+    """Move the staged file into ``export/`` (``.failed`` when it missed its gate); skipped or never written:
+    nothing is kept and the previous files go."""
+    if staged.is_file() and outcome.status != "skipped":
+        name = manifest.file_name(role, fmt, failed=outcome.status == "failed")
+        return publish(staged, [], run.export_dir, name, old_files)
+    for old_name in old_files:
+        (run.export_dir / old_name).unlink(missing_ok=True)
+    return []
+
+
 def quantize_one(
     run: Run,
     role: str,
@@ -78,50 +129,20 @@ def quantize_one(
     source: Artifact,
     data: Dataset,
     fp32_logits: np.ndarray,
-    *,
-    calib: Split | None,
-    calib_seed: int,
-    calib_method: str,
-    per_channel: bool,
+    options: QuantOptions,
+    calib: Calibration | None,
     max_accuracy_drop: float,
-    target: str = DEFAULT_TARGET,
-    reduce_range: bool = False,
 ) -> Artifact:
     """Convert ``source`` to ``fmt``, gate it, publish the file (``.failed`` when it missed) and record it."""
-    src = manifest.artifact_path(run, source)
     old = manifest.find(run, manifest.artifact_id(role, fmt))
-    old_files = old.files if old else []
-    t0 = time.perf_counter()
-    outcome = Outcome()
-    settings: dict[str, Any] = {}
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / manifest.file_name(role, fmt)
-        try:
-            settings = convert(fmt, src, staged, tmp, data, calib, per_channel=per_channel, calib_method=calib_method,
-                               target=target, reduce_range=reduce_range)  # fmt: skip
-        except Exception as exc:  # the ORT converters raise on graphs they do not handle
-            outcome = Outcome("failed", f"{fmt} conversion raised {type(exc).__name__}: {first_line(exc)}")
-        if fmt in STATIC_INT8 and calib is not None:
-            settings.update(calib_samples=len(calib), calib_split="train", calib_seed=calib_seed)
+        src = manifest.artifact_path(run, source)
+        outcome, settings, seconds = _convert(fmt, src, staged, data, calib, options)
         settings["max_accuracy_drop"] = max_accuracy_drop
-        convert_s = time.perf_counter() - t0
-        if outcome.status == "ok" and fmt == "onnx-int8-dynamic":
-            sample = next(iterate_batches(data.test.head(8), 8, shuffle=False, mean=data.mean, std=data.std))[0]
-            skip = dynamic_problem(staged, settings, sample.numpy())
-            outcome = Outcome("skipped", skip) if skip else outcome
         if outcome.status == "ok":
-            # a TensorRT file is judged by its Q/DQ arithmetic: ORT's CPU integer kernels are not what TensorRT runs
-            # (on x86 CPUs without VNNI they saturate on the full-range weights TensorRT wants)
-            level = "disabled" if target == "tensorrt" else "all"
-            settings["accuracy_arithmetic"] = "q/dq reference" if level == "disabled" else "onnxruntime kernels"
-            outcome = gate_converted(staged, source, data, fp32_logits, max_accuracy_drop, level)
-        if staged.is_file() and outcome.status != "skipped":
-            name = manifest.file_name(role, fmt, failed=outcome.status == "failed")
-            files = publish(staged, [], run.export_dir, name, old_files)
-        else:  # skipped, or the converter crashed before writing: nothing to keep, old files go
-            for old_name in old_files:
-                (run.export_dir / old_name).unlink(missing_ok=True)
-            files = []
+            outcome = _check(fmt, staged, source, data, fp32_logits, settings, options, max_accuracy_drop)
+        files = _publish(run, role, fmt, staged, outcome, old.files if old else [])
     art = build_artifact(
         run,
         role,
@@ -133,7 +154,7 @@ def quantize_one(
         fp32_accuracy=source.accuracy,
         samples=len(data.test),
         settings=settings,
-        seconds=convert_s,
+        seconds=seconds,
         built_from=source,
         vs_fp32=outcome.vs_fp32,
     )
@@ -189,7 +210,7 @@ def quantize(
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
 
-    ``reduce_range``: static INT8 weights on 7 bits (see :func:`convert_static`); None: :func:`auto_reduce_range`."""
+    ``reduce_range``: static INT8 weights on 7 bits (see :class:`QuantOptions`); None: :func:`auto_reduce_range`."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
     check_target(target)
@@ -199,25 +220,20 @@ def quantize(
     sources = {role: source_artifact(run, role, "onnx", "quantization") for role in roles}
     if int8 and method == "static":  # after every check: a refused call prints one line
         reduce_range = auto_reduce_range(reduce_range, target)
+    options = QuantOptions(calib_method, per_channel, target, bool(reduce_range))
     recipe = run_recipe(run)
     data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
     formats = ([f"onnx-int8{'-dynamic' if method == 'dynamic' else ''}"] if int8 else []) + (["onnx-fp16"] * fp16)
     artifacts = []
     for role in roles:
-        source = sources[role]
-        fp32_session = try_session(manifest.artifact_path(run, source))[0]
-        if fp32_session is None:
-            raise UserError(f"{source.files[0]}: ONNX Runtime cannot load it; re-run `kdeploy export --onnx`")
-        fp32_logits = onnx_logits(fp32_session, data.test, data.mean, data.std)
+        fp32_logits = fp32_test_logits(run, sources[role], data)
         for fmt in formats:
-            detail = f" ({calib_method}, {len(calib or [])} calibration samples)" if fmt == "onnx-int8" else ""
+            detail = (
+                f" ({calib_method}, {len(calib.split)} calibration samples)" if calib and fmt == "onnx-int8" else ""
+            )
             progress.log(f"quantizing {role}: {WHAT[fmt]}{detail}")
-            art = quantize_one(
-                run, role, fmt, source, data, fp32_logits, calib=calib, calib_seed=recipe.seed,
-                calib_method=calib_method, per_channel=per_channel, max_accuracy_drop=max_accuracy_drop, target=target,
-                reduce_range=bool(reduce_range),
-            )  # fmt: skip
+            art = quantize_one(run, role, fmt, sources[role], data, fp32_logits, options, calib, max_accuracy_drop)
             progress.log("  " + describe(art))
             artifacts.append(art)
     return finish_stage(artifacts, raise_on_fail)
