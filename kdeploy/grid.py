@@ -27,7 +27,7 @@ import yaml
 from kdeploy import atomic, progress
 from kdeploy.errors import UserError
 from kdeploy.recipe import Recipe, apply_overrides, validate
-from kdeploy.runs import Run, default_run_dir, point_latest
+from kdeploy.runs import ModelMetrics, Run, default_run_dir, point_latest
 
 GRID_PREFIX = "distill."
 SUMMARY, MARKDOWN = "grid.json", "grid.md"
@@ -52,7 +52,7 @@ class Cell:
 class CellResult:
     cell: Cell
     val_accuracy: float | None
-    accuracy: float
+    accuracy: float | None
 
     def to_json(self) -> dict[str, Any]:
         return {"cell": self.cell.name, "values": self.cell.values, "val_accuracy": self.val_accuracy,
@@ -112,8 +112,8 @@ def distill_grid(
         progress.log(f"grid cell {cell.name} ({i + 1}/{len(cells)})")
         run = distill(own if not shared else cell_recipe(recipe, cell, shared), out=root / cell.name,
                       mark_latest=False)  # fmt: skip
-        student = run.read_metrics()["models"]["student"]
-        results.append(CellResult(cell, student.get("val_accuracy"), student["accuracy"]))
+        student = run.model_metrics()["student"]
+        results.append(CellResult(cell, student.val_accuracy, student.accuracy))
         shared = shared or [f"teacher.checkpoint={run.weights_path('teacher')}", "baseline=false"]
     best = choose(results)
     write_summary(root, recipe, results, best)
@@ -137,32 +137,34 @@ def choose(results: list[CellResult]) -> CellResult:
 
 
 def write_summary(root: Path, recipe: Recipe, results: list[CellResult], best: CellResult) -> None:
-    baseline = Run(root / results[0].cell.name).read_metrics()["models"].get("baseline")
+    baseline = Run(root / results[0].cell.name).model_metrics().get("baseline")
     data = {
         "recipe": recipe.name,
         "chosen": best.cell.name,
         "chosen_on": "validation accuracy of the student",
-        "baseline": None if baseline is None else {k: baseline.get(k) for k in ("val_accuracy", "accuracy")},
+        "baseline": None
+        if baseline is None
+        else {"val_accuracy": baseline.val_accuracy, "accuracy": baseline.accuracy},
         "cells": [r.to_json() for r in results],
     }
     atomic.write_json(root / SUMMARY, data)
-    atomic.write_text(root / MARKDOWN, markdown(data))
+    atomic.write_text(root / MARKDOWN, markdown(recipe.name, results, best, baseline))
 
 
-def markdown(data: dict[str, Any]) -> str:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value * 100:.2f}"
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}"
 
+
+def markdown(recipe: str, results: list[CellResult], best: CellResult, baseline: ModelMetrics | None) -> str:
     lines = [
-        f"# {data['recipe']}: distillation grid, chosen on validation accuracy: `{data['chosen']}`",
+        f"# {recipe}: distillation grid, chosen on validation accuracy: `{best.cell.name}`",
         "",
         "| cell | student val % | student test % |",
         "|---|---:|---:|",
     ]
-    for cell in data["cells"]:
-        mark = " (chosen)" if cell["cell"] == data["chosen"] else ""
-        lines.append(f"| `{cell['cell']}`{mark} | {pct(cell['val_accuracy'])} | {pct(cell['accuracy'])} |")
-    if data["baseline"]:
-        b = data["baseline"]
-        lines.append(f"| CE baseline (first cell) | {pct(b['val_accuracy'])} | {pct(b['accuracy'])} |")
+    for r in results:
+        mark = " (chosen)" if r is best else ""
+        lines.append(f"| `{r.cell.name}`{mark} | {_pct(r.val_accuracy)} | {_pct(r.accuracy)} |")
+    if baseline is not None:
+        lines.append(f"| CE baseline (first cell) | {_pct(baseline.val_accuracy)} | {_pct(baseline.accuracy)} |")
     return "\n".join(lines) + "\n"

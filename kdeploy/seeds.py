@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from kdeploy import atomic, progress
 from kdeploy.errors import UserError
 from kdeploy.recipe import Recipe
-from kdeploy.runs import ROLES, Run, SeedsFolder, default_run_dir, point_latest
+from kdeploy.runs import ROLES, ModelMetrics, Run, SeedsFolder, default_run_dir, point_latest
 
 if TYPE_CHECKING:
     from kdeploy.distill.distributed import World
@@ -113,20 +113,21 @@ class Stat:
 Summary = dict[str, dict[str, Stat]]  # role (and GAIN) -> metric -> statistics
 
 
-def aggregate(per_seed: dict[int, dict[str, Any]]) -> Summary:
-    """``{role: {metric: Stat}}`` over the seeds' ``metrics.json["models"]``, plus the paired KD gain per seed."""
+def aggregate(per_seed: dict[int, dict[str, ModelMetrics]]) -> Summary:
+    """``{role: {metric: Stat}}`` over the seeds' ``metrics.json`` models, plus the paired KD gain per seed."""
     summary: Summary = {}
     for role in ROLES:
         found = [m[role] for m in per_seed.values() if role in m]
         if found:
-            summary[role] = {k: Stat.of(float(m[k]) for m in found if k in m) for k in METRICS}
-    both = [m for m in per_seed.values() if "student" in m and "baseline" in m]
+            summary[role] = {k: Stat.of(getattr(m, k) for m in found) for k in METRICS}
+    both = [(m["student"], m["baseline"]) for m in per_seed.values() if "student" in m and "baseline" in m]
     if both:
-        summary[GAIN] = {
-            k: Stat.of(float(m["student"][k]) - float(m["baseline"][k]) for m in both if k in m["student"])
-            for k in METRICS
-        }
+        summary[GAIN] = {k: Stat.of(_difference(getattr(s, k), getattr(b, k)) for s, b in both) for k in METRICS}
     return summary
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
 
 
 @dataclass
@@ -195,12 +196,14 @@ def distill_seeds(
             seeded, out=seed_folder(root, seed), resume=resume, force=force, world=world, mark_latest=False
         )
     world.barrier()  # rank 0 has written every seed's metrics.json
-    per_seed = {s: r.read_metrics()["models"] for s, r in runs.items()}
+    per_seed = {s: r.model_metrics() for s, r in runs.items()}
     result = SeedsSummary(
         recipe=recipe.name,
         seeds=seeds,
         runs={s: r.root.name for s, r in runs.items()},
-        per_seed={s: {role: {k: m[role].get(k) for k in METRICS} for role in m} for s, m in per_seed.items()},
+        per_seed={
+            s: {role: {k: getattr(mm, k) for k in METRICS} for role, mm in m.items()} for s, m in per_seed.items()
+        },
         stats=aggregate(per_seed),
     )
     if world.main:

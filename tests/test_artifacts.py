@@ -112,6 +112,8 @@ def test_gate_tables_plot_and_report_on_typed_rows(tmp_path: Path) -> None:
     assert "student:onnx on onnxruntime/cpu at batch 1" in verdict.message
     missed = evaluate_gate(rows, max_accuracy_drop=0.01, min_speedup=2.0)
     assert not missed.passed and missed.to_dict()["message"].endswith("no student row meets both")
+    free = evaluate_gate(rows)
+    assert not free.gated and free.message.startswith("no thresholds set; fastest student:onnx-int8 on onnxruntime")
     result = BenchResult("r", {"cpu": "x"}, {"threads": 1}, rows, [])
     assert bench_markdown(result).count("\n| ") == len(rows) + 1 and len(bench_csv(rows).splitlines()) == 4
     assert write_pareto(tmp_path / "pareto.png", rows) == tmp_path / "pareto.png"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from kdeploy.cli import app
 from kdeploy.errors import UserError
-from kdeploy.runs import Run
+from kdeploy.runs import ModelMetrics, Run
 from kdeploy.seeds import Stat, aggregate, parse_seeds
 
 from .conftest import tiny_recipe, write_recipe
@@ -108,8 +108,8 @@ def test_parse_seeds() -> None:
 
 def test_aggregate_by_hand() -> None:
     per_seed = {
-        0: {"teacher": {"accuracy": 0.90, "last_accuracy": 0.80}, "student": {"accuracy": 0.70, "last_accuracy": 0.7}},
-        1: {"teacher": {"accuracy": 0.92, "last_accuracy": 0.84}, "student": {"accuracy": 0.74, "last_accuracy": 0.7}},
+        0: {"teacher": ModelMetrics(accuracy=0.90, last_accuracy=0.80), "student": ModelMetrics(0.70, 0.7)},
+        1: {"teacher": ModelMetrics(accuracy=0.92, last_accuracy=0.84), "student": ModelMetrics(0.74, 0.7)},
     }
     summary = aggregate(per_seed)
     assert summary["teacher"]["accuracy"].mean == pytest.approx(0.91)
@@ -117,6 +117,10 @@ def test_aggregate_by_hand() -> None:
     assert summary["teacher"]["last_accuracy"].mean == pytest.approx(0.82)
     assert summary["student"]["last_accuracy"].std == 0.0
     assert "baseline" not in summary and "student - baseline" not in summary
+    per_seed[0]["baseline"], per_seed[1]["baseline"] = ModelMetrics(0.69, None), ModelMetrics(0.71, 0.69)
+    gain = aggregate(per_seed)["student - baseline"]
+    assert gain["accuracy"].values == pytest.approx([0.01, 0.03])
+    assert gain["last_accuracy"].values == pytest.approx([0.01]), "a seed without the metric is left out"
     one = Stat.of([0.5, float("nan"), None])
     assert one.mean == 0.5 and one.std is None and one.n == 1
     assert one.to_json() == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}

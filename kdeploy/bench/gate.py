@@ -47,14 +47,8 @@ def _ok(row: BenchRow, ref_acc: float, max_drop: float | None, min_speedup: floa
     return acc_ok, speed_ok
 
 
-def evaluate_gate(
-    rows: list[BenchRow],
-    max_accuracy_drop: float | None = None,
-    min_speedup: float | None = None,
-    batch_size: int = 1,
-    candidate: str = "student",
-) -> GateVerdict:
-    """The gate verdict: ``passed``, ``message`` and the chosen row's numbers (``gate.json``)."""
+def _rows_at(rows: list[BenchRow], batch_size: int, candidate: str) -> tuple[BenchRow, list[BenchRow]]:
+    """The teacher's PyTorch row and the candidate's rows at the gate's batch size; either missing is a user error."""
     at = [r for r in rows if r.batch_size == batch_size]
     ref = next((r for r in at if r.key == REFERENCE), None)
     if ref is None:
@@ -65,32 +59,50 @@ def evaluate_gate(
     cands = [r for r in at if r.model == candidate]
     if not cands:
         raise UserError(f"the gate needs {candidate} rows at batch {batch_size}; the bench has none")
-    checks = {id(r): _ok(r, ref.accuracy, max_accuracy_drop, min_speedup) for r in cands}
+    return ref, cands
+
+
+def _choose(
+    cands: list[BenchRow], ref: BenchRow, max_drop: float | None, min_speedup: float | None
+) -> tuple[BenchRow, bool]:
+    """The fastest row that passes; else the fastest within the accuracy limit; else the most accurate."""
+    checks = {id(r): _ok(r, ref.accuracy, max_drop, min_speedup) for r in cands}
     passing = [r for r in cands if all(checks[id(r)])]
     acc_ok = [r for r in cands if checks[id(r)][0]]
     if passing:
-        best = max(passing, key=lambda r: r.speedup)
-    elif acc_ok:
-        best = max(acc_ok, key=lambda r: r.speedup)
-    else:
-        best = max(cands, key=lambda r: (r.accuracy, r.speedup))
+        return max(passing, key=lambda r: r.speedup), True
+    if acc_ok:
+        return max(acc_ok, key=lambda r: r.speedup), False
+    return max(cands, key=lambda r: (r.accuracy, r.speedup)), False
+
+
+def _message(best: BenchRow, ref: BenchRow, passed: bool, max_drop: float | None, min_speedup: float | None,
+             candidate: str) -> str:  # fmt: skip
     drop = ref.accuracy - best.accuracy
-    passed = bool(passing)
-    limits = []
-    if max_accuracy_drop is not None:
-        limits.append(f"accuracy drop {drop:+.4f} (max {max_accuracy_drop:g})")
-    else:
-        limits.append(f"accuracy drop {drop:+.4f}")
+    limits = [f"accuracy drop {drop:+.4f}" + (f" (max {max_drop:g})" if max_drop is not None else "")]
     limits.append(f"speed-up {best.speedup:.2f}x" + (f" (min {min_speedup:g}x)" if min_speedup is not None else ""))
     message = (
-        f"{best.model}:{best.format} on {best.runtime}/{best.device} at batch {batch_size}: "
+        f"{best.model}:{best.format} on {best.runtime}/{best.device} at batch {best.batch_size}: "
         f"accuracy {best.accuracy:.4f} vs teacher PyTorch fp32 {ref.accuracy:.4f}, "
         f"p50 {best.latency_ms.p50:.4g} ms vs {ref.latency_ms.p50:.4g} ms; " + ", ".join(limits)
     )
-    if max_accuracy_drop is None and min_speedup is None:
-        message = "no thresholds set; fastest " + message
-    elif not passed and max_accuracy_drop is not None and min_speedup is not None:
+    if max_drop is None and min_speedup is None:
+        return "no thresholds set; fastest " + message
+    if not passed and max_drop is not None and min_speedup is not None:
         message += f"; no {candidate} row meets both"
+    return message
+
+
+def evaluate_gate(
+    rows: list[BenchRow],
+    max_accuracy_drop: float | None = None,
+    min_speedup: float | None = None,
+    batch_size: int = 1,
+    candidate: str = "student",
+) -> GateVerdict:
+    """The gate verdict: ``passed``, ``message`` and the chosen row's numbers (``gate.json``)."""
+    ref, cands = _rows_at(rows, batch_size, candidate)
+    best, passed = _choose(cands, ref, max_accuracy_drop, min_speedup)
     return GateVerdict(
         passed=passed,
         gated=max_accuracy_drop is not None or min_speedup is not None,
@@ -102,9 +114,9 @@ def evaluate_gate(
         device=best.device,
         accuracy=best.accuracy,
         teacher_accuracy=ref.accuracy,
-        accuracy_drop=drop,
+        accuracy_drop=ref.accuracy - best.accuracy,
         speedup=best.speedup,
         p50_ms=best.latency_ms.p50,
         teacher_p50_ms=ref.latency_ms.p50,
-        message=message,
+        message=_message(best, ref, passed, max_accuracy_drop, min_speedup, candidate),
     )
