@@ -48,7 +48,6 @@ def epochs(n: int) -> list[str]:
 
 
 ENTRIES = [
-    Entry("fashion_mnist_cnn", "small CNN 0.925, ResNet-18 0.949 (full training)", epochs(3) + CPU),
     Entry(
         "cifar10_cnn_logits",
         "scaled CNN teacher 82.44 %, student standard 75.83 % / logits KD 66.54 %",
