@@ -33,6 +33,7 @@ from _markdown import emit, md_table
 
 from kdeploy import cpu
 from kdeploy.bench import BenchSettings, TimingSettings, bench
+from kdeploy.data import Dataset
 from kdeploy.distill import distill
 from kdeploy.evaluate import top1_accuracy
 from kdeploy.export import export_onnx, read_manifest
@@ -59,9 +60,8 @@ PTQ = {"ptq_pc_rr": (True, True), "ptq_rr": (False, True), "ptq": (False, False)
 ACCURACIES = ("float", "ptq", "ptq_reference", "ptq_rr", "ptq_rr_reference", "ptq_pc_rr", "qat_simulated", "qat")
 
 
-def reference_accuracy(run: Run, file: str) -> float:
+def reference_accuracy(run: Run, data: Dataset, file: str) -> float:
     """Test accuracy of a QDQ file with ORT's graph optimisations off: the QDQ arithmetic without integer kernels."""
-    data = load_run_data(run)
     session = make_session(run.export_dir / file, threads=1, graph_level="disabled")
     return top1_accuracy(onnx_logits(session, data.test, data.mean, data.std), data.test.labels.numpy())
 
@@ -75,13 +75,13 @@ def one_seed(recipe_path: Path, seed: int, out: Path, overrides: list[str], sett
     t0 = time.perf_counter()
     run = distill(recipe, out=out / f"seed{seed}", force=True)
     export_onnx(run, models=["student"])
-    accuracy = {}
+    accuracy, data = {}, load_run_data(run)
     for name, (per_channel, reduce_range) in PTQ.items():
         quantize(run, int8=True, calib_samples=512, per_channel=per_channel, reduce_range=reduce_range,
                  models=["student"], max_accuracy_drop=1.0, raise_on_fail=False)  # fmt: skip
         accuracy[name] = read_manifest(run).find("student:onnx-int8").accuracy
         if name in ("ptq", "ptq_rr"):  # the same file's Q/DQ arithmetic, before the next variant replaces it
-            accuracy[f"{name}_reference"] = reference_accuracy(run, "student.int8.onnx")
+            accuracy[f"{name}_reference"] = reference_accuracy(run, data, "student.int8.onnx")
     qad = qat(run, max_accuracy_drop=1.0, raise_on_fail=False)
     result = bench(run, settings)
     p50 = {f"{r.format} b{r.batch_size}": r.latency_ms.p50 for r in result.rows}
