@@ -88,7 +88,9 @@ class TrainConfig(_Strict):
     compile: bool = False
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")
     teacher_cache: Literal["auto", "never"] = Field(
-        "auto", description="auto: precompute teacher outputs once when the student is not augmented"
+        "auto",
+        description="auto: precompute teacher outputs once when the student is not augmented, or only flipped "
+        "(then for each image and its mirror image)",
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")

@@ -21,12 +21,14 @@ from kdeploy.data import (
     augment_batch,
     count_batches,
     iterate_batches,
+    iterate_batches_with_flips,
     list_datasets,
     load_dataset,
     normalize,
     roots,
 )
 from kdeploy.data import download as dl
+from kdeploy.data.transforms import augment_with_flips
 from kdeploy.errors import UserError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
@@ -385,6 +387,19 @@ def test_flip_really_flips() -> None:
     assert augment_batch(x, Augment(), torch.Generator()) is x
 
 
+def test_augment_reports_its_flips() -> None:
+    """Same draws as augment_batch, and the mask says exactly which images were mirrored (the cached table's
+    view); only-flip augmentations are the ones whose outputs can be cached per view."""
+    x = _batch(n=32)
+    out, flipped = augment_with_flips(x, Augment(flip=True), torch.Generator().manual_seed(1))
+    assert torch.equal(out, augment_batch(x, Augment(flip=True), torch.Generator().manual_seed(1)))
+    assert flipped is not None and flipped.dtype == torch.bool and 0 < int(flipped.sum()) < len(x)
+    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
+    assert augment_with_flips(x, Augment(translate=2), torch.Generator())[1] is None
+    assert Augment(flip=True).flip_only and not Augment(flip=True, translate=1).flip_only
+    assert not Augment(flip=True, crop_padding=1).flip_only and not Augment().flip_only
+
+
 def test_crop_padding_is_a_zero_filled_crop() -> None:
     x = _batch(n=32)
     p = 2
@@ -434,6 +449,21 @@ def test_iterate_batches_covers_every_index_once() -> None:
     dropped = list(iterate_batches(split, 50, shuffle=False, drop_last=True))
     assert len(dropped) == 2 == count_batches(103, 50, drop_last=True)
     assert count_batches(103, 50) == 3
+
+
+def test_batches_with_flips_are_the_same_batches() -> None:
+    split = _split(40)
+    aug = Augment(flip=True)
+    plain = list(iterate_batches(split, 16, shuffle=True, generator=torch.Generator().manual_seed(2), augment=aug))
+    views = list(
+        iterate_batches_with_flips(split, 16, shuffle=True, generator=torch.Generator().manual_seed(2), augment=aug)
+    )
+    assert len(plain) == len(views) == 3
+    for (x, y, idx), (x2, y2, idx2, flipped) in zip(plain, views, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(idx, idx2)
+        assert flipped is not None and flipped.shape == idx.shape
+    unflipped = next(iterate_batches_with_flips(split, 16, shuffle=False, augment=Augment(translate=1)))
+    assert unflipped[3] is None
 
 
 def test_shards_disjoint_and_equal() -> None:

@@ -144,6 +144,21 @@ def test_resume_removes_leftover_temporary_files(tiny_run: Run, mnist_root: Path
     assert not leftover.exists() and not (tiny_run.export_dir / ".staging-x").exists()
 
 
+def test_flip_views_cached_match_the_live_teacher(mnist_root: Path, tmp_path: Path) -> None:
+    """A student on random flips gets its teacher's logits from a table of both views (each image and its mirror
+    image), computed once; training matches the live teacher run on the very same flipped batches."""
+    runs = {}
+    for cache in ("auto", "never"):
+        raw = tiny_recipe(mnist_root, student__augment={"flip": True}, baseline=False, train__teacher_cache=cache)
+        runs[cache] = distill(validate(raw), out=tmp_path / cache)
+    outputs = {c: json.loads(r.metrics_path.read_text())["teacher_outputs"] for c, r in runs.items()}
+    assert outputs == {"auto": "cached, both flip views", "never": "per-batch"}
+    cached, live = (load_file(str(runs[c].root / "student.safetensors")) for c in ("auto", "never"))
+    assert cached.keys() == live.keys()
+    for name in cached:
+        torch.testing.assert_close(cached[name], live[name], rtol=1e-4, atol=1e-5)
+
+
 def test_each_model_can_have_its_own_augmentation(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ Knows nothing of distillation, export or benchmarks. Add a dataset with ``@regis
 from kdeploy.data import cifar as _cifar  # noqa: F401  (registers cifar10, cifar100)
 from kdeploy.data import idx as _idx  # noqa: F401  (registers mnist, fashion_mnist)
 from kdeploy.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder)
-from kdeploy.data.batches import count_batches, iterate_batches, shard_indices
+from kdeploy.data.batches import count_batches, iterate_batches, iterate_batches_with_flips, shard_indices
 from kdeploy.data.datasets import (
     DATASETS,
     Dataset,
@@ -30,6 +30,7 @@ __all__ = [
     "augment_batch",
     "count_batches",
     "iterate_batches",
+    "iterate_batches_with_flips",
     "list_datasets",
     "load_dataset",
     "normalize",

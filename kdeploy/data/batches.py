@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from kdeploy.data.datasets import Split
-from kdeploy.data.transforms import Augment, augment_batch, normalize
+from kdeploy.data.transforms import Augment, augment_with_flips, normalize
 
 
 def shard_indices(
@@ -64,6 +64,28 @@ def iterate_batches(
     tensors already live on a GPU is indexed there. ``idx`` stays on the CPU.
     The default mean/std give the [0, 1] scale: pass the dataset's.
     """
+    for x, y, idx, _ in iterate_batches_with_flips(
+        split, batch_size, shuffle=shuffle, generator=generator, augment=augment, mean=mean, std=std,
+        drop_last=drop_last, shard=shard, device=device,
+    ):  # fmt: skip
+        yield x, y, idx
+
+
+def iterate_batches_with_flips(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    augment: Augment | None = None,
+    mean: float | Sequence[float] = 0.0,
+    std: float | Sequence[float] = 1.0,
+    drop_last: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """``iterate_batches`` plus, per batch, which images were flipped (bool, on the images' device; None when
+    ``augment`` does not flip). Same batches, same random draws."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = shard_indices(len(split), shuffle=shuffle, generator=generator, drop_last=drop_last, shard=shard)
@@ -84,6 +106,7 @@ def iterate_batches(
         if target is not None:
             images = images.to(target, non_blocking=True)
             labels = labels.to(target, non_blocking=True)
+        flipped = None
         if augment is not None and augment.enabled:
-            images = augment_batch(images, augment, augment_generator)
-        yield normalize(images, mean, std), labels, idx
+            images, flipped = augment_with_flips(images, augment, augment_generator)
+        yield normalize(images, mean, std), labels, idx, flipped

@@ -20,6 +20,11 @@ class Augment(pydantic.BaseModel, extra="forbid"):
     def enabled(self) -> bool:
         return bool(self.crop_padding or self.flip or self.translate)
 
+    @property
+    def flip_only(self) -> bool:
+        """Only random flips: every augmented image is one of two views, so per-image outputs can be cached."""
+        return self.flip and not (self.crop_padding or self.translate)
+
 
 def _stat(values: float | Sequence[float], channels: int, like: torch.Tensor, what: str) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32, device=like.device).flatten()
@@ -50,8 +55,16 @@ def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Gen
     Crop with padding ``p`` is a zero-filled shift by up to ±p; ``translate`` adds a further shift of up to
     ±t; the two compose into one zero-filled shift. Flip happens after the shift (the same distribution).
     """
+    return augment_with_flips(images_uint8, aug, generator)[0]
+
+
+def augment_with_flips(
+    images_uint8: torch.Tensor, aug: Augment, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``augment_batch`` plus which images it flipped (bool, per image; None when ``aug`` does not flip), so that
+    outputs cached for the plain and the flipped view of every image can be looked up (same random draws)."""
     if not aug.enabled or images_uint8.shape[0] == 0:
-        return images_uint8
+        return images_uint8, None
     if images_uint8.dim() != 4:
         raise ValueError(f"augment_batch expects N×C×H×W, got {tuple(images_uint8.shape)}")
     x = images_uint8
@@ -65,6 +78,7 @@ def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Gen
             dx += _randint(bound, n, generator, dev)
     margin = aug.crop_padding + aug.translate
     cols = torch.arange(w, device=dev).expand(n, w)
+    flip = None
     if aug.flip:
         gen_device = generator.device if generator is not None else torch.device("cpu")
         flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(dev)
@@ -74,4 +88,4 @@ def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Gen
     rows = torch.arange(h, device=dev)[None, :] + (margin - dy)[:, None]  # out[i] = in[i - dy]
     cols = cols + (margin - dx)[:, None]
     flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
-    return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
+    return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w), flip

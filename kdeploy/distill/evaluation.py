@@ -39,13 +39,21 @@ class SplitScorer:
         return (counts[0] / counts[1]).item()
 
 
-def teacher_table(teacher: nn.Module, data: Dataset, world: World, batch_size: int) -> Tensor:
+def teacher_table(teacher: nn.Module, data: Dataset, world: World, batch_size: int, flips: bool = False) -> Tensor:
     """Teacher logits for every training sample, computed once (valid only while the student's inputs are the
-    stored images: no augmentation, no mixing). Kept on the training device.
+    stored images: no augmentation but flips, no mixing). Kept on the training device. ``flips``: N×2×classes,
+    the logits of every image as stored (view 0) and mirrored left-right (view 1); else N×classes.
 
     Distributed, each rank computes one contiguous slice and an all-reduce over zero-filled buffers assembles
     the whole table on every rank (adding zeros is exact)."""
-    train = data.train
+    if not flips:
+        return _table(teacher, data, data.train, world, batch_size)
+    mirrored = Split(data.train.images.flip(-1), data.train.labels)
+    views = [_table(teacher, data, split, world, batch_size) for split in (data.train, mirrored)]
+    return torch.stack(views, dim=1)
+
+
+def _table(teacher: nn.Module, data: Dataset, train: Split, world: World, batch_size: int) -> Tensor:
     if not world.distributed:
         return predict_logits(teacher, train, data.mean, data.std, batch_size, world.device).to(world.device)
     bounds = [len(train) * r // world.size for r in range(world.size + 1)]

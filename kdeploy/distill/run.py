@@ -247,18 +247,21 @@ class DistillSession:
             self.finish(role, students[role], recipe.student, result, extra)
 
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
-        """The teacher's logits for every training image, when the student sees the stored images unchanged
-        (no augmentation, no mixup/cutmix) and the method needs no teacher features; else None (live teacher
-        on every batch: the very batch the student sees)."""
+        """The teacher's logits for every training image, when the student sees the stored images unchanged or
+        only randomly flipped (then for both views: each image as stored and mirrored), without mixup/cutmix,
+        and the method needs no teacher features; else None (live teacher on the very batch the student sees)."""
         cfg = self.recipe.student
         _, t_paths = method.feature_layers()
-        unchanged = self.trainer.augment_for(cfg) is None and not (cfg.mixup or cfg.cutmix)
+        augment = self.trainer.augment_for(cfg)
+        flips = augment is not None and augment.flip_only
+        unchanged = (augment is None or flips) and not (cfg.mixup or cfg.cutmix)
         if self.recipe.train.teacher_cache != "auto" or not unchanged or t_paths:
             return None
         t = time.perf_counter()
-        cached = self.trainer.teacher_cache(teacher)
-        self.teacher_outputs = "cached"
-        progress.log(f"teacher outputs cached once for {len(cached)} samples ({time.perf_counter() - t:.1f}s)")
+        cached = self.trainer.teacher_cache(teacher, flips)
+        self.teacher_outputs = "cached, both flip views" if flips else "cached"
+        views = " and their mirror images" if flips else ""
+        progress.log(f"teacher outputs cached once for {len(cached)} samples{views} ({time.perf_counter() - t:.1f}s)")
         return cached
 
     def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, extra: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ class Batch:
     labels: Tensor  # class indices (under mixing: the larger share's)
     index: Tensor  # positions in the training split (the cached teacher table's rows)
     epoch: int  # 0-based
+    flipped: Tensor | None = None  # which images the augmentation flipped (the cached table's view), if it flips
     target_probs: Tensor | None = None  # soft targets of the CE term (label smoothing, mixing)
     teacher_logits: Tensor | None = None
     teacher_features: list[Tensor] = field(default_factory=list)
@@ -29,16 +30,27 @@ class Batch:
 @dataclass
 class TeacherOutputs:
     """The teacher's logits (and hooked features) for a batch: looked up in the cached table, or computed by
-    running the teacher on the very images the student sees."""
+    running the teacher on the very images the student sees. The table is N×classes, or N×2×classes for
+    students trained on random flips (the plain and the flipped view of every image)."""
 
     model: nn.Module | None
     hooks: FeatureHooks | None
     cached: Tensor | None
 
+    @property
+    def flip_views(self) -> bool:
+        return self.cached is not None and self.cached.dim() == 3
+
     @torch.no_grad()
-    def __call__(self, images: Tensor, index: Tensor, mixed: bool = False) -> tuple[Tensor, list[Tensor]]:
+    def __call__(
+        self, images: Tensor, index: Tensor, mixed: bool = False, flipped: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor]]:
         if self.cached is not None and self.hooks is None and not mixed:
-            return self.cached[index.to(self.cached.device)], []
+            rows = index.to(self.cached.device)
+            if not self.flip_views:
+                return self.cached[rows], []
+            view = torch.zeros_like(rows) if flipped is None else flipped.to(self.cached.device).long()
+            return self.cached[rows, view], []  # flipped None: no image was flipped (view 0)
         if self.model is None:
             raise ValueError("mixed batches need the live teacher: the cached table holds unmixed images only")
         logits = self.model(images)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import progress
-from kdeploy.data import Augment, Dataset, Split, iterate_batches, normalize
+from kdeploy.data import Augment, Dataset, Split, iterate_batches, iterate_batches_with_flips, normalize
 from kdeploy.distill.distributed import World
 from kdeploy.distill.ema import WeightEMA
 from kdeploy.distill.evaluation import SplitScorer, teacher_table
@@ -103,9 +104,9 @@ class Trainer:
     def device(self) -> torch.device:
         return self.world.device
 
-    def teacher_cache(self, teacher: nn.Module) -> Tensor:
-        """Teacher logits for every training sample (see ``evaluation.teacher_table``)."""
-        return teacher_table(teacher, self.data, self.world, self.eval_batch_size)
+    def teacher_cache(self, teacher: nn.Module, flips: bool = False) -> Tensor:
+        """Teacher logits for every training sample, with ``flips`` for both views (``evaluation.teacher_table``)."""
+        return teacher_table(teacher, self.data, self.world, self.eval_batch_size, flips)
 
     def augment_for(self, cfg: ModelConfig) -> Augment | None:
         """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
@@ -258,19 +259,9 @@ class Trainer:
         sums = EpochSums(self.device)
         sync_every = 1 if self.device.type == "cpu" else 50  # on a GPU, look at the loss without a sync per step
         t0 = time.perf_counter()
-        batches = iterate_batches(
-            self.train_split,
-            job.batch_size,
-            shuffle=True,
-            generator=gen,
-            augment=job.augment,
-            mean=self.data.mean,
-            std=self.data.std,
-            shard=(world.rank, world.size),
-        )
         with progress.task(f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}", job.steps_per_epoch) as bar:
-            for step, (x, y, idx) in enumerate(batches):
-                batch = self.make_batch(job, x, y, idx, epoch, mix_rng)
+            for step, (x, y, idx, flipped) in enumerate(self.batches(job, gen)):
+                batch = self.make_batch(job, x, y, idx, epoch, mix_rng, flipped)
                 look = (step + 1) % sync_every == 0 or step + 1 == job.steps_per_epoch
                 loss = self.train_iter(job, batch, sums, look)
                 bar.update(1, **({"loss": loss.item()} if look else {}))
@@ -291,7 +282,16 @@ class Trainer:
             "samples_per_s": round(seen / seconds, 1),
         }
 
-    def make_batch(self, job: Job, x: Tensor, y: Tensor, idx: Tensor, epoch: int, mix_rng: Any | None) -> Batch:
+    def make_batch(
+        self,
+        job: Job,
+        x: Tensor,
+        y: Tensor,
+        idx: Tensor,
+        epoch: int,
+        mix_rng: Any | None,
+        flipped: Tensor | None = None,
+    ) -> Batch:
         """The batch as the model sees it: mixed when mixup/cutmix is on, soft targets for label smoothing or
         mixing, and the teacher's outputs on exactly these (augmented, mixed) images."""
         cfg = job.cfg
@@ -305,10 +305,27 @@ class Trainer:
                 probs = probs * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / self.data.num_classes
         elif cfg.label_smoothing:
             probs = one_hot(y, self.data.num_classes, cfg.label_smoothing)
-        batch = Batch(x, y, idx, epoch, target_probs=probs)
+        batch = Batch(x, y, idx, epoch, flipped=flipped, target_probs=probs)
         if job.teacher is not None:
-            batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mixed=mix_rng is not None)
+            batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mix_rng is not None, flipped)
         return batch
+
+    def batches(self, job: Job, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        """One epoch of this rank's augmented batches ``(x, y, idx, flipped)``; ``flipped`` (which images were
+        mirrored) only when the teacher's cached table holds both flip views, else None."""
+        kw: dict[str, Any] = {
+            "shuffle": True,
+            "generator": gen,
+            "augment": job.augment,
+            "mean": self.data.mean,
+            "std": self.data.std,
+            "shard": (self.world.rank, self.world.size),
+        }
+        if job.teacher is not None and job.teacher.flip_views:
+            yield from iterate_batches_with_flips(self.train_split, job.batch_size, **kw)
+            return
+        for x, y, idx in iterate_batches(self.train_split, job.batch_size, **kw):
+            yield x, y, idx, None
 
     def train_iter(self, job: Job, batch: Batch, sums: EpochSums, look: bool = True) -> Tensor:
         """Forward, backward and optimizer step on one batch; adds the batch to ``sums``. ``look``: check the
