@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from kdeploy.models.init import he_init_convs
 from kdeploy.models.registry import register_model
 
 MULTIPLIERS = (4, 8, 16)
@@ -29,9 +30,7 @@ def finish_classifier(model: nn.Module, channels: int, num_classes: int, dropout
     model.pool = nn.Sequential(OrderedDict(avg=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten()))
     model.drop = nn.Dropout(dropout)
     model.head = nn.Linear(channels, num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    he_init_convs(model)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
