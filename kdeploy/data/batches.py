@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from kdeploy.data.datasets import Split
 from kdeploy.data.transforms import Augment, augment_with_flips, normalize
@@ -44,30 +46,10 @@ def count_batches(n: int, batch_size: int, *, drop_last: bool = False, shard: tu
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
-def iterate_batches(
-    split: Split,
-    batch_size: int,
-    *,
-    shuffle: bool,
-    generator: torch.Generator | None = None,
-    augment: Augment | None = None,
-    mean: float | Sequence[float] = 0.0,
-    std: float | Sequence[float] = 1.0,
-    drop_last: bool = False,
-    shard: tuple[int, int] = (0, 1),
-    device: torch.device | str | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y, idx)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``.
-
-    One epoch per call. ``drop_last`` trims the shard to equal parts and drops the last short batch.
-    ``device``: move the uint8 batch there before augmenting and normalising (4x less to transfer); a split whose
-    tensors already live on a GPU is indexed there. ``idx`` stays on the CPU.
-    The default mean/std give the [0, 1] scale: pass the dataset's.
-    """
-    for x, y, idx, _ in iterate_batches_with_flips(
-        split, batch_size, shuffle=shuffle, generator=generator, augment=augment, mean=mean, std=std,
-        drop_last=drop_last, shard=shard, device=device,
-    ):  # fmt: skip
+def iterate_batches(split: Split, batch_size: int, **options: Any) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield ``(x, y, idx)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``. The
+    keyword options (``shuffle`` required) are those of ``iterate_batches_with_flips``."""
+    for x, y, idx, _ in iterate_batches_with_flips(split, batch_size, **options):
         yield x, y, idx
 
 
@@ -83,9 +65,15 @@ def iterate_batches_with_flips(
     drop_last: bool = False,
     shard: tuple[int, int] = (0, 1),
     device: torch.device | str | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """``iterate_batches`` plus, per batch, which images were flipped (bool, on the images' device; None when
-    ``augment`` does not flip). Same batches, same random draws."""
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+    """Yield ``(x, y, idx, flipped)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``,
+    and which images the augmentation mirrored (bool, on the images' device; None when it does not flip).
+
+    One epoch per call. ``drop_last`` trims the shard to equal parts and drops the last short batch.
+    ``device``: move the uint8 batch there before augmenting and normalising (4x less to transfer); a split whose
+    tensors already live on a GPU is indexed there. ``idx`` stays on the CPU.
+    The default mean/std give the [0, 1] scale: pass the dataset's.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = shard_indices(len(split), shuffle=shuffle, generator=generator, drop_last=drop_last, shard=shard)
