@@ -21,7 +21,6 @@ class Batch:
     labels: Tensor  # class indices (under mixing: the larger share's)
     index: Tensor  # positions in the training split (the cached teacher table's rows)
     epoch: int  # 0-based
-    flipped: Tensor | None = None  # which images the augmentation flipped (the cached table's view), if it flips
     target_probs: Tensor | None = None  # soft targets of the CE term (label smoothing, mixing)
     teacher_logits: Tensor | None = None
     teacher_features: list[Tensor] = field(default_factory=list)

@@ -293,7 +293,8 @@ class Trainer:
         flipped: Tensor | None = None,
     ) -> Batch:
         """The batch as the model sees it: mixed when mixup/cutmix is on, soft targets for label smoothing or
-        mixing, and the teacher's outputs on exactly these (augmented, mixed) images."""
+        mixing, and the teacher's outputs on exactly these (augmented, mixed) images; ``flipped`` picks each
+        image's view in a cached table of both flip views."""
         cfg = job.cfg
         if self.train_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -305,7 +306,7 @@ class Trainer:
                 probs = probs * (1.0 - cfg.label_smoothing) + cfg.label_smoothing / self.data.num_classes
         elif cfg.label_smoothing:
             probs = one_hot(y, self.data.num_classes, cfg.label_smoothing)
-        batch = Batch(x, y, idx, epoch, flipped=flipped, target_probs=probs)
+        batch = Batch(x, y, idx, epoch, target_probs=probs)
         if job.teacher is not None:
             batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mix_rng is not None, flipped)
         return batch
