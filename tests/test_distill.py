@@ -167,7 +167,7 @@ def test_each_model_can_have_its_own_augmentation(
     from kdeploy.distill import trainer as trainer_module
 
     seen: list[tuple[str, object]] = []
-    real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches
+    real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches_with_flips
     current: list[str] = []
 
     def fit(self: object, role: str, *a: object, **kw: object) -> object:
@@ -180,7 +180,7 @@ def test_each_model_can_have_its_own_augmentation(
         return real_iterate(*a, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", fit)
-    monkeypatch.setattr(trainer_module, "iterate_batches", iterate)
+    monkeypatch.setattr(trainer_module, "iterate_batches_with_flips", iterate)
     raw = tiny_recipe(mnist_root, data__augment={"translate": 2}, student__augment={})
     run = distill(validate(raw), out=tmp_path / "run")
     augment = {role: {a.model_dump_json() if a else None for r, a in seen if r == role} for role, _ in seen}

@@ -66,17 +66,17 @@ def _worker(rank: int, port: int, work: str, mnist: str) -> None:
 
     record: dict[str, Any] = {"shards": [], "writes": [], "states": {}, "world": (world.rank, world.size)}
 
-    real_iterate = trainer_module.iterate_batches
+    real_iterate = trainer_module.iterate_batches_with_flips
 
     def iterate(split: Any, batch_size: int, **kw: Any) -> Any:
         indices: list[torch.Tensor] = []
         if kw.get("shuffle"):
             record["shards"].append(indices)  # one list per epoch of each model, in training order
-        for x, y, idx in real_iterate(split, batch_size, **kw):
+        for x, y, idx, flipped in real_iterate(split, batch_size, **kw):
             indices.append(idx.clone())
-            yield x, y, idx
+            yield x, y, idx, flipped
 
-    trainer_module.iterate_batches = iterate
+    trainer_module.iterate_batches_with_flips = iterate
 
     real_atomic_path = atomic.atomic_path
 

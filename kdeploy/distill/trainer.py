@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,8 +258,18 @@ class Trainer:
         sums = EpochSums(self.device)
         sync_every = 1 if self.device.type == "cpu" else 50  # on a GPU, look at the loss without a sync per step
         t0 = time.perf_counter()
+        batches = iterate_batches_with_flips(
+            self.train_split,
+            job.batch_size,
+            shuffle=True,
+            generator=gen,
+            augment=job.augment,
+            mean=self.data.mean,
+            std=self.data.std,
+            shard=(world.rank, world.size),
+        )
         with progress.task(f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}", job.steps_per_epoch) as bar:
-            for step, (x, y, idx, flipped) in enumerate(self.batches(job, gen)):
+            for step, (x, y, idx, flipped) in enumerate(batches):
                 batch = self.make_batch(job, x, y, idx, epoch, mix_rng, flipped)
                 look = (step + 1) % sync_every == 0 or step + 1 == job.steps_per_epoch
                 loss = self.train_iter(job, batch, sums, look)
@@ -310,23 +319,6 @@ class Trainer:
         if job.teacher is not None:
             batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mix_rng is not None, flipped)
         return batch
-
-    def batches(self, job: Job, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-        """One epoch of this rank's augmented batches ``(x, y, idx, flipped)``; ``flipped`` (which images were
-        mirrored) only when the teacher's cached table holds both flip views, else None."""
-        kw: dict[str, Any] = {
-            "shuffle": True,
-            "generator": gen,
-            "augment": job.augment,
-            "mean": self.data.mean,
-            "std": self.data.std,
-            "shard": (self.world.rank, self.world.size),
-        }
-        if job.teacher is not None and job.teacher.flip_views:
-            yield from iterate_batches_with_flips(self.train_split, job.batch_size, **kw)
-            return
-        for x, y, idx in iterate_batches(self.train_split, job.batch_size, **kw):
-            yield x, y, idx, None
 
     def train_iter(self, job: Job, batch: Batch, sums: EpochSums, look: bool = True) -> Tensor:
         """Forward, backward and optimizer step on one batch; adds the batch to ``sums``. ``look``: check the
