@@ -61,13 +61,48 @@ class CellResult:
 
 @dataclass(frozen=True)
 class GridResult:
+    """Every cell's student, the chosen cell and the first cell's CE baseline: grid.json and grid.md."""
+
     root: Path
+    recipe: str
     cells: list[CellResult]  # grid order
     chosen: CellResult
+    baseline: ModelMetrics | None  # trained by the first cell only
+
+    CHOSEN_ON = "validation accuracy of the student"
 
     @property
     def markdown_path(self) -> Path:
         return self.root / MARKDOWN
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.baseline
+        return {
+            "recipe": self.recipe,
+            "chosen": self.chosen.cell.name,
+            "chosen_on": self.CHOSEN_ON,
+            "baseline": None if b is None else {"val_accuracy": b.val_accuracy, "accuracy": b.accuracy},
+            "cells": [r.to_json() for r in self.cells],
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            f"# {self.recipe}: distillation grid, chosen on validation accuracy: `{self.chosen.cell.name}`",
+            "",
+            "| cell | student val % | student test % |",
+            "|---|---:|---:|",
+        ]
+        for r in self.cells:
+            mark = " (chosen)" if r is self.chosen else ""
+            lines.append(f"| `{r.cell.name}`{mark} | {_pct(r.val_accuracy)} | {_pct(r.accuracy)} |")
+        if self.baseline is not None:
+            b = self.baseline
+            lines.append(f"| CE baseline (first cell) | {_pct(b.val_accuracy)} | {_pct(b.accuracy)} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self) -> None:
+        atomic.write_json(self.root / SUMMARY, self.to_json())
+        atomic.write_text(self.markdown_path, self.markdown())
 
 
 def parse_grid(specs: list[str]) -> list[Cell]:
@@ -115,10 +150,11 @@ def distill_grid(
         student = run.model_metrics()["student"]
         results.append(CellResult(cell, student.val_accuracy, student.accuracy))
         shared = shared or [f"teacher.checkpoint={run.weights_path('teacher')}", "baseline=false"]
-    best = choose(results)
-    write_summary(root, recipe, results, best)
-    point_latest(root.parent, root / best.cell.name)
-    return GridResult(root, results, best)
+    baseline = Run(root / cells[0].name).model_metrics().get("baseline")
+    result = GridResult(root, recipe.name, results, choose(results), baseline)
+    result.write()
+    point_latest(root.parent, root / result.chosen.cell.name)
+    return result
 
 
 def prepare_root(root: Path, force: bool) -> None:
@@ -136,35 +172,5 @@ def choose(results: list[CellResult]) -> CellResult:
     return max(results, key=lambda r: -1.0 if r.val_accuracy is None else r.val_accuracy)
 
 
-def write_summary(root: Path, recipe: Recipe, results: list[CellResult], best: CellResult) -> None:
-    baseline = Run(root / results[0].cell.name).model_metrics().get("baseline")
-    data = {
-        "recipe": recipe.name,
-        "chosen": best.cell.name,
-        "chosen_on": "validation accuracy of the student",
-        "baseline": None
-        if baseline is None
-        else {"val_accuracy": baseline.val_accuracy, "accuracy": baseline.accuracy},
-        "cells": [r.to_json() for r in results],
-    }
-    atomic.write_json(root / SUMMARY, data)
-    atomic.write_text(root / MARKDOWN, markdown(recipe.name, results, best, baseline))
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}"
-
-
-def markdown(recipe: str, results: list[CellResult], best: CellResult, baseline: ModelMetrics | None) -> str:
-    lines = [
-        f"# {recipe}: distillation grid, chosen on validation accuracy: `{best.cell.name}`",
-        "",
-        "| cell | student val % | student test % |",
-        "|---|---:|---:|",
-    ]
-    for r in results:
-        mark = " (chosen)" if r is best else ""
-        lines.append(f"| `{r.cell.name}`{mark} | {_pct(r.val_accuracy)} | {_pct(r.accuracy)} |")
-    if baseline is not None:
-        lines.append(f"| CE baseline (first cell) | {_pct(baseline.val_accuracy)} | {_pct(baseline.accuracy)} |")
-    return "\n".join(lines) + "\n"
