@@ -265,3 +265,23 @@ def test_static_int8_uses_7_bit_weights_only_on_a_saturating_cpu(
                           raise_on_fail=False)  # fmt: skip
         assert art.settings["reduce_range"] is used, (saturating, requested)
     assert [a.id for a in read_manifest(work).artifacts].count("teacher:onnx-int8") == 1
+
+
+def test_preprocess_skips_only_the_symbolic_shape_step_where_it_fails(tmp_path: Path) -> None:
+    """ORT's symbolic shape inference gives up on fast_cnn's graph; the rest of quant_pre_process still runs."""
+    import torch
+
+    from kdeploy.export.onnx import INPUT_NAME, export_graph
+    from kdeploy.models import create_model
+    from kdeploy.quantize.convert import preprocess
+
+    model = create_model("fast_cnn", num_classes=10, in_shape=(1, 28, 28), widths=[4, 8, 8]).eval()
+    src = tmp_path / "fast_cnn.onnx"
+    export_graph(model, [1, 28, 28], src, opset=18)
+    pre, note = preprocess(src, tmp_path / "pre.onnx")
+    assert pre == tmp_path / "pre.onnx" and note is not None and note.startswith("symbolic shape inference skipped")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x.numpy()})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)

@@ -4,11 +4,12 @@ Input is the fp32 ``<role>.onnx`` that passed the parity gate (``kdeploy export 
 a :class:`UserError` telling the user to export first (nothing is exported implicitly, so the parity gate is
 always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 
-- ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation),
-  then ``quantize_static`` calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random
-  subset), MinMax / Entropy / Percentile calibration, optional per-channel weights. Activations and weights are
-  signed INT8 with zero point 0 (symmetric); on x86 CPUs without VNNI the weights use 7 bits (``reduce_range``,
-  :func:`auto_reduce_range`), because ONNX Runtime's AVX2 integer kernels saturate on 8-bit ones.
+- ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation;
+  without its symbolic shape inference where that gives up, as on ``fast_cnn`` graphs), then ``quantize_static``
+  calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random subset), MinMax / Entropy /
+  Percentile calibration, optional per-channel weights. Activations and weights are signed INT8 with zero point 0
+  (symmetric); on x86 CPUs without VNNI the weights use 7 bits (``reduce_range``, :func:`auto_reduce_range`), because
+  ONNX Runtime's AVX2 integer kernels saturate on 8-bit ones.
   ``target="tensorrt"`` writes TensorRT's explicit-quantization form instead (float biases, per-channel weights,
   no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the manifest's ``tensorrt_compatible`` is read from
   the written graph (``kdeploy/export/qdq_check.py``).

@@ -55,20 +55,33 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+def preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
+    """ORT's ``quant_pre_process`` (shape inference, graph optimisation); without its symbolic shape inference when
+    that gives up on a graph (it fails on some Reshape patterns). Returns the file to quantize and a note when the
+    pre-processing was reduced or skipped."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(dst))
+        return dst, None
+    except Exception as exc:
+        first = first_line(exc, 200)
+    try:
+        with _quiet():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst, f"symbolic shape inference skipped ({first})"
+    except Exception as exc:  # quantize the export as is
+        note = f"quant_pre_process failed ({first_line(exc, 200)})"
+        progress.log(f"  {note}; quantizing without pre-processing")
+        return src, note
+
+
 def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantOptions) -> dict[str, Any]:
     """Static QDQ INT8, calibrated on what ``reader`` yields (:class:`QuantOptions`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = tmp / "preprocessed.onnx"
-    note = None
-    try:
-        with _quiet():
-            quant_pre_process(str(src), str(pre))
-    except Exception as exc:  # symbolic shape inference gives up on some graphs; quantize the export as is
-        note = f"quant_pre_process failed ({first_line(exc, 200)})"
-        progress.log(f"  {note}; quantizing without pre-processing")
-        pre = src
+    pre, note = preprocess(src, tmp / "preprocessed.onnx")
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -99,7 +112,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         "per_channel": per_channel,
         "reduce_range": options.reduce_range,
         "calib_method": options.calib_method,
-        "preprocessed": note is None,
+        "preprocessed": pre != src,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],
         **checked,
