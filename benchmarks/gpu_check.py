@@ -325,7 +325,7 @@ def bench_models(results: list[JobResult], args: argparse.Namespace, deadline: f
                 rows.append(LatencyRow(res.name, role, 0, 0, error=last_line(str(exc))))
                 continue
             model.eval()
-            in_shape = list(meta["dataset"]["in_shape"])
+            in_shape = list(meta.in_shape)
             params = sum(p.numel() for p in model.parameters())
             for batch in batches:
                 row = LatencyRow(res.name, role, params, batch)

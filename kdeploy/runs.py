@@ -117,6 +117,32 @@ class ModelMetrics:
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
+@dataclass(frozen=True)
+class WeightsMeta:
+    """A weights file's kdeploy metadata (written by the trainer): what rebuilds the module and feeds it."""
+
+    role: str
+    model: dict[str, Any]  # the registry's spec: ``build_model(meta.model)`` rebuilds the module
+    in_shape: tuple[int, ...]  # one input, without the batch dimension
+    mean: tuple[float, ...]  # per-channel input normalisation
+    std: tuple[float, ...]
+    accuracy: float | None  # test accuracy when the weights were saved
+    raw: dict[str, Any] = field(repr=False)  # everything, as stored
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeightsMeta:
+        dataset = data.get("dataset") or {}
+        return cls(
+            role=str(data.get("role", "")),
+            model=data["model"],
+            in_shape=tuple(int(v) for v in data["model"]["in_shape"]),
+            mean=tuple(float(v) for v in dataset.get("mean", ())),
+            std=tuple(float(v) for v in dataset.get("std", ())),
+            accuracy=data.get("accuracy"),
+            raw=data,
+        )
+
+
 class Run:
     """A run folder on disk."""
 
@@ -200,7 +226,7 @@ class Run:
     def save_weights(self, role: str, model: nn.Module, meta: dict[str, Any]) -> Path:
         return save_weights(self.weights_path(role), model, meta)
 
-    def load_model(self, role: str) -> tuple[nn.Module, dict[str, Any]]:
+    def load_model(self, role: str) -> tuple[nn.Module, WeightsMeta]:
         path = self.weights_path(role)
         if not path.is_file():
             have = ", ".join(self.roles()) or "none"
@@ -271,12 +297,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: Path) -> tuple[nn.Module, WeightsMeta]:
     """Rebuild a module from a kdeploy weights file via the model registry."""
     from kdeploy.models import build_model
 
-    meta = read_meta(path)
-    model = build_model(meta["model"])
+    meta = WeightsMeta.from_dict(read_meta(path))
+    model = build_model(meta.model)
     load_state(model, load_state_file(path), str(path))
     model.eval()
     return model, meta

@@ -58,7 +58,8 @@ def test_history_has_one_row_per_model_and_epoch(tiny_run: Run) -> None:
 
 def test_weights_rebuild_from_metadata(tiny_run: Run) -> None:
     model, meta = tiny_run.load_model("student")
-    assert meta["model"]["name"] == "mlp" and meta["dataset"]["in_shape"] == [1, 28, 28]
+    assert meta.model["name"] == "mlp" and meta.in_shape == (1, 28, 28) and meta.role == "student"
+    assert len(meta.mean) == len(meta.std) == 1 and meta.accuracy == tiny_run.model_metrics()["student"].accuracy
     state = load_file(tiny_run.weights_path("student"))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 

@@ -66,8 +66,7 @@ def torch_targets(run: Run, opts: BenchSettings) -> dict[str, Target]:
         if opts.models and role not in opts.models:
             continue
         model, meta = run.load_model(role)
-        ds = meta["dataset"]
-        macs = count_macs(model, ds["in_shape"], role).macs
+        macs = count_macs(model, meta.in_shape, role).macs
         out[role] = Target(
             model=role,
             format="pytorch",
@@ -77,8 +76,8 @@ def torch_targets(run: Run, opts: BenchSettings) -> dict[str, Target]:
             macs=macs,
             size_bytes=run.weights_path(role).stat().st_size,
             memory_bytes=memory_bytes(model),
-            mean=ds["mean"],
-            std=ds["std"],
+            mean=meta.mean,
+            std=meta.std,
             files=[run.weights_path(role).name],
         )
     return out

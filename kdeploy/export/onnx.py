@@ -199,14 +199,14 @@ def export_one(run: Run, role: str, data: Dataset, *, opset: int, gate: ParitySe
         out_dir = tmp / "out"
         out_dir.mkdir()
         staged = out_dir / f"{role}.onnx"
-        exporter, fallback = export_graph(model, list(meta["model"]["in_shape"]), staged, opset)
+        exporter, fallback = export_graph(model, list(meta.in_shape), staged, opset)
         export_s = time.perf_counter() - t0
         parity, accuracy, reason = gate_export(model, staged, data, gate)
         companions = sorted(p for p in out_dir.iterdir() if p != staged)
         inp, outp = io_spec(staged, data)
         name = manifest.file_name(role, "onnx", failed=reason is not None)
         files = publish(staged, companions, run.export_dir, name, old.files if old else [])
-    fp32 = meta.get("accuracy")
+    fp32 = meta.accuracy
     art = build_artifact(
         run,
         role,

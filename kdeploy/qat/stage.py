@@ -39,7 +39,7 @@ from kdeploy.quantize import (
 )
 from kdeploy.recipe import QatConfig, Recipe, load_data
 from kdeploy.rundata import run_recipe
-from kdeploy.runs import Run
+from kdeploy.runs import Run, WeightsMeta
 
 FORMAT = "onnx-int8-qat"
 ROLE = "student"
@@ -157,7 +157,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     return finish_stage([art], raise_on_fail)[0]
 
 
-def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any], source: Artifact, data: Any,
+def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: WeightsMeta, source: Artifact, data: Any,
                          calib: Calibration, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
     """Export the fine-tuned float student to a staged ONNX file and quantize it by quantize's static INT8 path."""
     fp32_logits = fp32_test_logits(run, source, data)
@@ -165,7 +165,7 @@ def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: dict[str, Any],
         folder = tmp / "qat-fp32"
         folder.mkdir()
         tuned_path = folder / "student.qat.fp32.onnx"
-        export_graph(tuned, list(meta["dataset"]["in_shape"]), tuned_path, source.opset or 18)
+        export_graph(tuned, list(meta.in_shape), tuned_path, source.opset or 18)
         tuned_source = dataclasses.replace(source, files=[str(tuned_path.relative_to(run.export_dir))], sha256=None)
         options = QuantOptions("minmax", cfg.per_channel, reduce_range=bool(cfg.reduce_range))
         art = quantize_one(run, ROLE, FORMAT, tuned_source, data, fp32_logits, options, calib, max_accuracy_drop)
