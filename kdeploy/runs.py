@@ -242,6 +242,10 @@ class Run:
         except json.JSONDecodeError:
             raise UserError(f"{self.metrics_path}: corrupt JSON; re-run `kdeploy distill --resume`") from None
 
+    def recipe_name(self) -> str:
+        """The recipe this folder was trained from, as metrics.json names it ("" before any training)."""
+        return str(self.read_metrics().get("recipe", ""))
+
     def model_metrics(self) -> dict[str, ModelMetrics]:
         """``metrics.json``'s per-model entries, typed (empty when nothing was trained here)."""
         models = self.read_metrics().get("models") or {}

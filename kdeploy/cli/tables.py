@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +12,7 @@ from kdeploy.cli.main import out
 if TYPE_CHECKING:
     from kdeploy.artifacts import Artifact
     from kdeploy.bench.records import BenchResult
+    from kdeploy.runs import Run
     from kdeploy.seeds import SeedsSummary
 
 
@@ -30,20 +31,25 @@ def print_seeds(result: SeedsSummary) -> None:
     out.print(table)
 
 
-def print_metrics(metrics: dict[str, Any]) -> None:
-    table = Table(title=f"{metrics.get('recipe', '')}: test accuracy", title_justify="left")
+def print_metrics(run: Run) -> None:
+    """The run's models (metrics.json): test accuracy, size and training speed."""
+    table = Table(title=f"{run.recipe_name()}: test accuracy", title_justify="left")
     for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, model in metrics.get("models", {}).items():
+    for role, m in run.model_metrics().items():
         table.add_row(
             role,
-            f"{model['accuracy']:.4f}",
-            f"{model['params']:,}",
-            str(model.get("best_epoch", "")),
-            f"{model['train_seconds']:.1f}",
-            f"{model['samples_per_second']:,.0f}",
+            _fmt(m.accuracy, ".4f"),
+            _fmt(m.params, ","),
+            "" if m.best_epoch is None else str(m.best_epoch),
+            _fmt(m.train_seconds, ".1f"),
+            _fmt(m.samples_per_second, ",.0f"),
         )
     out.print(table)
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 # What a narrow terminal keeps first; the rest of COMPACT follows in this order while it fits (bench.md has all).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -21,7 +22,7 @@ from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
-from kdeploy.runs import DEFAULT_RUNS_DIR, Run, environment, load_state, load_state_file
+from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, environment, load_state, load_state_file
 
 
 def run_folder(recipe: Recipe, out: str | Path | None) -> Run:
@@ -206,14 +207,14 @@ class DistillSession:
         elif recipe.teacher.checkpoint:
             acc = self.trainer.scorer.accuracy(teacher.to(world.device), data.test)
             result = Result(acc, float("nan"), 0, 0.0, 0.0, [], last_accuracy=acc)
-            self.finish("teacher", teacher, recipe.teacher, result, {"checkpoint": recipe.teacher.checkpoint})
+            self.finish("teacher", teacher, recipe.teacher, result, checkpoint=recipe.teacher.checkpoint)
         else:
             ce, path = create_method("ce", {}), self.run.state_path("teacher")
             board = self.tensorboard_dir("teacher")
             result = self.trainer.fit(
                 "teacher", teacher, recipe.teacher, ce, path, resume=self.resume, tensorboard_dir=board
             )
-            self.finish("teacher", teacher, recipe.teacher, result, {})
+            self.finish("teacher", teacher, recipe.teacher, result)
         teacher.to(world.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -243,8 +244,11 @@ class DistillSession:
                 resume=self.resume,
                 tensorboard_dir=self.tensorboard_dir(role),
             )
-            extra = {"method": recipe.distill.method, "teacher_outputs": self.teacher_outputs} if distilling else {}
-            self.finish(role, students[role], recipe.student, result, extra)
+            if distilling:
+                self.finish(role, students[role], recipe.student, result, method=recipe.distill.method,
+                            teacher_outputs=self.teacher_outputs)  # fmt: skip
+            else:
+                self.finish(role, students[role], recipe.student, result)
 
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
         """The teacher's logits for every training image, when the student sees the stored images unchanged or
@@ -264,18 +268,21 @@ class DistillSession:
         progress.log(f"teacher outputs cached once for {len(cached)} samples{views} ({time.perf_counter() - t:.1f}s)")
         return cached
 
-    def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, extra: dict[str, Any]) -> None:
+    def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,
+               method: str | None = None, teacher_outputs: str | None = None) -> None:  # fmt: skip
         """Record a trained model: its metrics entry and history rows; rank 0 writes weights, history and
         metrics, and drops the model's resume state."""
-        entry = model_entry(result, model, self.recipe.train.compile, extra)
-        self.metrics["models"][role] = entry
+        entry = dataclasses.replace(model_entry(result, model, self.recipe.train.compile), checkpoint=checkpoint,
+                                    method=method, teacher_outputs=teacher_outputs)  # fmt: skip
+        self.metrics["models"][role] = entry.to_dict()
         self.history = [r for r in self.history if r.get("model") != role] + result.history
         if self.world.main:
-            self.run.save_weights(role, model, weights_meta(role, self.recipe, cfg, self.data, entry))
+            meta = weights_meta(role, self.recipe, cfg, self.data, entry.to_dict())
+            self.run.save_weights(role, model, meta)
             self.run.write_history(self.history)
             self.run.write_metrics(self.metrics)
             self.run.state_path(role).unlink(missing_ok=True)
-        progress.log(f"{role}: test accuracy {result.accuracy:.4f} ({entry['params']:,} params)")
+        progress.log(f"{role}: test accuracy {result.accuracy:.4f} ({entry.params:,} params)")
 
     def close(self) -> None:
         self.metrics["teacher_outputs"] = self.teacher_outputs
@@ -304,16 +311,15 @@ def run_summary(recipe: Recipe, world: World, data: Dataset) -> dict[str, Any]:
     }
 
 
-def model_entry(result: Result, model: nn.Module, compiled: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def model_entry(result: Result, model: nn.Module, compiled: bool) -> ModelMetrics:
     """One model's entry in metrics.json (also stored in its weights' metadata)."""
-    return {
-        "accuracy": result.accuracy,
-        "last_accuracy": result.last_accuracy,
-        "val_accuracy": None if math.isnan(result.val_accuracy) else result.val_accuracy,
-        "best_epoch": result.best_epoch,
-        "params": count_params(model),
-        "train_seconds": round(result.train_seconds, 3),
-        "samples_per_second": round(result.samples_per_second, 1),
-        **({"compile_seconds": round(result.compile_seconds, 3)} if compiled else {}),
-        **extra,
-    }
+    return ModelMetrics(
+        accuracy=result.accuracy,
+        last_accuracy=result.last_accuracy,
+        val_accuracy=None if math.isnan(result.val_accuracy) else result.val_accuracy,
+        best_epoch=result.best_epoch,
+        params=count_params(model),
+        train_seconds=round(result.train_seconds, 3),
+        samples_per_second=round(result.samples_per_second, 1),
+        compile_seconds=round(result.compile_seconds, 3) if compiled else None,
+    )
