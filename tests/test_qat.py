@@ -133,3 +133,23 @@ def test_qat_recipe_keys_are_validated(mnist_root: Path) -> None:
     with pytest.raises(UserError, match=r"qat.lr: must be > 0"):
         validate(raw)
     assert validate(tiny_recipe(mnist_root)).qat is None
+
+
+@pytest.mark.parametrize(
+    ("distill_section", "qat_section", "want"),
+    [
+        ({"method": "kd", "temperature": 8.0, "alpha": 0.3}, {}, (8.0, 0.3)),
+        ({"method": "dkd", "temperature": 2.0, "alpha": 0.1}, {}, (2.0, 0.9)),  # DKD's alpha is not KD's
+        ({"method": "ce"}, {}, (4.0, 0.9)),  # KD's defaults
+        ({"method": "kd", "temperature": 8.0, "alpha": 0.3}, {"temperature": 3.0, "alpha": 0.9}, (3.0, 0.9)),
+    ],
+)
+def test_qad_loss_takes_qat_then_distill_then_kd_defaults(
+    mnist_root: Path, distill_section: dict, qat_section: dict, want: tuple[float, float]
+) -> None:
+    from kdeploy.qat.stage import kd_method
+
+    recipe = validate(tiny_recipe(mnist_root, distill=distill_section, qat=qat_section))
+    assert recipe.qat is not None
+    params = kd_method(recipe, recipe.qat).params
+    assert (params.temperature, params.alpha) == want

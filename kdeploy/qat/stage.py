@@ -46,15 +46,12 @@ ROLE = "student"
 
 
 def kd_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
-    """The registered ``kd`` loss with ``qat:``'s temperature/alpha, else ``distill:``'s when it is a KD recipe."""
-    distill = recipe.distill.params() if recipe.distill.method == "kd" else {}
-    params: dict[str, Any] = {k: v for k, v in distill.items() if k in ("temperature", "alpha")}
-    if "temperature" not in params and "temperature" in recipe.distill.params():
-        params["temperature"] = recipe.distill.params()["temperature"]
-    if cfg.temperature is not None:
-        params["temperature"] = cfg.temperature
-    if cfg.alpha is not None:
-        params["alpha"] = cfg.alpha
+    """The registered ``kd`` loss with ``qat:``'s temperature/alpha, else ``distill:``'s (alpha only from a KD
+    recipe: other methods' ``alpha`` means something else), else KD's defaults."""
+    distill = recipe.distill.params()
+    temperature = cfg.temperature if cfg.temperature is not None else distill.get("temperature")
+    alpha = cfg.alpha if cfg.alpha is not None else distill.get("alpha") if recipe.distill.method == "kd" else None
+    params = {k: v for k, v in (("temperature", temperature), ("alpha", alpha)) if v is not None}
     return create_method("kd", params)
 
 
