@@ -274,11 +274,10 @@ class DistillSession:
         metrics, and drops the model's resume state."""
         entry = dataclasses.replace(model_entry(result, model, self.recipe.train.compile), checkpoint=checkpoint,
                                     method=method, teacher_outputs=teacher_outputs)  # fmt: skip
-        self.metrics["models"][role] = entry.to_dict()
+        self.metrics["models"][role] = record = entry.to_dict()
         self.history = [r for r in self.history if r.get("model") != role] + result.history
         if self.world.main:
-            meta = weights_meta(role, self.recipe, cfg, self.data, entry.to_dict())
-            self.run.save_weights(role, model, meta)
+            self.run.save_weights(role, model, weights_meta(role, self.recipe, cfg, self.data, record))
             self.run.write_history(self.history)
             self.run.write_metrics(self.metrics)
             self.run.state_path(role).unlink(missing_ok=True)
