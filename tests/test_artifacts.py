@@ -12,7 +12,10 @@ from kdeploy.bench.harness import add_ratios
 from kdeploy.bench.latency import LatencyMs
 from kdeploy.bench.records import BenchResult, BenchRow
 from kdeploy.errors import GateFailed, first_line
+from kdeploy.recipe import validate
 from kdeploy.runs import ModelMetrics, Run, point_latest
+
+from .conftest import tiny_recipe
 
 # a manifest entry as kdeploy wrote it before the typed records, plus a key no version knows
 OLD_INT8 = {
@@ -118,5 +121,11 @@ def test_gate_tables_plot_and_report_on_typed_rows(tmp_path: Path) -> None:
     assert bench_markdown(result).count("\n| ") == len(rows) + 1 and len(bench_csv(rows).splitlines()) == 4
     assert write_pareto(tmp_path / "pareto.png", rows) == tmp_path / "pareto.png"
     manifest = Manifest([Artifact.from_dict(OLD_INT8)])
-    text = report_markdown({"name": "t"}, {"student": ModelMetrics(accuracy=0.9)}, result, manifest, verdict)
+    recipe = validate(tiny_recipe(tmp_path, student__augment={"translate": 2}, teacher__checkpoint="t.safetensors"))
+    text = report_markdown(recipe, {"student": ModelMetrics(accuracy=0.9)}, result, manifest, verdict)
     assert "**PASSED**" in text and "| student:onnx-int8 | ok |" in text and "| student | 0.9000 |" in text
+    assert "# kdeploy report: tiny" in text and "- distillation: kd (temperature=4, alpha=0.7" in text
+    assert "- teacher: mlp(hidden=[64]), weights t.safetensors, adam lr 0.003" in text
+    assert "- student: mlp(hidden=[16]), 2 epochs, adam lr 0.003, augmentation translate 2" in text
+    broken = report_markdown("recipe.yaml: corrupt", {}, None, Manifest([]), None)
+    assert broken.startswith("# kdeploy report: ?") and "- recipe.yaml: corrupt" in broken

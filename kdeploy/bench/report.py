@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from kdeploy import atomic
 from kdeploy.artifacts import Manifest, read_manifest
@@ -19,7 +18,10 @@ from kdeploy.bench.records import BenchResult
 from kdeploy.bench.tables import bench_csv, bench_markdown, markdown_table, num
 from kdeploy.bench.winners import FILENAME as WINNERS_PLOT
 from kdeploy.bench.winners import write_runtime_plot
+from kdeploy.data.transforms import Augment
 from kdeploy.errors import UserError, first_line
+from kdeploy.recipe import ModelConfig, Recipe
+from kdeploy.rundata import run_recipe
 from kdeploy.runs import ModelMetrics, Run
 
 
@@ -53,36 +55,31 @@ def read_bench(run: Run | Path) -> BenchResult:
 
 
 # ---- report.md -------------------------------------------------------------------------------------
-def _augment_text(augment: dict[str, Any] | None) -> str:
-    on = {k: v for k, v in (augment or {}).items() if v}
+def _augment_text(augment: Augment | None) -> str:
+    on = {k: v for k, v in (augment.model_dump() if augment else {}).items() if v}
     return ", ".join(k if v is True else f"{k} {v}" for k, v in on.items()) or "none"
 
 
-def _recipe_section(recipe: dict[str, Any]) -> list[str]:
-    def model_line(cfg: dict[str, Any]) -> str:
-        what = cfg.get("model") or cfg.get("target")
-        kwargs = ", ".join(f"{k}={v}" for k, v in (cfg.get("kwargs") or {}).items())
-        source = f", weights {cfg['checkpoint']}" if cfg.get("checkpoint") else f", {cfg.get('epochs')} epochs"
-        own = f", augmentation {_augment_text(cfg['augment'])}" if cfg.get("augment") is not None else ""
-        return f"{what}({kwargs}){source}, {cfg.get('optimizer')} lr {cfg.get('lr')}{own}"
+def _model_line(cfg: ModelConfig) -> str:
+    kwargs = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+    source = f", weights {cfg.checkpoint}" if cfg.checkpoint else f", {cfg.epochs} epochs"
+    own = f", augmentation {_augment_text(cfg.augment)}" if cfg.augment is not None else ""
+    return f"{cfg.model or cfg.target}({kwargs}){source}, {cfg.optimizer} lr {cfg.lr}{own}"
 
-    data = recipe.get("data", {})
-    distill = recipe.get("distill", {})
-    params = ", ".join(
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in distill.items() if k != "method"
-    )
-    lines = [
-        f"- recipe: `{recipe.get('name')}`: {recipe.get('description', '')}".rstrip(": "),
-        f"- data: {data.get('name')} ({str(data['limit']) + '-sample subset' if data.get('limit') else 'all samples'}, "
-        f"val {data.get('val_size')}, seed {recipe.get('seed')}, augmentation {_augment_text(data.get('augment'))})",
-        f"- teacher: {model_line(recipe.get('teacher', {}))}",
-        f"- student: {model_line(recipe.get('student', {}))}",
-        f"- distillation: {distill.get('method')} ({params})",
+
+def _recipe_section(recipe: Recipe) -> list[str]:
+    d, distill, train = recipe.data, recipe.distill, recipe.train
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in distill.params().items())
+    subset = f"{d.limit}-sample subset" if d.limit else "all samples"
+    flags = [name for name in ("channels_last", "compile", "scale_lr") if getattr(train, name)]
+    return [
+        f"- recipe: `{recipe.name}`: {recipe.description}".rstrip(": "),
+        f"- data: {d.name} ({subset}, val {d.val_size}, seed {recipe.seed}, augmentation {_augment_text(d.augment)})",
+        f"- teacher: {_model_line(recipe.teacher)}",
+        f"- student: {_model_line(recipe.student)}",
+        f"- distillation: {distill.method} ({params})",
+        f"- training: {train.precision}" + "".join(f", {f}" for f in flags),
     ]
-    train = recipe.get("train") or {}
-    flags = [name for name in ("channels_last", "compile", "scale_lr") if train.get(name)]
-    lines.append(f"- training: {train.get('precision', 'fp32')}" + "".join(f", {f}" for f in flags))
-    return lines
 
 
 def _training_section(models: dict[str, ModelMetrics]) -> list[str]:
@@ -135,13 +132,15 @@ def gate_markdown(gate: GateVerdict) -> str:
 
 
 def report_markdown(
-    recipe: dict[str, Any],
+    recipe: Recipe | str,
     models: dict[str, ModelMetrics],
     bench: BenchResult | None,
     manifest: Manifest,
     gate: GateVerdict | None,
 ) -> str:
-    parts = [f"# kdeploy report: {recipe.get('name', '?')}", "", "## Recipe", "", *_recipe_section(recipe)]
+    """``recipe``: the run's validated recipe, or why it could not be read (the rest of the report still renders)."""
+    name, section = (recipe.name, _recipe_section(recipe)) if isinstance(recipe, Recipe) else ("?", [f"- {recipe}"])
+    parts = [f"# kdeploy report: {name}", "", "## Recipe", "", *section]
     if gate:
         parts += ["", "## Deployment gate", "", gate_markdown(gate)]
     parts += ["", "## Training (PyTorch, test set)", "", *_training_section(models)]
@@ -164,11 +163,16 @@ def regate(run: Run, bench: BenchResult | None) -> GateVerdict | None:
     return evaluate_gate(bench.rows, *limits)
 
 
+def _read_recipe(run: Run) -> Recipe | str:
+    try:
+        return run_recipe(run)
+    except UserError as exc:
+        return first_line(exc)
+
+
 def write_report(run: Run) -> Path:
     """Re-render bench.csv/.md/pareto.png from bench.json (if any) and write ``report.md``; measures nothing."""
-    import yaml
-
-    recipe = yaml.safe_load(run.recipe_path.read_text(encoding="utf-8")) or {}
+    recipe = _read_recipe(run)
     bench = read_bench(run) if run.bench_path.is_file() else None
     if bench:
         write_bench_outputs(run, bench)
