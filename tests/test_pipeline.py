@@ -72,6 +72,9 @@ def test_impossible_speedup_exits_1_and_report_keeps_the_verdict(
     (out / "report.md").unlink()
     assert invoke("report", str(out)).exit_code == 0
     assert "**FAILED**" in (out / "report.md").read_text(), "report re-evaluates the saved thresholds"
+    (out / "gate.json").write_text(json.dumps({"passed": True}))
+    res = invoke("report", str(out))
+    assert res.exit_code == 2 and "not a kdeploy gate file" in res.output and "re-run `kdeploy run`" in res.output
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ closest miss is reported: the fastest row within the accuracy budget, else the m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from kdeploy.errors import UserError
@@ -39,6 +39,11 @@ class GateVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateVerdict:
+        """Raises KeyError naming the first missing field."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def _ok(row: BenchRow, ref_acc: float, max_drop: float | None, min_speedup: float | None) -> tuple[bool, bool]:

@@ -156,11 +156,13 @@ def regate(run: Run, bench: BenchResult | None) -> GateVerdict | None:
     if bench is None or not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = GateVerdict.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError:
         raise UserError(f"{path}: corrupt JSON; delete it or re-run `kdeploy run`") from None
-    limits = saved.get("max_accuracy_drop"), saved.get("min_speedup"), saved.get("batch_size", 1)
-    return evaluate_gate(bench.rows, *limits)
+    except (KeyError, TypeError) as exc:
+        why = first_line(exc)
+        raise UserError(f"{path}: not a kdeploy gate file ({why}); delete it or re-run `kdeploy run`") from None
+    return evaluate_gate(bench.rows, saved.max_accuracy_drop, saved.min_speedup, saved.batch_size)
 
 
 def _read_recipe(run: Run) -> Recipe | str:
