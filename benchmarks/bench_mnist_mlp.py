@@ -222,10 +222,10 @@ def main() -> None:
          f"{r['speedup']:.1f}x"]
         for r in sorted(rows, key=lambda r: r["batch_size"])
     ]  # fmt: skip
-    metrics = run.read_metrics().get("models", {})
+    metrics = run.model_metrics()
     published = {"teacher": "97.69% (2x1200)", "student": "97.68% (1x800, distilled)"}
     accuracy_cells = [
-        [role, f"{metrics[role]['params']:,}", f"{metrics[role]['accuracy']:.2%}", published.get(role, "-")]
+        [role, f"{metrics[role].params:,}", f"{metrics[role].accuracy:.2%}", published.get(role, "-")]
         for role in ("teacher", "baseline", "student") if role in metrics
     ]  # fmt: skip
     m = result.machine

@@ -117,6 +117,40 @@ class ModelMetrics:
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
+@dataclass
+class RunMetrics:
+    """``metrics.json``: each trained model's :class:`ModelMetrics` and the run-level fields the trainer writes;
+    unknown keys are kept in ``extra``."""
+
+    models: dict[str, ModelMetrics] = field(default_factory=dict)
+    recipe: str = ""
+    seed: int | None = None
+    method: str | None = None
+    world_size: int = 1
+    backend: str | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, source and the split sizes
+    teacher_outputs: str | None = None  # written when the run closes
+    wall_seconds: float | None = None  # summed over resumed sessions; written when the run closes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        run_level = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("models", "extra")}
+        for late in ("teacher_outputs", "wall_seconds"):
+            if run_level[late] is None:
+                del run_level[late]
+        return {"models": {role: m.to_dict() for role, m in self.models.items()}, **run_level, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
+        names = {f.name for f in fields(cls)} - {"models", "extra"}
+        models = data.get("models") or {}
+        return cls(
+            models={role: ModelMetrics.from_dict(m) for role, m in models.items() if isinstance(m, dict)},
+            **{k: v for k, v in data.items() if k in names},
+            extra={k: v for k, v in data.items() if k not in names and k != "models"},
+        )
+
+
 @dataclass(frozen=True)
 class WeightsMeta:
     """A weights file's kdeploy metadata (written by the trainer): what rebuilds the module and feeds it."""
@@ -234,25 +268,28 @@ class Run:
         return load_model(path)
 
     # ---- metrics and history --------------------------------------------------------------
-    def read_metrics(self) -> dict[str, Any]:
+    def read_metrics(self) -> RunMetrics:
+        """``metrics.json``, typed (empty when nothing was trained here)."""
         if not self.metrics_path.is_file():
-            return {"models": {}}
+            return RunMetrics()
         try:
-            return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+            data = json.loads(self.metrics_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             raise UserError(f"{self.metrics_path}: corrupt JSON; re-run `kdeploy distill --resume`") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{self.metrics_path}: not a kdeploy metrics file; re-run `kdeploy distill --resume`")
+        return RunMetrics.from_dict(data)
 
     def recipe_name(self) -> str:
         """The recipe this folder was trained from, as metrics.json names it ("" before any training)."""
-        return str(self.read_metrics().get("recipe", ""))
+        return self.read_metrics().recipe
 
     def model_metrics(self) -> dict[str, ModelMetrics]:
         """``metrics.json``'s per-model entries, typed (empty when nothing was trained here)."""
-        models = self.read_metrics().get("models") or {}
-        return {role: ModelMetrics.from_dict(m) for role, m in models.items() if isinstance(m, dict)}
+        return self.read_metrics().models
 
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic.write_json(self.metrics_path, metrics)
+    def write_metrics(self, metrics: RunMetrics) -> None:
+        atomic.write_json(self.metrics_path, metrics.to_dict())
 
     def read_history(self) -> list[dict[str, str]]:
         if not self.history_path.is_file():

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from kdeploy import progress
@@ -92,8 +91,8 @@ def test_feature_distillation_runs_with_hooks(mnist_root: Path, tmp_path: Path) 
     raw["distill"] = {"method": "fitnet", "student_layer": "fc1", "teacher_layer": "fc1", "kd_weight": 0.5}
     run = distill(validate(raw), out=tmp_path / "fit")
     metrics = run.read_metrics()
-    assert metrics["teacher_outputs"] == "per-batch", "teacher features are needed, so it runs per batch"
-    assert set(metrics["models"]) == {"teacher", "student"}
+    assert metrics.teacher_outputs == "per-batch", "teacher features are needed, so it runs per batch"
+    assert set(metrics.models) == {"teacher", "student"}
     hist = run.read_history()
     assert float(hist[-1]["loss_hint"]) > 0
 
@@ -117,8 +116,8 @@ def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marke
     for role in ("teacher", "baseline", "student"):
         a, b = load_file(full.weights_path(role)), load_file(resumed.weights_path(role))
         assert all(torch.equal(a[k], b[k]) for k in a), f"{role} weights differ after resume"
-    acc = {r: m["accuracy"] for r, m in full.read_metrics()["models"].items()}
-    assert {r: m["accuracy"] for r, m in resumed.read_metrics()["models"].items()} == acc
+    acc = {r: m.accuracy for r, m in full.model_metrics().items()}
+    assert {r: m.accuracy for r, m in resumed.model_metrics().items()} == acc
     assert len(resumed.read_history()) == len(full.read_history())
 
 
@@ -189,7 +188,8 @@ def test_each_model_can_have_its_own_augmentation(
     assert augment["baseline"] == augment["student"] == {None}
     assert json.loads(run.metrics_path.read_text())["teacher_outputs"] == "cached"
     from kdeploy.bench.report import _recipe_section
+    from kdeploy.rundata import run_recipe
 
-    summary = "\n".join(_recipe_section(yaml.safe_load((run.root / "recipe.yaml").read_text())))
+    summary = "\n".join(_recipe_section(run_recipe(run)))
     assert "augmentation translate 2)" in summary and "lr 0.003, augmentation none" in summary
     assert summary.endswith("- training: fp32")

@@ -265,7 +265,7 @@ def test_bf16_autocast_trains_close_to_fp32(mnist_root: Path, tmp_path: Path) ->
     assert l32 != l16, "bf16 autocast changes the arithmetic"
     assert all(abs(a - b) < 0.05 * a for a, b in zip(l32, l16, strict=True)), (l32, l16)
     for role in ("teacher", "student"):
-        a, b = fp32["metrics"]["models"][role]["accuracy"], bf16["metrics"]["models"][role]["accuracy"]
+        a, b = fp32["metrics"].models[role].accuracy, bf16["metrics"].models[role].accuracy
         assert abs(a - b) < 0.05, (role, a, b)
 
 

@@ -116,7 +116,7 @@ def test_manifest_contents(run: Run, exported: list[Artifact]) -> None:
     assert student.input.mean == list(data.mean) and student.input.std == list(data.std)
     assert student.output.shape == ["batch", 10] and len(student.output.classes) == 10
     assert student.settings["atol"] == 1e-4 and student.settings["min_agreement"] == 1.0
-    assert student.fp32_accuracy == pytest.approx(run.read_metrics()["models"]["student"]["accuracy"])
+    assert student.fp32_accuracy == pytest.approx(run.model_metrics()["student"].accuracy)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param, "batch dimension is dynamic"

@@ -31,7 +31,8 @@ def multi(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 
 def _per_seed(root: Path) -> dict[int, dict]:
-    return {s: Run.open(root / f"seed{s}").read_metrics()["models"] for s in SEEDS}
+    """Each seed's metrics.json models, as written on disk."""
+    return {s: json.loads(Run.open(root / f"seed{s}").metrics_path.read_text())["models"] for s in SEEDS}
 
 
 def test_one_complete_run_per_seed(multi: tuple[Path, Path, str]) -> None:

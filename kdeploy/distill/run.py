@@ -22,7 +22,7 @@ from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
-from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, environment, load_state, load_state_file
+from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, RunMetrics, environment, load_state, load_state_file
 
 
 def run_folder(recipe: Recipe, out: str | Path | None) -> Run:
@@ -158,8 +158,7 @@ class DistillSession:
         if recipe.teacher.checkpoint:
             path = recipe.teacher.checkpoint
             load_state(self.teacher, load_state_file(Path(path)), path)
-        self.metrics: dict[str, Any] = run.read_metrics() if resume else {"models": {}}
-        self.metrics.update(run_summary(recipe, world, data))
+        self.metrics = run_summary(run.read_metrics() if resume else RunMetrics(), recipe, world, data)
         self.history: list[dict[str, Any]] = run.read_history() if resume else []
         self.teacher_outputs = "per-batch"
 
@@ -195,7 +194,7 @@ class DistillSession:
 
     def done(self, role: str) -> bool:
         """Finished in an earlier session of a resumed run."""
-        return self.resume and self.run.weights_path(role).is_file() and role in self.metrics["models"]
+        return self.resume and self.run.weights_path(role).is_file() and role in self.metrics.models
 
     def train_teacher(self) -> nn.Module:
         """Train the teacher, load its checkpoint, or reload it from the run; frozen on the device."""
@@ -274,40 +273,29 @@ class DistillSession:
         metrics, and drops the model's resume state."""
         entry = dataclasses.replace(model_entry(result, model, self.recipe.train.compile), checkpoint=checkpoint,
                                     method=method, teacher_outputs=teacher_outputs)  # fmt: skip
-        self.metrics["models"][role] = record = entry.to_dict()
+        self.metrics.models[role] = entry
         self.history = [r for r in self.history if r.get("model") != role] + result.history
         if self.world.main:
-            self.run.save_weights(role, model, weights_meta(role, self.recipe, cfg, self.data, record))
+            self.run.save_weights(role, model, weights_meta(role, self.recipe, cfg, self.data, entry.to_dict()))
             self.run.write_history(self.history)
             self.run.write_metrics(self.metrics)
             self.run.state_path(role).unlink(missing_ok=True)
         progress.log(f"{role}: test accuracy {result.accuracy:.4f} ({entry.params:,} params)")
 
     def close(self) -> None:
-        self.metrics["teacher_outputs"] = self.teacher_outputs
-        wall = self.metrics.get("wall_seconds", 0.0) + time.perf_counter() - self.t0
-        self.metrics["wall_seconds"] = round(wall, 2)
+        self.metrics.teacher_outputs = self.teacher_outputs
+        self.metrics.wall_seconds = round((self.metrics.wall_seconds or 0.0) + time.perf_counter() - self.t0, 2)
         if self.world.main:
             self.run.write_metrics(self.metrics)
         self.world.barrier()  # the run folder is complete on every rank's return
 
 
-def run_summary(recipe: Recipe, world: World, data: Dataset) -> dict[str, Any]:
-    """The run-level fields of metrics.json."""
-    return {
-        "recipe": recipe.name,
-        "seed": recipe.seed,
-        "method": recipe.distill.method,
-        "world_size": world.size,
-        "backend": world.backend,
-        "dataset": {
-            "name": data.name,
-            "source": data.source,
-            "train": len(data.train),
-            "val": len(data.val),
-            "test": len(data.test),
-        },
-    }
+def run_summary(metrics: RunMetrics, recipe: Recipe, world: World, data: Dataset) -> RunMetrics:
+    """``metrics`` (a resumed run's, or empty) with this session's run-level fields."""
+    dataset = {"name": data.name, "source": data.source, "train": len(data.train), "val": len(data.val),
+               "test": len(data.test)}  # fmt: skip
+    return dataclasses.replace(metrics, recipe=recipe.name, seed=recipe.seed, method=recipe.distill.method,
+                               world_size=world.size, backend=world.backend, dataset=dataset)  # fmt: skip
 
 
 def model_entry(result: Result, model: nn.Module, compiled: bool) -> ModelMetrics:
