@@ -110,19 +110,31 @@ class Stat:
         return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values)}
 
 
-Summary = dict[str, dict[str, Stat]]  # role (and GAIN) -> metric -> statistics
+@dataclass(frozen=True)
+class RoleStats:
+    """One role's test accuracy over the seeds (or the paired gain's, student - baseline of each seed)."""
+
+    accuracy: Stat  # the model selected on validation ("best epoch")
+    last_accuracy: Stat  # after the final epoch
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_json() for k in METRICS}
+
+
+Summary = dict[str, RoleStats]  # role (and GAIN) -> statistics
 
 
 def aggregate(per_seed: dict[int, dict[str, ModelMetrics]]) -> Summary:
-    """``{role: {metric: Stat}}`` over the seeds' ``metrics.json`` models, plus the paired KD gain per seed."""
+    """Each role's :class:`RoleStats` over the seeds' ``metrics.json`` models, plus the paired KD gain."""
     summary: Summary = {}
     for role in ROLES:
         found = [m[role] for m in per_seed.values() if role in m]
         if found:
-            summary[role] = {k: Stat.of(getattr(m, k) for m in found) for k in METRICS}
+            summary[role] = RoleStats(**{k: Stat.of(getattr(m, k) for m in found) for k in METRICS})
     both = [(m["student"], m["baseline"]) for m in per_seed.values() if "student" in m and "baseline" in m]
     if both:
-        summary[GAIN] = {k: Stat.of(_difference(getattr(s, k), getattr(b, k)) for s, b in both) for k in METRICS}
+        summary[GAIN] = RoleStats(**{k: Stat.of(_difference(getattr(s, k), getattr(b, k)) for s, b in both)
+                                     for k in METRICS})  # fmt: skip
     return summary
 
 
@@ -147,7 +159,7 @@ class SeedsSummary:
             "runs": {str(s): name for s, name in self.runs.items()},
             "std": "sample standard deviation (n - 1)",
             "per_seed": {str(s): roles for s, roles in self.per_seed.items()},
-            "summary": {role: {k: st.to_json() for k, st in stats.items()} for role, stats in self.stats.items()},
+            "summary": {role: stats.to_json() for role, stats in self.stats.items()},
         }
 
     def markdown(self) -> str:
@@ -162,11 +174,9 @@ class SeedsSummary:
             "|---|---:|---:|---:|---|",
         ]
         for role, stats in self.stats.items():
-            per_seed = ", ".join(f"{v * 100:.2f}" for v in stats["accuracy"].values)
-            lines.append(
-                f"| {role} | {stats['accuracy'].percent()} | {stats['last_accuracy'].percent()} "
-                f"| {stats['accuracy'].n} | {per_seed} |"
-            )
+            best, last = stats.accuracy, stats.last_accuracy
+            per_seed = ", ".join(f"{v * 100:.2f}" for v in best.values)
+            lines.append(f"| {role} | {best.percent()} | {last.percent()} | {best.n} | {per_seed} |")
         return "\n".join(lines) + "\n"
 
 

@@ -113,15 +113,15 @@ def test_aggregate_by_hand() -> None:
         1: {"teacher": ModelMetrics(accuracy=0.92, last_accuracy=0.84), "student": ModelMetrics(0.74, 0.7)},
     }
     summary = aggregate(per_seed)
-    assert summary["teacher"]["accuracy"].mean == pytest.approx(0.91)
-    assert summary["teacher"]["accuracy"].std == pytest.approx(0.0141421356, abs=1e-9)  # |0.92 - 0.90| / sqrt(2)
-    assert summary["teacher"]["last_accuracy"].mean == pytest.approx(0.82)
-    assert summary["student"]["last_accuracy"].std == 0.0
+    assert summary["teacher"].accuracy.mean == pytest.approx(0.91)
+    assert summary["teacher"].accuracy.std == pytest.approx(0.0141421356, abs=1e-9)  # |0.92 - 0.90| / sqrt(2)
+    assert summary["teacher"].last_accuracy.mean == pytest.approx(0.82)
+    assert summary["student"].last_accuracy.std == 0.0
     assert "baseline" not in summary and "student - baseline" not in summary
     per_seed[0]["baseline"], per_seed[1]["baseline"] = ModelMetrics(0.69, None), ModelMetrics(0.71, 0.69)
     gain = aggregate(per_seed)["student - baseline"]
-    assert gain["accuracy"].values == pytest.approx([0.01, 0.03])
-    assert gain["last_accuracy"].values == pytest.approx([0.01]), "a seed without the metric is left out"
+    assert gain.accuracy.values == pytest.approx([0.01, 0.03])
+    assert gain.last_accuracy.values == pytest.approx([0.01]), "a seed without the metric is left out"
     one = Stat.of([0.5, float("nan"), None])
     assert one.mean == 0.5 and one.std is None and one.n == 1
     assert one.to_json() == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}

@@ -27,7 +27,7 @@ def print_seeds(result: SeedsSummary) -> None:
     for col in ("model", "best epoch", "last epoch", "n"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for role, stats in result.stats.items():
-        table.add_row(role, stats["accuracy"].percent(), stats["last_accuracy"].percent(), str(stats["accuracy"].n))
+        table.add_row(role, stats.accuracy.percent(), stats.last_accuracy.percent(), str(stats.accuracy.n))
     out.print(table)
 
 
