@@ -153,3 +153,27 @@ def test_qad_loss_takes_qat_then_distill_then_kd_defaults(
     assert recipe.qat is not None
     params = kd_method(recipe, recipe.qat).params
     assert (params.temperature, params.alpha) == want
+
+
+def test_qat_for_tensorrt_writes_a_file_the_tensorrt_qdq_checker_accepts(qat_run, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from kdeploy.cli import app
+    from kdeploy.export.qdq_check import check_tensorrt_qdq
+    from kdeploy.runs import Run
+
+    run = Run(shutil.copytree(qat_run[0].root, tmp_path / "copy"))
+    bad = CliRunner().invoke(app, ["qat", str(run.root), "--target", "trt"])
+    assert bad.exit_code == 2 and "--target 'trt': choose one of onnxruntime, tensorrt" in bad.output
+    res = CliRunner().invoke(app, ["qat", str(run.root), "--target", "tensorrt", "--max-accuracy-drop", "1.0"])
+    assert res.exit_code == 0, res.output
+    art = read_manifest(run).find("student:onnx-int8-qat")
+    s = art.settings
+    assert (s["target"], s["tensorrt_compatible"], s["tensorrt_violations"]) == ("tensorrt", True, [])
+    assert s["reduce_range"] is False and s["per_channel"] is True, "TensorRT: 8-bit, per-channel weights"
+    assert s["qat"]["reduce_range"] is False, "the fake quantization trained for the same weights"
+    assert check_tensorrt_qdq(run.export_dir / "student.qat.int8.onnx").ok
+    assert art.status == "ok" and art.accuracy is not None and art.fp32_accuracy is not None
+    assert art.accuracy >= art.fp32_accuracy - 0.05, "as accurate as the float student (a tiny, weak one)"

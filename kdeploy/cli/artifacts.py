@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kdeploy.cli.main import command, out
-from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, RunArg
+from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, QdqTargetOpt, RunArg
 from kdeploy.cli.tables import print_artifacts
 from kdeploy.errors import UserError
 
@@ -100,9 +100,7 @@ def quantize_cmd(
             help="static INT8: 7-bit weights (default: on x86 CPUs without VNNI, whose ORT kernels saturate 8-bit)",
         ),
     ] = None,
-    target: Annotated[
-        str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
-    ] = "onnxruntime",
+    target: QdqTargetOpt = "onnxruntime",
     models: ExportModelsOpt = None,
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
@@ -136,13 +134,13 @@ def quantize_cmd(
 
 
 @command("qat")
-def qat_cmd(run_dir: RunArg = None, max_accuracy_drop: MaxDropOpt = 0.01) -> None:
+def qat_cmd(run_dir: RunArg = None, target: QdqTargetOpt = "onnxruntime", max_accuracy_drop: MaxDropOpt = 0.01) -> None:
     """Quantization-aware distillation of the run's student -> export/student.qat.int8.onnx (recipe `qat:`)."""
     from kdeploy.artifacts import finish_stage
     from kdeploy.qat import qat
     from kdeploy.runs import Run
 
     run = Run.open(run_dir)
-    art = qat(run, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
+    art = qat(run, target=target, max_accuracy_drop=max_accuracy_drop, raise_on_fail=False)
     print_artifacts([art], f"{run.root.name}: quantization-aware distilled student ({run.manifest_path})")
     finish_stage([art])

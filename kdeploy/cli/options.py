@@ -94,3 +94,8 @@ def bench_settings(
         cuda_graph=cuda_graph,
         data_root=data_root,
     )
+
+
+QdqTargetOpt = Annotated[
+    str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
+]

@@ -27,6 +27,7 @@ from kdeploy.data import iterate_batches
 from kdeploy.distill.methods import Outputs, create_method
 from kdeploy.errors import UserError
 from kdeploy.export.onnx import export_graph
+from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target, per_channel_for
 from kdeploy.export.staging import staging_dir
 from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
 from kdeploy.quantize import (
@@ -107,16 +108,27 @@ def torch_accuracy(model: torch.nn.Module, data: Any) -> float:
     return correct / max(len(data.test), 1)
 
 
-def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_on_fail: bool = True) -> Artifact:
+def qat(
+    run: Run | str | None = None,
+    *,
+    target: str = DEFAULT_TARGET,
+    max_accuracy_drop: float = 0.01,
+    raise_on_fail: bool = True,
+) -> Artifact:
     """Run quantization-aware distillation on ``run``; returns the ``onnx-int8-qat`` artifact (also in the manifest).
 
-    Like every artifact stage it ends in :func:`~kdeploy.artifacts.finish_stage`: with ``raise_on_fail`` a missed
-    accuracy gate raises :class:`~kdeploy.errors.GateFailed`."""
+    ``target`` is the INT8 file's form, as for ``kdeploy quantize --target``: ``onnxruntime``, or ``tensorrt``
+    (float biases, no Q/DQ on the output, 8-bit weights; checked by the TensorRT Q/DQ checker). Like every artifact
+    stage it ends in :func:`~kdeploy.artifacts.finish_stage`: with ``raise_on_fail`` a missed accuracy gate raises
+    :class:`~kdeploy.errors.GateFailed`."""
+    check_target(target)
     run = run if isinstance(run, Run) else Run.open(run)
     _require_models(run)
     recipe = run_recipe(run)
     cfg = recipe.qat or QatConfig()
-    cfg = cfg.model_copy(update={"reduce_range": auto_reduce_range(cfg.reduce_range)})  # the settings say which
+    # the settings say which: 7-bit weights where ORT's kernels saturate; per-channel weights for TensorRT
+    cfg = cfg.model_copy(update={"reduce_range": auto_reduce_range(cfg.reduce_range, target),
+                                 "per_channel": per_channel_for(target, cfg.per_channel)})  # fmt: skip
     # the float student's gated ONNX: accuracy reference and I/O spec
     source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
     loss = kd_method(recipe, cfg)
@@ -137,7 +149,8 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
     after = torch_accuracy(qmodel, data)
     progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
     tuned = strip_fake_quant(qmodel).eval()
-    art = _export_and_quantize(run, tuned, meta, source, data, calib, cfg, max_accuracy_drop)
+    options = QuantOptions("minmax", cfg.per_channel, target, reduce_range=bool(cfg.reduce_range))
+    art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
     art.settings["qat"] = {
         **cfg.model_dump(),
         "kd": loss.params.model_dump(),
@@ -155,7 +168,7 @@ def qat(run: Run | str | None = None, *, max_accuracy_drop: float = 0.01, raise_
 
 
 def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: WeightsMeta, source: Artifact, data: Any,
-                         calib: Calibration, cfg: QatConfig, max_accuracy_drop: float) -> Artifact:  # fmt: skip
+                         calib: Calibration, options: QuantOptions, max_accuracy_drop: float) -> Artifact:  # fmt: skip
     """Export the fine-tuned float student to a staged ONNX file and quantize it by quantize's static INT8 path."""
     fp32_logits = fp32_test_logits(run, source, data)
     with staging_dir(run.export_dir) as tmp:
@@ -164,7 +177,6 @@ def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: WeightsMeta, so
         tuned_path = folder / "student.qat.fp32.onnx"
         export_graph(tuned, list(meta.in_shape), tuned_path, source.opset or 18)
         tuned_source = dataclasses.replace(source, files=[str(tuned_path.relative_to(run.export_dir))], sha256=None)
-        options = QuantOptions("minmax", cfg.per_channel, reduce_range=bool(cfg.reduce_range))
         art = quantize_one(run, ROLE, FORMAT, tuned_source, data, fp32_logits, options, calib, max_accuracy_drop)
     art.source, art.source_sha256 = source.files[0], source.sha256  # built from the float student's gated ONNX
     art.vs_fp32 = dataclasses.replace(art.vs_fp32, reference=source.files[0]) if art.vs_fp32 else None
