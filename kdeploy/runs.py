@@ -161,7 +161,6 @@ class WeightsMeta:
     mean: tuple[float, ...]  # per-channel input normalisation
     std: tuple[float, ...]
     accuracy: float | None  # test accuracy when the weights were saved
-    raw: dict[str, Any] = field(repr=False)  # everything, as stored
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WeightsMeta:
@@ -173,7 +172,6 @@ class WeightsMeta:
             mean=tuple(float(v) for v in dataset.get("mean", ())),
             std=tuple(float(v) for v in dataset.get("std", ())),
             accuracy=data.get("accuracy"),
-            raw=data,
         )
 
 

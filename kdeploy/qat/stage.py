@@ -118,9 +118,9 @@ def qat(
     """Run quantization-aware distillation on ``run``; returns the ``onnx-int8-qat`` artifact (also in the manifest).
 
     ``target`` is the INT8 file's form, as for ``kdeploy quantize --target``: ``onnxruntime``, or ``tensorrt``
-    (float biases, no Q/DQ on the output, 8-bit weights; checked by the TensorRT Q/DQ checker). Like every artifact
-    stage it ends in :func:`~kdeploy.artifacts.finish_stage`: with ``raise_on_fail`` a missed accuracy gate raises
-    :class:`~kdeploy.errors.GateFailed`."""
+    (float biases, no Q/DQ on the output, per-channel weights on 8 bits unless ``qat.reduce_range`` is set; checked
+    by the TensorRT Q/DQ checker). Like every artifact stage it ends in :func:`~kdeploy.artifacts.finish_stage`:
+    with ``raise_on_fail`` a missed accuracy gate raises :class:`~kdeploy.errors.GateFailed`."""
     check_target(target)
     run = run if isinstance(run, Run) else Run.open(run)
     _require_models(run)
