@@ -143,14 +143,16 @@ def distill_grid(
     prepare_root(root, force)
     results: list[CellResult] = []
     shared: list[str] = []
+    baseline: ModelMetrics | None = None
     for i, (cell, own) in enumerate(zip(cells, cells_recipes, strict=True)):
         progress.log(f"grid cell {cell.name} ({i + 1}/{len(cells)})")
         run = distill(own if not shared else cell_recipe(recipe, cell, shared), out=root / cell.name,
                       mark_latest=False)  # fmt: skip
-        student = run.model_metrics()["student"]
-        results.append(CellResult(cell, student.val_accuracy, student.accuracy))
-        shared = shared or [f"teacher.checkpoint={run.weights_path('teacher')}", "baseline=false"]
-    baseline = Run(root / cells[0].name).model_metrics().get("baseline")
+        models = run.model_metrics()
+        results.append(CellResult(cell, models["student"].val_accuracy, models["student"].accuracy))
+        if not shared:  # the first cell trained the teacher and the baseline; later cells reuse the teacher
+            baseline = models.get("baseline")
+            shared = [f"teacher.checkpoint={run.weights_path('teacher')}", "baseline=false"]
     result = GridResult(root, recipe.name, results, choose(results), baseline)
     result.write()
     point_latest(root.parent, root / result.chosen.cell.name)

@@ -278,10 +278,6 @@ class Run:
             raise UserError(f"{self.metrics_path}: not a kdeploy metrics file; re-run `kdeploy distill --resume`")
         return RunMetrics.from_dict(data)
 
-    def recipe_name(self) -> str:
-        """The recipe this folder was trained from, as metrics.json names it ("" before any training)."""
-        return self.read_metrics().recipe
-
     def model_metrics(self) -> dict[str, ModelMetrics]:
         """``metrics.json``'s per-model entries, typed (empty when nothing was trained here)."""
         return self.read_metrics().models

@@ -45,6 +45,9 @@ CudaGraphOpt = Annotated[bool, typer.Option("--cuda-graph", help="PyTorch on CUD
 ExportModelsOpt = Annotated[
     str | None, typer.Option("--models", help="comma-separated roles, e.g. student,teacher (default: all)")
 ]
+QdqTargetOpt = Annotated[
+    str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
+]
 MaxDropOpt = Annotated[
     float, typer.Option("--max-accuracy-drop", help="gate for INT8/FP16/TensorRT: max test-accuracy loss vs fp32 ONNX")
 ]
@@ -94,8 +97,3 @@ def bench_settings(
         cuda_graph=cuda_graph,
         data_root=data_root,
     )
-
-
-QdqTargetOpt = Annotated[
-    str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
-]

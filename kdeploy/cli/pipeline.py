@@ -79,7 +79,7 @@ def run_all(
         if failed_run.bench_path.is_file():
             print_bench(read_bench(failed_run))
         raise
-    print_metrics(result.run)
+    print_metrics(result.run.read_metrics())
     print_bench(result.bench)
     if result.gate:
         verdict = "gate passed: " if result.gate.gated else ""

@@ -12,7 +12,7 @@ from kdeploy.cli.main import out
 if TYPE_CHECKING:
     from kdeploy.artifacts import Artifact
     from kdeploy.bench.records import BenchResult
-    from kdeploy.runs import Run
+    from kdeploy.runs import RunMetrics
     from kdeploy.seeds import SeedsSummary
 
 
@@ -31,12 +31,12 @@ def print_seeds(result: SeedsSummary) -> None:
     out.print(table)
 
 
-def print_metrics(run: Run) -> None:
-    """The run's models (metrics.json): test accuracy, size and training speed."""
-    table = Table(title=f"{run.recipe_name()}: test accuracy", title_justify="left")
+def print_metrics(metrics: RunMetrics) -> None:
+    """A run's models (metrics.json): test accuracy, size and training speed."""
+    table = Table(title=f"{metrics.recipe}: test accuracy", title_justify="left")
     for col in ("model", "accuracy", "params", "best epoch", "train s", "samples/s"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for role, m in run.model_metrics().items():
+    for role, m in metrics.models.items():
         table.add_row(
             role,
             _fmt(m.accuracy, ".4f"),

@@ -76,7 +76,7 @@ def distill(
         return
     run = run_distill(config, out=out_dir, resume=resume, force=force, world=world)
     if world.main:
-        print_metrics(run)
+        print_metrics(run.read_metrics())
         out.print(f"run folder: {run.root}")
 
 
