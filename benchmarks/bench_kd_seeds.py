@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from typing import Any
 
 from _markdown import emit, md_table
 
-from kdeploy import cpu
 from kdeploy.seeds import GAIN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,11 @@ ENTRIES = [
     Entry("mnist_mlp"),
     Entry("hinton_mnist", note="paper: baseline 146 errors, student 74"),
     Entry("fashion_mnist_cnn"),
+    Entry("cifar10_fast", note="teacher trained by seed 0"),
+    Entry("cifar10_fast_tiny", [f"teacher.checkpoint={OUT / 'cifar10_fast' / 'deploy' / 'teacher.safetensors'}"]),
 ]
+HEADERS = ["recipe", "teacher %", "CE baseline %", "KD student %", "paired gain, points (per seed)",
+           "params teacher / student", "student INT8 ONNX: accuracy, p50 batch 1", "overrides", "CPU"]  # fmt: skip
 
 
 def kdeploy(*args: str) -> None:
@@ -99,7 +103,7 @@ def cells(entry: Entry) -> list[str]:
     per_seed = ", ".join(f"{v * 100:+.2f}" for v in gain["values"])
     verdict = "pays" if gain["mean"] > (gain["std"] or 0.0) else "does not pay"
     params = f"{metrics['teacher']['params']:,} / {metrics['student']['params']:,}"
-    over = " ".join(f"`{o}`" for o in entry.overrides) or "-"
+    over = " ".join(f"`{o.replace(str(REPO) + '/', '')}`" for o in entry.overrides) or "-"
     teacher = f"{metrics['teacher']['accuracy'] * 100:.2f}"
     if not entry.share_teacher:
         teacher = pct(summary["teacher"]["accuracy"])
@@ -112,18 +116,35 @@ def cells(entry: Entry) -> list[str]:
         params,
         student_int8(bench),
         over,
+        run_cpu(root / "seeds" / "seed0" / "environment.json"),
     ]
 
 
-def table(entries: list[Entry]) -> str:
-    headers = ["recipe", "teacher %", "CE baseline %", "KD student %", "paired gain, points (per seed)",
-               "params teacher / student", "student INT8 ONNX: accuracy, p50 batch 1", "overrides"]  # fmt: skip
-    done = [e for e in entries if (OUT / e.recipe / "seeds" / "seeds.json").is_file()]
-    return md_table(headers, [cells(e) for e in done])
+def run_cpu(environment: Path) -> str:
+    """The CPU a run trained on, from its environment.json (runs before `cpu_accelerations` was recorded: the name)."""
+    env = json.loads(environment.read_text(encoding="utf-8"))
+    if "cpu_accelerations" not in env:
+        return env["cpu"]
+    return f"{env['cpu']} ({'AMX' if 'amx_bf16' in env['cpu_accelerations'] else 'no AMX'})"
 
 
-def cpu_name() -> str:
-    return f"{cpu.model_name()} ({'AMX' if cpu.has_amx() else 'no AMX'})"
+def readme_rows(readme: Path) -> dict[str, str]:
+    """The rows README's table has now, by recipe: kept for recipes whose run folders are not on this machine."""
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    section = text.partition("<!-- bench_kd_seeds:begin -->")[2].partition("<!-- bench_kd_seeds:end -->")[0]
+    found = (re.match(r"\| `(\w+)`", line) for line in section.splitlines())
+    return {m.group(1): m.string for m in found if m}
+
+
+def table(entries: list[Entry], kept: dict[str, str]) -> str:
+    """One row per recipe: measured from its run folders here, else README's row as it was."""
+    rows = []
+    for e in entries:
+        if (OUT / e.recipe / "seeds" / "seeds.json").is_file():
+            rows.append(md_table(HEADERS, [cells(e)]).splitlines()[-1])
+        elif e.recipe in kept:
+            rows.append(kept[e.recipe])
+    return "\n".join([md_table(HEADERS, []), *rows])
 
 
 def main() -> None:
@@ -146,8 +167,9 @@ def main() -> None:
         "share one teacher (`teacher.checkpoint`, from the `kdeploy run` of seed 0) unless the row says each seed "
         "trained its own; baseline and student of a seed "
         "share initialisation, data order and augmentation, so the gain is paired. mean ± sample std; the gain "
-        f"'pays' when its mean exceeds its std. CPU: {cpu_name()}, 2 cores.",
-        table(ENTRIES),
+        "'pays' when its mean exceeds its std. Two cores; the CPU each row trained on is in its last column. A "
+        "recipe whose run folders are not on the machine that writes the table keeps its row as it was.",
+        table(ENTRIES, readme_rows(README)),
     ])  # fmt: skip
     emit(text, README, "bench_kd_seeds", args.write_readme)
 

@@ -47,6 +47,11 @@ def has_amx() -> bool:
     return "amx_bf16" in flags()
 
 
+def accelerations() -> list[str]:
+    """The bf16 and INT8 flags this CPU has (``amx_bf16``, ``avx512_vnni``, ...): what makes its numbers differ."""
+    return sorted(f for f in (*NATIVE_BF16, *INT8_DOT) if f in flags())
+
+
 def native_bf16() -> bool:
     return any(f in flags() for f in NATIVE_BF16)
 

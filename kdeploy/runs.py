@@ -38,7 +38,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from kdeploy import atomic
-from kdeploy.cpu import model_name
+from kdeploy.cpu import accelerations, model_name
 from kdeploy.errors import UserError, first_line
 
 ROLES = ("teacher", "baseline", "student")
@@ -433,6 +433,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": model_name(),
+        "cpu_accelerations": accelerations(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

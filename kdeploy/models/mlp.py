@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from kdeploy.models.dropout import BitsDropout
 from kdeploy.models.registry import register_model
 
 
@@ -27,12 +28,12 @@ class MLP(nn.Sequential):
             raise ValueError(f"hidden must be a list of positive integers, got {hidden!r}")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["flatten"] = nn.Flatten()
-        layers["drop_in"] = nn.Dropout(input_dropout)
+        layers["drop_in"] = BitsDropout(input_dropout)
         width = math.prod(in_shape)
         for i, size in enumerate(hidden, start=1):
             layers[f"fc{i}"] = nn.Linear(width, size)
             layers[f"act{i}"] = nn.ReLU()
-            layers[f"drop{i}"] = nn.Dropout(dropout)
+            layers[f"drop{i}"] = BitsDropout(dropout)
             width = size
         layers["head"] = nn.Linear(width, num_classes)
         super().__init__(layers)
