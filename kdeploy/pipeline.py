@@ -34,6 +34,8 @@ class PipelineOptions:
     int8: bool = True
     int8_method: str = "static"  # or "dynamic"
     calib_samples: int = 512
+    calib_method: str = "minmax"  # static INT8 activation ranges: minmax, entropy or percentile
+    per_channel: bool = False  # static INT8 weights: one scale per output channel
     fp16: bool = True
     tensorrt: bool = False  # build TensorRT engines (needs a GPU and the tensorrt package)
     opset: int = 18
@@ -47,6 +49,10 @@ class PipelineOptions:
         return self.max_accuracy_drop is not None or self.min_speedup is not None
 
     def check(self) -> None:
+        from kdeploy.quantize.convert import CALIB_METHODS
+
+        if self.calib_method not in CALIB_METHODS:
+            raise UserError(f"--calib-method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
         if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
             raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: a fraction in [0, 1], e.g. 0.01")
         if self.min_speedup is not None and self.min_speedup <= 0:
@@ -93,6 +99,8 @@ def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
             method=opts.int8_method,
             fp16=opts.fp16,
             calib_samples=opts.calib_samples,
+            calib_method=opts.calib_method,
+            per_channel=opts.per_channel,
             models=ok_roles,
             raise_on_fail=False,
             target="tensorrt" if opts.tensorrt else "onnxruntime",

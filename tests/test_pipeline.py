@@ -29,7 +29,9 @@ def recipe(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def passed(recipe: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
     out = tmp_path_factory.mktemp("pipeline") / "tiny"
-    res = invoke("run", str(recipe), "--out", str(out), *FAST, "--max-accuracy-drop", "1", "--min-speedup", "1e-6")
+    int8 = ["--per-channel", "--calib-method", "percentile"]
+    gate = ["--max-accuracy-drop", "1", "--min-speedup", "1e-6"]
+    res = invoke("run", str(recipe), "--out", str(out), *FAST, *int8, *gate)
     return out, res
 
 
@@ -39,10 +41,11 @@ def test_run_writes_everything_and_passes_a_met_gate(passed: tuple[Path, Result]
     names = {p.name for p in out.iterdir()}
     assert {"student.safetensors", "bench.json", "bench.csv", "bench.md", "pareto.png", "gate.json",
             "report.md"} <= names  # fmt: skip
-    formats = {
-        (a["model"], a["format"]) for a in json.loads((out / "export" / "manifest.json").read_text())["artifacts"]
-    }
+    artifacts = json.loads((out / "export" / "manifest.json").read_text())["artifacts"]
+    formats = {(a["model"], a["format"]) for a in artifacts}
     assert {("student", "onnx"), ("student", "onnx-int8"), ("student", "onnx-fp16")} <= formats
+    int8 = next(a["settings"] for a in artifacts if a["format"] == "onnx-int8")
+    assert int8["per_channel"] is True and int8["calib_method"] == "percentile"  # run's INT8 options reach quantize
     bench = json.loads((out / "bench.json").read_text())
     benched = {(r["model"], r["format"]) for r in bench["rows"]}
     assert ("teacher", "pytorch") in benched and ("student", "onnx") in benched
@@ -84,6 +87,7 @@ def test_impossible_speedup_exits_1_and_report_keeps_the_verdict(
         (["--min-speedup", "0"], "--min-speedup"),
         (["--batch-sizes", "4", "--min-speedup", "2"], "batch 1"),
         (["--runtimes", "onnxruntime", "--min-speedup", "2"], "torch"),
+        (["--calib-method", "kl"], "--calib-method 'kl'"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--batch-sizes", "0"], "--"),
         (["--tensorrt"] if not torch.cuda.is_available() else ["--threads", "0"], "--"),
     ],

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kdeploy.cli.main import command, out
-from kdeploy.cli.options import ExportModelsOpt, MaxDropOpt, QdqTargetOpt, RunArg
+from kdeploy.cli.options import CalibMethodOpt, ExportModelsOpt, MaxDropOpt, PerChannelOpt, QdqTargetOpt, RunArg
 from kdeploy.cli.tables import print_artifacts
 from kdeploy.errors import UserError
 
@@ -91,8 +91,8 @@ def quantize_cmd(
     method: Annotated[str, typer.Option("--method", help="INT8: static (QDQ, calibrated) or dynamic")] = "static",
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 ONNX (float32 inputs and outputs kept)")] = False,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
-    calib_method: Annotated[str, typer.Option("--calib-method", help="minmax, entropy or percentile")] = "minmax",
-    per_channel: Annotated[bool, typer.Option("--per-channel", help="per-channel weight scales")] = False,
+    calib_method: CalibMethodOpt = "minmax",
+    per_channel: PerChannelOpt = False,
     reduce_range: Annotated[
         bool | None,
         typer.Option(

@@ -48,6 +48,8 @@ ExportModelsOpt = Annotated[
 QdqTargetOpt = Annotated[
     str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
 ]
+CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="INT8 ranges: minmax, entropy or percentile")]
+PerChannelOpt = Annotated[bool, typer.Option("--per-channel", help="static INT8: per-channel weight scales")]
 MaxDropOpt = Annotated[
     float, typer.Option("--max-accuracy-drop", help="gate for INT8/FP16/TensorRT: max test-accuracy loss vs fp32 ONNX")
 ]
