@@ -6,9 +6,13 @@ import sys
 from pathlib import Path
 
 
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def md_table(headers: list[str], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    lines = [md_row(headers), "|" + "|".join(["---"] * len(headers)) + "|"]
+    return "\n".join(lines + [md_row(c) for c in cells])
 
 
 def replace_section(readme: Path, name: str, text: str) -> None:

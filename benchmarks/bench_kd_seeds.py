@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _markdown import emit, md_table
+from _markdown import emit, md_row, md_table
 
 from kdeploy.seeds import GAIN
 
@@ -145,7 +145,7 @@ def table(entries: list[Entry], kept: dict[str, str]) -> str:
     rows = []
     for e in entries:
         if (OUT / e.recipe / "seeds" / "seeds.json").is_file():
-            rows.append(md_table(HEADERS, [cells(e)]).splitlines()[-1])
+            rows.append(md_row(cells(e)))
         elif e.recipe in kept:
             rows.append(kept[e.recipe])
     return "\n".join([md_table(HEADERS, []), *rows])

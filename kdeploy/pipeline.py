@@ -49,10 +49,9 @@ class PipelineOptions:
         return self.max_accuracy_drop is not None or self.min_speedup is not None
 
     def check(self) -> None:
-        from kdeploy.quantize.convert import CALIB_METHODS
+        from kdeploy.quantize import check_int8_options
 
-        if self.calib_method not in CALIB_METHODS:
-            raise UserError(f"--calib-method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        check_int8_options(self.int8_method, self.calib_samples, self.calib_method)
         if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
             raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: a fraction in [0, 1], e.g. 0.01")
         if self.min_speedup is not None and self.min_speedup <= 0:

@@ -36,7 +36,15 @@ from kdeploy.quantize.convert import (
     dynamic_problem,
 )
 from kdeploy.quantize.graph import gemm_to_matmul, op_counts
-from kdeploy.quantize.stage import auto_reduce_range, check_args, fp32_test_logits, quantize, quantize_one, saturates
+from kdeploy.quantize.stage import (
+    auto_reduce_range,
+    check_args,
+    check_int8_options,
+    fp32_test_logits,
+    quantize,
+    quantize_one,
+    saturates,
+)
 
 __all__ = [
     "Calibration",
@@ -44,6 +52,7 @@ __all__ = [
     "auto_reduce_range",
     "calibration_split",
     "check_args",
+    "check_int8_options",
     "convert",
     "convert_dynamic",
     "convert_fp16",

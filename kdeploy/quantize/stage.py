@@ -163,14 +163,19 @@ def quantize_one(
 
 # ---- the stage -------------------------------------------------------------------------------------------
 def check_args(method: str, calib_samples: int, calib_method: str, max_accuracy_drop: float) -> None:
+    check_int8_options(method, calib_samples, calib_method)
+    if not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1):
+        raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
+
+
+def check_int8_options(method: str, calib_samples: int, calib_method: str) -> None:
+    """The INT8 settings ``quantize`` takes; ``kdeploy run`` checks them before it trains."""
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
     if calib_samples < 1:
         raise UserError(f"--calib-samples {calib_samples}: must be >= 1 (default 512)")
-    if not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 1):
-        raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
 
 
 def saturates(target: str = DEFAULT_TARGET) -> bool:
