@@ -1,4 +1,4 @@
-"""The MLP's CPU dropout (random bits, not bernoulli_) and the heap setting the trainer makes."""
+"""The MLP's CPU dropout: masks from random bits, not bernoulli_."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from kdeploy.memory import keep_freed_blocks
 from kdeploy.models import create_model
 from kdeploy.models.dropout import BitsDropout, keep_mask
 
@@ -56,11 +55,3 @@ def test_mlp_uses_it_and_has_no_new_state() -> None:
     model = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[32], dropout=0.2, input_dropout=0.1)
     assert isinstance(model.drop1, BitsDropout) and isinstance(model.drop_in, BitsDropout)
     assert list(model.state_dict()) == ["fc1.weight", "fc1.bias", "head.weight", "head.bias"]
-
-
-def test_heap_setting_is_made_once_on_glibc() -> None:
-    import platform
-
-    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert keep_freed_blocks() is expected
-    assert keep_freed_blocks() is expected

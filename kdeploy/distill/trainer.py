@@ -31,7 +31,6 @@ from kdeploy.distill.schedule import lr_factor, make_optimizer
 from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
 from kdeploy.distill.tensorboard import EpochScalars
-from kdeploy.memory import keep_freed_blocks
 from kdeploy.recipe import ModelConfig, TrainConfig
 
 INIT_IMAGES = 5000  # training images a model's init_from_data(images) sees
@@ -99,7 +98,6 @@ class Trainer:
         # Late in training, tiny gradients and softmax tails become denormal floats, which x86 CPUs process up to
         # ~100x slower; flushing them to zero keeps the epoch rate steady (the values are below 1e-38).
         torch.set_flush_denormal(True)
-        keep_freed_blocks()  # no page faults per step for the buffers every step re-allocates (kdeploy.memory)
 
     @property
     def device(self) -> torch.device:
