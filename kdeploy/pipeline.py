@@ -51,7 +51,7 @@ class PipelineOptions:
     def check(self) -> None:
         from kdeploy.quantize import check_int8_options
 
-        check_int8_options(self.int8_method, self.calib_samples, self.calib_method)
+        check_int8_options(self.int8_method, self.calib_samples, self.calib_method, method_flag="--int8-method")
         if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 1:
             raise UserError(f"--max-accuracy-drop {self.max_accuracy_drop}: a fraction in [0, 1], e.g. 0.01")
         if self.min_speedup is not None and self.min_speedup <= 0:

@@ -88,6 +88,7 @@ def test_impossible_speedup_exits_1_and_report_keeps_the_verdict(
         (["--batch-sizes", "4", "--min-speedup", "2"], "batch 1"),
         (["--runtimes", "onnxruntime", "--min-speedup", "2"], "torch"),
         (["--calib-method", "kl"], "--calib-method 'kl'"),
+        (["--int8-method", "fancy"], "--int8-method 'fancy'"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--batch-sizes", "0"], "--"),
         (["--tensorrt"] if not torch.cuda.is_available() else ["--threads", "0"], "--"),
     ],

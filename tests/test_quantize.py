@@ -27,7 +27,9 @@ from kdeploy.quantize import (
     QuantOptions,
     calibration_split,
     convert_dynamic,
+    convert_static,
     dynamic_problem,
+    entropy_overrides,
     gemm_to_matmul,
     quantize,
     quantize_one,
@@ -123,6 +125,59 @@ def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: P
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
     weights = [w for w in weights if w.size > 1]  # not the zero points
     assert len(weights) >= 5 and max(int(np.abs(w).max()) for w in weights) == 64
+
+
+class _Batches:
+    """A ``CalibrationDataReader`` over fixed batches of the input ``x``."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches, self.pos = batches, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        self.pos += 1
+        return {"x": self.batches[self.pos - 1]} if self.pos <= len(self.batches) else None
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+
+def _input_scale(path: Path) -> float:
+    proto = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    return float(inits[q.input[1]])
+
+
+def test_entropy_calibration_clips_an_outlier_that_minmax_keeps(tmp_path: Path) -> None:
+    """ORT's ``quantize_static`` runs its KL search with one candidate window (the whole range), which makes its
+    "entropy" min-max; kdeploy's entropy ranges come from a real search and clip a rare outlier."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "toy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])],
+        [weight],
+    )
+    src = tmp_path / "toy.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    batches = [rng.standard_normal((64, 16)).astype(np.float32) for _ in range(8)]
+    batches[3][5, 7] = 60.0  # one value in 8192
+
+    scales = {}
+    for method in ("minmax", "entropy"):
+        work = tmp_path / method
+        work.mkdir()
+        convert_static(src, work / "toy.int8.onnx", work, _Batches(batches), QuantOptions(calib_method=method))
+        scales[method] = _input_scale(work / "toy.int8.onnx")
+    assert scales["minmax"] == pytest.approx(60.0 / 127, rel=1e-3)
+    # The narrowest window the search can choose is 255 of 2048 bins (+-7.5 here); it clips the outlier.
+    assert 7.0 / 127 < scales["entropy"] < 15.0 / 127, scales
+
+    reader = _Batches(batches)
+    overrides = entropy_overrides(tmp_path / "minmax" / "preprocessed.onnx", reader, tmp_path)
+    assert overrides["x"][0]["rmax"] < 15.0 and reader.get_next() is not None  # the reader was rewound
 
 
 # ---- dynamic INT8 and FP16 ------------------------------------------------------------------------------

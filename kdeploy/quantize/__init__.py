@@ -7,9 +7,11 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
 - ``<role>.int8.onnx``: static INT8 in QDQ format. ``quant_pre_process`` (shape inference + graph optimisation;
   without its symbolic shape inference where that gives up, as on ``fast_cnn`` graphs), then ``quantize_static``
   calibrated on ``calib_samples`` images of the recipe's *training* split (a seeded random subset), MinMax / Entropy /
-  Percentile calibration, optional per-channel weights. Activations and weights are signed INT8 with zero point 0
-  (symmetric); on x86 CPUs without VNNI the weights use 7 bits (``reduce_range``, :func:`auto_reduce_range`), because
-  ONNX Runtime's AVX2 integer kernels saturate on 8-bit ones.
+  Percentile calibration (Entropy through kdeploy's own run of ORT's KL calibrator, whose ``quantize_static``
+  default searches one window and equals MinMax: :func:`entropy_overrides`), optional per-channel weights.
+  Activations and weights are signed INT8 with zero point 0 (symmetric); on x86 CPUs without VNNI the weights use
+  7 bits (``reduce_range``, :func:`auto_reduce_range`), because ONNX Runtime's AVX2 integer kernels saturate on
+  8-bit ones.
   ``target="tensorrt"`` writes TensorRT's explicit-quantization form instead (float biases, per-channel weights,
   no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the manifest's ``tensorrt_compatible`` is read from
   the written graph (``kdeploy/export/qdq_check.py``).
@@ -26,7 +28,7 @@ is kept as ``<role>.<kind>.failed.onnx`` with ``status: "failed"`` and :class:`G
 A converter that raises on a graph gives a ``failed`` entry without files (the reason names the exception).
 """
 
-from kdeploy.quantize.calibration import Calibration, calibration_split, make_reader
+from kdeploy.quantize.calibration import Calibration, calibration_split, entropy_overrides, make_reader
 from kdeploy.quantize.convert import (
     QuantOptions,
     convert,
@@ -58,6 +60,7 @@ __all__ = [
     "convert_fp16",
     "convert_static",
     "dynamic_problem",
+    "entropy_overrides",
     "fp32_test_logits",
     "gemm_to_matmul",
     "make_reader",

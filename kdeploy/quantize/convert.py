@@ -19,7 +19,7 @@ from kdeploy.data import Dataset, Split
 from kdeploy.errors import first_line
 from kdeploy.export.ort import run_batch, try_session
 from kdeploy.export.qdq_target import DEFAULT_TARGET, extra_options, finish, per_channel_for
-from kdeploy.quantize.calibration import make_reader
+from kdeploy.quantize.calibration import entropy_overrides, make_reader
 from kdeploy.quantize.graph import INTEGER_OPS, gemm_to_matmul, op_counts
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -82,11 +82,13 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     pre, note = preprocess(src, tmp / "preprocessed.onnx")
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[options.calib_method]
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}.get(
+        options.calib_method, CalibrationMethod.MinMax
+    )
+    extra = extra_options(options.target)
+    if options.calib_method == "entropy":  # ranges from kdeploy's own run of ORT's KL calibrator, see there
+        with _quiet():
+            extra["TensorQuantOverrides"] = entropy_overrides(pre, reader, tmp)
     per_channel = per_channel_for(options.target, options.per_channel)
     with _quiet():
         quantize_static(
@@ -99,7 +101,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            extra_options=extra_options(options.target),
+            extra_options=extra,
         )
     checked = finish(dst, options.target)  # TensorRT form, then tensorrt_compatible read from the graph
     ops = op_counts(dst)

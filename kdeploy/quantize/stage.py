@@ -168,10 +168,11 @@ def check_args(method: str, calib_samples: int, calib_method: str, max_accuracy_
         raise UserError(f"--max-accuracy-drop {max_accuracy_drop}: must be a fraction in [0, 1], e.g. 0.01")
 
 
-def check_int8_options(method: str, calib_samples: int, calib_method: str) -> None:
-    """The INT8 settings ``quantize`` takes; ``kdeploy run`` checks them before it trains."""
+def check_int8_options(method: str, calib_samples: int, calib_method: str, method_flag: str = "--method") -> None:
+    """The INT8 settings ``quantize`` takes; ``kdeploy run`` checks them before it trains, naming its own
+    ``method_flag`` (``--int8-method``)."""
     if method not in METHODS:
-        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise UserError(f"{method_flag} {method!r}: choose one of {', '.join(METHODS)}")
     if calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
     if calib_samples < 1:
