@@ -79,15 +79,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/exp/bench_calib"))
     ap.add_argument("--json", type=Path, default=HERE / "results" / "bench_calib.json")
     ap.add_argument("--write-readme", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="only write the table from --json")
     args = ap.parse_args()
-    rows = [
-        measure(run, args.role, args.work, weights, method)
-        for run in args.runs
-        for weights in WEIGHTS
-        for method in METHODS
-    ]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    if args.report_only:
+        rows = json.loads(args.json.read_text(encoding="utf-8"))
+    else:
+        rows = [
+            measure(run, args.role, args.work, weights, method)
+            for run in args.runs
+            for weights in WEIGHTS
+            for method in METHODS
+        ]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     role = "" if args.role == "student" else f" --role {args.role}"
     command = f"KDEPLOY_DATA=../shared/data python benchmarks/bench_calib.py {' '.join(map(str, args.runs))}{role}"
     emit(table(rows, command + " --write-readme"), HERE / "README.md", "bench_calib", args.write_readme)
