@@ -39,6 +39,7 @@ def measure(run: Path, role: str, work: Path, weights: str, method: str) -> dict
     seconds = time.perf_counter() - start
     shutil.rmtree(copy)
     return {
+        "run": str(run),
         "recipe": load_recipe(run / "recipe.yaml").name,
         "role": role,
         "weights": weights,
@@ -74,13 +75,15 @@ def table(rows: list[dict[str, object]], command: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="run folders with an ONNX export")
+    ap.add_argument("runs", nargs="*", type=Path, help="run folders with an ONNX export")
     ap.add_argument("--role", default="student")
     ap.add_argument("--work", type=Path, default=Path("runs/exp/bench_calib"))
     ap.add_argument("--json", type=Path, default=HERE / "results" / "bench_calib.json")
     ap.add_argument("--write-readme", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="only write the table from --json")
     args = ap.parse_args()
+    if not (args.runs or args.report_only):
+        ap.error("name at least one run folder (or --report-only)")
     if args.report_only:
         rows = json.loads(args.json.read_text(encoding="utf-8"))
     else:
@@ -92,8 +95,9 @@ def main() -> None:
         ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    role = "" if args.role == "student" else f" --role {args.role}"
-    command = f"KDEPLOY_DATA=../shared/data python benchmarks/bench_calib.py {' '.join(map(str, args.runs))}{role}"
+    role = "" if rows[0]["role"] == "student" else f" --role {rows[0]['role']}"
+    runs = " ".join(dict.fromkeys(str(r["run"]) for r in rows))  # the runs measured, in order
+    command = f"KDEPLOY_DATA=../shared/data python benchmarks/bench_calib.py {runs}{role}"
     emit(table(rows, command + " --write-readme"), HERE / "README.md", "bench_calib", args.write_readme)
 
 
