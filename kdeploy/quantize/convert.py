@@ -82,11 +82,10 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     pre, note = preprocess(src, tmp / "preprocessed.onnx")
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}.get(
-        options.calib_method, CalibrationMethod.MinMax
-    )
+    percentile = options.calib_method == "percentile"
+    method = CalibrationMethod.Percentile if percentile else CalibrationMethod.MinMax
     extra = extra_options(options.target)
-    if options.calib_method == "entropy":  # ranges from kdeploy's own run of ORT's KL calibrator, see there
+    if options.calib_method == "entropy":  # KL ranges from kdeploy's own calibrator run override min-max's
         with _quiet():
             extra["TensorQuantOverrides"] = entropy_overrides(pre, reader, tmp)
     per_channel = per_channel_for(options.target, options.per_channel)
