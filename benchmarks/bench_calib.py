@@ -21,10 +21,10 @@ from _markdown import emit, md_table
 
 from kdeploy import cpu
 from kdeploy.quantize import quantize
+from kdeploy.quantize.convert import CALIB_METHODS
 from kdeploy.recipe import load_recipe
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("minmax", "entropy", "percentile")
 WEIGHTS = {"per-tensor": False, "per-channel": True}
 
 
@@ -91,7 +91,7 @@ def main() -> None:
             measure(run, args.role, args.work, weights, method)
             for run in args.runs
             for weights in WEIGHTS
-            for method in METHODS
+            for method in CALIB_METHODS
         ]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

@@ -82,8 +82,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     pre, note = preprocess(src, tmp / "preprocessed.onnx")
-    percentile = options.calib_method == "percentile"
-    method = CalibrationMethod.Percentile if percentile else CalibrationMethod.MinMax
+    method = CalibrationMethod.Percentile if options.calib_method == "percentile" else CalibrationMethod.MinMax
     extra = extra_options(options.target)
     if options.calib_method == "entropy":  # KL ranges from kdeploy's own calibrator run override min-max's
         with _quiet():
