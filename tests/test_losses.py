@@ -46,6 +46,25 @@ def test_kl_soft_is_batch_mean_and_zero_for_equal_logits() -> None:
     assert kl_soft(a, b, 3.0).item() == pytest.approx(sum(per_sample) / 4, rel=1e-5)
 
 
+def test_standardized_kl_ignores_each_samples_logit_scale_and_shift() -> None:
+    s, t = torch.randn(4, 10), torch.randn(4, 10)
+    scale, shift = torch.tensor([[0.1], [1.0], [5.0], [30.0]]), torch.randn(4, 1)
+    plain = kl_soft(s, t, 2.0, standardize=True).item()
+    assert kl_soft(s * scale + shift, t * scale.flip(0) - shift, 2.0, standardize=True).item() == pytest.approx(plain)
+    assert kl_soft(s * scale, t, 2.0).item() != pytest.approx(plain)  # the plain term does depend on the range
+    z = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
+    assert kl_soft(s, t, 2.0, standardize=True).item() == pytest.approx(kl_soft(s, z, 2.0, standardize=True).item())
+    assert plain == pytest.approx(kl_soft(s / s.std(1, keepdim=True), z, 2.0).item(), rel=1e-5)
+
+
+def test_kd_standardize_is_off_by_default_and_reaches_the_loss() -> None:
+    s, t, y = torch.randn(3, 10), 20 * torch.randn(3, 10), torch.tensor([1, 2, 3])
+    out = Outputs(student_logits=s, teacher_logits=t, targets=y)
+    assert create_method("kd", {}).params.standardize is False
+    losses = create_method("kd", {"standardize": True, "temperature": 2.0, "kd_weight": 9.0})(out)
+    assert losses["kd"].item() == pytest.approx(9.0 * kl_soft(s, t, 2.0, standardize=True).item(), rel=1e-5)
+
+
 def test_kd_alpha_weights_the_soft_term() -> None:
     m = create_method("kd", {"temperature": 4.0, "alpha": 0.7})
     s, t, y = torch.randn(3, 10), torch.randn(3, 10), torch.tensor([1, 2, 3])

@@ -76,9 +76,19 @@ def hard_label_ce(out: Outputs, label_smoothing: float = 0.0) -> Tensor:
     return F.cross_entropy(out.student_logits, target, label_smoothing=label_smoothing)
 
 
-def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Hinton's soft term: KL(teacher_T || student_T), mean over the batch, scaled by T^2."""
-    log_p_s = torch.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = torch.log_softmax(teacher_logits.float() / temperature, dim=1)
+def zscore(logits: Tensor) -> Tensor:
+    """Each row shifted to mean 0 and scaled to std 1 (Sun et al. 2024, "Logit Standardization in KD")."""
+    mean = logits.mean(dim=1, keepdim=True)
+    return (logits - mean) / (logits.std(dim=1, keepdim=True) + 1e-7)
+
+
+def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float, standardize: bool = False) -> Tensor:
+    """Hinton's soft term: KL(teacher_T || student_T), mean over the batch, scaled by T^2. ``standardize``
+    z-scores both models' logits first, so the student matches the teacher's logit *relations*, not their range."""
+    s, t = student_logits.float(), teacher_logits.float()
+    if standardize:
+        s, t = zscore(s), zscore(t)
+    log_p_s = torch.log_softmax(s / temperature, dim=1)
+    log_p_t = torch.log_softmax(t / temperature, dim=1)
     kl = torch.sum(log_p_t.exp() * (log_p_t - log_p_s), dim=1).mean()
     return kl * temperature**2

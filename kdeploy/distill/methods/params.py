@@ -37,6 +37,7 @@ class KDParams(MethodParams):
     alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft (teacher) term; CE gets 1 - alpha")
     ce_weight: float | None = Field(None, ge=0, description="overrides 1 - alpha (mdistiller convention)")
     kd_weight: float | None = Field(None, ge=0, description="overrides alpha (mdistiller convention)")
+    standardize: bool = Field(False, description="z-score each sample's logits before T (Sun et al. 2024)")
 
     @property
     def weights(self) -> tuple[float, float]:
