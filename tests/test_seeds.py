@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -15,7 +16,7 @@ from kdeploy.errors import UserError
 from kdeploy.runs import ModelMetrics, Run
 from kdeploy.seeds import Stat, aggregate, parse_seeds
 
-from .conftest import tiny_recipe, write_recipe
+from .conftest import REPO, tiny_recipe, write_recipe
 
 SEEDS = (0, 1, 2)
 
@@ -126,3 +127,31 @@ def test_aggregate_by_hand() -> None:
     assert one.mean == 0.5 and one.std is None and one.n == 1
     assert one.to_json() == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}
     assert Stat.of([0.9, 0.92]).percent() == "91.00 ± 1.41" and Stat.of([]).percent() == "-"
+
+
+def _paired_seeds(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """benchmarks/paired_seeds.py, which pairs students and baselines kept in different run folders: rc, out, err."""
+    spec = importlib.util.spec_from_file_location("paired_seeds", REPO / "benchmarks" / "paired_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rc = module.main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _rows(markdown: str) -> str:
+    return markdown[markdown.index("| model") :]
+
+
+def test_paired_seeds_gives_the_seeds_table(multi: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    root, _, _ = multi
+    pairs = [f"{s}=" + ",".join([str(root / f"seed{s}")] * 2) for s in SEEDS]
+    own = [f"{s}={root / f'seed{s}'}" for s in SEEDS]
+    for args in (pairs, own):
+        rc, out, err = _paired_seeds(capsys, *args)
+        assert rc == 0, err
+        assert _rows(out) == _rows((root / "seeds.md").read_text())
+    rc, _, err = _paired_seeds(capsys, f"0={root / 'seed0'},{root / 'seed1'}")
+    assert rc == 2 and "another seed" in err
+    rc, _, err = _paired_seeds(capsys, f"1={root / 'seed0'}")
+    assert rc == 2 and "not 1" in err

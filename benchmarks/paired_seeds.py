@@ -1,0 +1,99 @@
+"""Paired KD gains over seeds whose student and CE baseline sit in different run folders.
+
+``kdeploy distill R --seeds 0,1,2`` trains both models of every seed in one folder and writes ``seeds.md``. When the
+seeds were run apart (a student with ``baseline=false`` next to the baseline another recipe trained for the same
+student, seed, data and schedule), this pairs them: pass one ``seed=STUDENT_RUN[,BASELINE_RUN]`` per seed, where a
+run is a seed folder holding ``metrics.json``; without ``BASELINE_RUN`` the student's own folder must hold the baseline.
+
+It refuses a pair whose baseline was trained differently: the seed, the data and the ``student:`` and ``train:``
+blocks (threads aside) must be equal in both recipes, since the baseline follows ``student:``.
+
+Usage::
+
+    .venv/bin/python benchmarks/paired_seeds.py 0=runs/a/seed0,runs/b/seed0 1=runs/c/seed1 [--name NAME]
+
+Prints the same table as ``seeds.md`` (teacher, baseline, student and ``student - baseline``, mean ± sample std).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from kdeploy.errors import UserError
+from kdeploy.rundata import run_recipe
+from kdeploy.runs import ModelMetrics, Run
+from kdeploy.seeds import METRICS, SeedsSummary, aggregate
+
+SAME = ("seed", "data", "student")  # what a CE baseline depends on, besides train: (checked without threads)
+
+
+def _baseline_recipe_key(run: Run) -> dict:
+    recipe = run_recipe(run).model_dump()
+    train = {k: v for k, v in recipe["train"].items() if k != "threads"}
+    return {**{k: recipe[k] for k in SAME}, "train": train}
+
+
+def _models(run: Run) -> dict[str, ModelMetrics]:
+    models = run.model_metrics()
+    if "student" not in models:
+        raise UserError(f"{run.root}: no trained student in metrics.json; pass a finished seed folder")
+    return models
+
+
+def pair(seed: int, student_dir: Path, baseline_dir: Path | None) -> dict[str, ModelMetrics]:
+    """The student run's models, with the baseline taken from ``baseline_dir`` after checking it matches."""
+    student_run = Run(student_dir)
+    models = dict(_models(student_run))
+    if baseline_dir is not None:
+        baseline_run = Run(baseline_dir)
+        if _baseline_recipe_key(baseline_run) != _baseline_recipe_key(student_run):
+            raise UserError(
+                f"{baseline_dir}: its baseline was trained with another seed, data, student or train block than "
+                f"{student_dir}'s recipe; pair runs of the same seed and student"
+            )
+        found = baseline_run.model_metrics().get("baseline")
+        if found is None:
+            raise UserError(f"{baseline_dir}: no baseline in metrics.json; pass a run trained with baseline: true")
+        models["baseline"] = found
+    if "baseline" not in models:
+        raise UserError(f"{student_dir}: no baseline in metrics.json; pass seed=STUDENT_RUN,BASELINE_RUN")
+    if seed != run_recipe(student_run).seed:
+        raise UserError(f"{student_dir}: trained with seed {run_recipe(student_run).seed}, not {seed}")
+    return models
+
+
+def parse_pair(text: str) -> tuple[int, Path, Path | None]:
+    seed, _, dirs = text.partition("=")
+    folders = [Path(d) for d in dirs.split(",") if d]
+    if not seed.isdigit() or len(folders) not in (1, 2):
+        raise UserError(f"{text!r}: expected SEED=STUDENT_RUN[,BASELINE_RUN], e.g. 0=runs/a/seed0,runs/b/seed0")
+    return int(seed), folders[0], folders[1] if len(folders) == 2 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pairs", nargs="+", help="SEED=STUDENT_RUN[,BASELINE_RUN]")
+    ap.add_argument("--name", help="the table's title (default: the first student run's recipe name)")
+    args = ap.parse_args(argv)
+    try:
+        parsed = [parse_pair(p) for p in args.pairs]
+        per_seed = {seed: pair(seed, s, b) for seed, s, b in parsed}
+        name = args.name or run_recipe(Run(parsed[0][1])).name
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = SeedsSummary(
+        recipe=name,
+        seeds=list(per_seed),
+        runs={seed: str(s) for seed, s, _ in parsed},
+        per_seed={s: {r: {k: getattr(m, k) for k in METRICS} for r, m in ms.items()} for s, ms in per_seed.items()},
+        stats=aggregate(per_seed),
+    )
+    print(summary.markdown(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
