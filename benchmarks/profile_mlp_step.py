@@ -4,7 +4,8 @@
 2. One teacher epoch through kdeploy's ``Trainer`` under ``torch.profiler``: the ops with the most CPU time, and
    the epoch's samples/s (training only, profiler overhead included).
 
-``--nn-dropout`` measures the MLP as it was before this round, with ``nn.Dropout`` (``bernoulli_`` masks)::
+``--nn-dropout`` measures the MLP as it was before its dropout drew masks from random bits, with ``nn.Dropout``
+(``bernoulli_`` masks)::
 
     python benchmarks/profile_mlp_step.py [--nn-dropout] [--data-root ../shared/data/mnist]
 """
