@@ -22,33 +22,32 @@ import sys
 from pathlib import Path
 
 from kdeploy.errors import UserError
+from kdeploy.recipe import Recipe
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import ModelMetrics, Run
-from kdeploy.seeds import METRICS, SeedsSummary, aggregate
+from kdeploy.seeds import SeedsSummary
 
 SAME = ("seed", "data", "student")  # what a CE baseline depends on, besides train: (checked without threads)
 
 
-def _baseline_recipe_key(run: Run) -> dict:
-    recipe = run_recipe(run).model_dump()
-    train = {k: v for k, v in recipe["train"].items() if k != "threads"}
-    return {**{k: recipe[k] for k in SAME}, "train": train}
-
-
-def _models(run: Run) -> dict[str, ModelMetrics]:
-    models = run.model_metrics()
-    if "student" not in models:
-        raise UserError(f"{run.root}: no trained student in metrics.json; pass a finished seed folder")
-    return models
+def _baseline_key(recipe: Recipe) -> dict:
+    dumped = recipe.model_dump()
+    train = {k: v for k, v in dumped["train"].items() if k != "threads"}
+    return {**{k: dumped[k] for k in SAME}, "train": train}
 
 
 def pair(seed: int, student_dir: Path, baseline_dir: Path | None) -> dict[str, ModelMetrics]:
     """The student run's models, with the baseline taken from ``baseline_dir`` after checking it matches."""
     student_run = Run(student_dir)
-    models = dict(_models(student_run))
+    recipe = run_recipe(student_run)
+    if seed != recipe.seed:
+        raise UserError(f"{student_dir}: trained with seed {recipe.seed}, not {seed}")
+    models = dict(student_run.model_metrics())
+    if "student" not in models:
+        raise UserError(f"{student_dir}: no trained student in metrics.json; pass a finished seed folder")
     if baseline_dir is not None:
         baseline_run = Run(baseline_dir)
-        if _baseline_recipe_key(baseline_run) != _baseline_recipe_key(student_run):
+        if _baseline_key(run_recipe(baseline_run)) != _baseline_key(recipe):
             raise UserError(
                 f"{baseline_dir}: its baseline was trained with another seed, data, student or train block than "
                 f"{student_dir}'s recipe; pair runs of the same seed and student"
@@ -59,8 +58,6 @@ def pair(seed: int, student_dir: Path, baseline_dir: Path | None) -> dict[str, M
         models["baseline"] = found
     if "baseline" not in models:
         raise UserError(f"{student_dir}: no baseline in metrics.json; pass seed=STUDENT_RUN,BASELINE_RUN")
-    if seed != run_recipe(student_run).seed:
-        raise UserError(f"{student_dir}: trained with seed {run_recipe(student_run).seed}, not {seed}")
     return models
 
 
@@ -84,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = SeedsSummary(
-        recipe=name,
-        seeds=list(per_seed),
-        runs={seed: str(s) for seed, s, _ in parsed},
-        per_seed={s: {r: {k: getattr(m, k) for k in METRICS} for r, m in ms.items()} for s, ms in per_seed.items()},
-        stats=aggregate(per_seed),
-    )
+    summary = SeedsSummary.of(name, list(per_seed), {seed: str(s) for seed, s, _ in parsed}, per_seed)
     print(summary.markdown(), end="")
     return 0
 

@@ -152,6 +152,21 @@ class SeedsSummary:
     per_seed: dict[int, dict[str, dict[str, float | None]]]  # seed -> role -> metric -> value
     stats: Summary
 
+    @classmethod
+    def of(
+        cls, recipe: str, seeds: list[int], runs: dict[int, str], per_seed: dict[int, dict[str, ModelMetrics]]
+    ) -> SeedsSummary:
+        """The summary of each seed's models (role -> metrics) and their statistics over the seeds."""
+        return cls(
+            recipe=recipe,
+            seeds=seeds,
+            runs=runs,
+            per_seed={
+                s: {role: {k: getattr(mm, k) for k in METRICS} for role, mm in m.items()} for s, m in per_seed.items()
+            },
+            stats=aggregate(per_seed),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe,
@@ -207,15 +222,7 @@ def distill_seeds(
         )
     world.barrier()  # rank 0 has written every seed's metrics.json
     per_seed = {s: r.model_metrics() for s, r in runs.items()}
-    result = SeedsSummary(
-        recipe=recipe.name,
-        seeds=seeds,
-        runs={s: r.root.name for s, r in runs.items()},
-        per_seed={
-            s: {role: {k: getattr(mm, k) for k in METRICS} for role, mm in m.items()} for s, m in per_seed.items()
-        },
-        stats=aggregate(per_seed),
-    )
+    result = SeedsSummary.of(recipe.name, seeds, {s: r.root.name for s, r in runs.items()}, per_seed)
     if world.main:
         folder = SeedsFolder(root)
         atomic.write_json(folder.summary_path, result.to_json())
