@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from kdeploy import progress
-from kdeploy.distill import distill
+from kdeploy.distill import distill, step
+from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.errors import UserError
+from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.recipe import validate
 from kdeploy.runs import Run
 
@@ -164,7 +166,6 @@ def test_a_live_teacher_runs_in_the_training_precision(
 ) -> None:
     """bf16 training runs the live teacher under the same bf16 autocast as the student (in fp32 it ran 2.5x slower
     on an AMX CPU than the student's own step needed); fp32 training runs it without autocast."""
-    from kdeploy.distill import step
 
     real_call = step.TeacherOutputs.__call__
     seen: dict[str, set[bool]] = {}
@@ -214,3 +215,19 @@ def test_each_model_can_have_its_own_augmentation(
     summary = "\n".join(_recipe_section(run_recipe(run)))
     assert "augmentation translate 2)" in summary and "lr 0.003, augmentation none" in summary
     assert summary.endswith("- training: fp32")
+
+
+def test_teacher_features_come_from_the_plain_view_under_flip_tta() -> None:
+    # fast_cnn's flip TTA runs every block twice per forward pass; the hooked features must be the plain
+    # image's, the view the student sees, not the mirrored one's (the last call)
+    teacher = FastCNN(num_classes=10, in_shape=(3, 16, 16), widths=(4, 8, 8), tta="flip").eval()
+    hooks = FeatureHooks(teacher, ["block2"], "teacher", "distill").attach()
+    images = torch.randn(2, 3, 16, 16)
+    _, features = step.TeacherOutputs(teacher, hooks, None)(images, torch.arange(2))
+    teacher.tta = "none"
+    with torch.no_grad():
+        teacher(images.flip(-1))  # an evaluation pass between steps leaves features behind
+        plain = teacher.block2(teacher.block1(teacher.stem(images)))
+    torch.testing.assert_close(features[0], plain)
+    _, again = step.TeacherOutputs(teacher, hooks, None)(images, torch.arange(2))
+    torch.testing.assert_close(again[0], plain)

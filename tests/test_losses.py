@@ -154,6 +154,18 @@ def test_at_loss_matches_formula() -> None:
     ].item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_at_adds_the_soft_logit_term_only_when_kd_weight_is_set() -> None:
+    s, t = torch.randn(2, 3, 4, 4), torch.randn(2, 5, 4, 4)
+    logits, teacher_logits, y = torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1])
+    out = Outputs(
+        student_logits=logits, targets=y, teacher_logits=teacher_logits, student_features=[s], teacher_features=[t]
+    )
+    layers = {"student_layers": ["x"], "teacher_layers": ["y"]}
+    assert "kd" not in create_method("at", layers)(out)
+    losses = create_method("at", {**layers, "kd_weight": 0.9, "temperature": 2.0})(out)
+    assert losses["kd"].item() == pytest.approx(0.9 * kl_soft(logits, teacher_logits, 2.0).item(), rel=1e-6)
+
+
 def test_ce_method_is_plain_cross_entropy() -> None:
     m = create_method("ce", {})
     s, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])

@@ -20,7 +20,12 @@ def resolve(model: nn.Module, path: str, role: str, key: str) -> nn.Module:
 
 
 class FeatureHooks:
-    """Record the outputs of the given submodules on every forward pass."""
+    """Record the outputs of the given submodules: for each, its first output since the last ``clear`` or ``pop``.
+
+    First, not last: a model that runs a submodule twice in one forward pass (``fast_cnn``'s flip test-time
+    augmentation averages the plain and the mirrored image) gives the features of the plain view, the one
+    the other model of the pair sees. Call ``clear`` before the forward pass whose features you want.
+    """
 
     def __init__(self, model: nn.Module, paths: list[str], role: str, key: str) -> None:
         self.paths = list(paths)
@@ -30,7 +35,8 @@ class FeatureHooks:
 
     def _hook(self, path: str):
         def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            self.outputs[path] = output[0] if isinstance(output, tuple) else output
+            if path not in self.outputs:
+                self.outputs[path] = output[0] if isinstance(output, tuple) else output
 
         return hook
 
@@ -42,6 +48,9 @@ class FeatureHooks:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+    def clear(self) -> None:
+        self.outputs.clear()
 
     def pop(self) -> list[Tensor]:
         feats = [self.outputs[p] for p in self.paths]

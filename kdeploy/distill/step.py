@@ -52,6 +52,8 @@ class TeacherOutputs:
             return self.cached[rows, view], []  # flipped None: no image was flipped (view 0)
         if self.model is None:
             raise ValueError("mixed batches need the live teacher: the cached table holds unmixed images only")
+        if self.hooks:
+            self.hooks.clear()
         logits = self.model(images)
         return logits, self.hooks.pop() if self.hooks else []
 
@@ -68,6 +70,8 @@ class StudentStep(nn.Module):
         self._forward = {"model": torch.compile(model) if compiled else model}
 
     def forward(self, images: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.hooks:
+            self.hooks.clear()  # evaluation passes between steps run through the same hooks
         logits = self._forward["model"](images)
         out = Outputs(
             student_logits=logits,

@@ -1,7 +1,7 @@
 """Attention Transfer (Zagoruyko & Komodakis 2017).
 
 For each (student, teacher) layer pair: a(f) = normalize(mean_c |f|^p, flattened);
-loss = ce_weight * CE + beta * sum_pairs mean((a(s) - a(t))^2)
+loss = ce_weight * CE + beta * sum_pairs mean((a(s) - a(t))^2)  (+ kd_weight * T^2 * KL on the logits, off by default)
 
 As in the authors' code (szagoruyko/attention-transfer, ``opt.beta * sum(loss_groups)`` with ``--beta 1e+3``) and
 mdistiller (``FEAT_LOSS_WEIGHT: 1000``): no ``/ 2``, so the default beta = 1000 is the published setting.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, kl_soft, register_method
 from kdeploy.distill.methods.params import ATParams
 from kdeploy.errors import UserError
 
@@ -49,4 +49,8 @@ class AT(Method):
         p = self.params
         pairs = zip(out.student_features, out.teacher_features, strict=True)
         at = torch.stack([at_loss(s, t.detach(), p.p) for s, t in pairs]).sum()
-        return {"ce": p.ce_weight * hard_label_ce(out), "at": p.beta * at}
+        losses = {"ce": p.ce_weight * hard_label_ce(out), "at": p.beta * at}
+        if p.kd_weight:
+            assert out.teacher_logits is not None
+            losses["kd"] = p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature)
+        return losses

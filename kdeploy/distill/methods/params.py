@@ -68,6 +68,8 @@ class ATParams(MethodParams):
     p: float = Field(2.0, gt=0)
     beta: float = Field(1000.0, ge=0)
     ce_weight: float = Field(1.0, ge=0)
+    kd_weight: float = Field(0.0, ge=0, description="adds kd_weight * T^2 * KL on the logits, as FitNet's")
+    temperature: float = Field(4.0, gt=0)
 
     @model_validator(mode="after")
     def _pairs(self) -> ATParams:
