@@ -223,11 +223,12 @@ def test_teacher_features_come_from_the_plain_view_under_flip_tta() -> None:
     teacher = FastCNN(num_classes=10, in_shape=(3, 16, 16), widths=(4, 8, 8), tta="flip").eval()
     hooks = FeatureHooks(teacher, ["block2"], "teacher", "distill").attach()
     images = torch.randn(2, 3, 16, 16)
-    _, features = step.TeacherOutputs(teacher, hooks, None)(images, torch.arange(2))
-    teacher.tta = "none"
+    teacher_outputs = step.TeacherOutputs(teacher, hooks, None)
+    _, features = teacher_outputs(images, torch.arange(2))
     with torch.no_grad():
-        teacher(images.flip(-1))  # an evaluation pass between steps leaves features behind
         plain = teacher.block2(teacher.block1(teacher.stem(images)))
+        hooks.clear()
+        teacher(images.flip(-1))  # an evaluation pass between steps leaves the mirrored image's features behind
     torch.testing.assert_close(features[0], plain)
-    _, again = step.TeacherOutputs(teacher, hooks, None)(images, torch.arange(2))
+    _, again = teacher_outputs(images, torch.arange(2))
     torch.testing.assert_close(again[0], plain)
