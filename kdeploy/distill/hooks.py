@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -24,7 +25,7 @@ class FeatureHooks:
 
     First, not last: a model that runs a submodule twice in one forward pass (``fast_cnn``'s flip test-time
     augmentation averages the plain and the mirrored image) gives the features of the plain view, the one
-    the other model of the pair sees. Call ``clear`` before the forward pass whose features you want.
+    the other model of the pair sees. ``run`` clears, runs one forward pass and pops its features.
     """
 
     def __init__(self, model: nn.Module, paths: list[str], role: str, key: str) -> None:
@@ -51,6 +52,13 @@ class FeatureHooks:
 
     def clear(self) -> None:
         self.outputs.clear()
+
+    def run(self, forward: Callable[[Tensor], Tensor], images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``forward(images)`` and the features of that pass alone (evaluation passes between training steps run
+        through the same hooks, so whatever they left is cleared first)."""
+        self.clear()
+        output = forward(images)
+        return output, self.pop()
 
     def pop(self) -> list[Tensor]:
         feats = [self.outputs[p] for p in self.paths]

@@ -52,10 +52,9 @@ class TeacherOutputs:
             return self.cached[rows, view], []  # flipped None: no image was flipped (view 0)
         if self.model is None:
             raise ValueError("mixed batches need the live teacher: the cached table holds unmixed images only")
-        if self.hooks:
-            self.hooks.clear()
-        logits = self.model(images)
-        return logits, self.hooks.pop() if self.hooks else []
+        if self.hooks is None:
+            return self.model(images), []
+        return self.hooks.run(self.model, images)
 
 
 class StudentStep(nn.Module):
@@ -70,14 +69,13 @@ class StudentStep(nn.Module):
         self._forward = {"model": torch.compile(model) if compiled else model}
 
     def forward(self, images: Tensor, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        if self.hooks:
-            self.hooks.clear()  # evaluation passes between steps run through the same hooks
-        logits = self._forward["model"](images)
+        forward = self._forward["model"]
+        logits, features = self.hooks.run(forward, images) if self.hooks is not None else (forward(images), [])
         out = Outputs(
             student_logits=logits,
             targets=batch.labels,
             teacher_logits=batch.teacher_logits,
-            student_features=self.hooks.pop() if self.hooks else [],
+            student_features=features,
             teacher_features=batch.teacher_features,
             epoch=batch.epoch,
             target_probs=batch.target_probs,

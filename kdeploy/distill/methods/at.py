@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, kl_soft, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, optional_soft_term, register_method
 from kdeploy.distill.methods.params import ATParams
 from kdeploy.errors import UserError
 
@@ -50,7 +50,4 @@ class AT(Method):
         pairs = zip(out.student_features, out.teacher_features, strict=True)
         at = torch.stack([at_loss(s, t.detach(), p.p) for s, t in pairs]).sum()
         losses = {"ce": p.ce_weight * hard_label_ce(out), "at": p.beta * at}
-        if p.kd_weight:
-            assert out.teacher_logits is not None
-            losses["kd"] = p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature)
-        return losses
+        return losses | optional_soft_term(out, p.kd_weight, p.temperature)

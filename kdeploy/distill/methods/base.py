@@ -92,3 +92,11 @@ def kl_soft(student_logits: Tensor, teacher_logits: Tensor, temperature: float, 
     log_p_t = torch.log_softmax(t / temperature, dim=1)
     kl = torch.sum(log_p_t.exp() * (log_p_t - log_p_s), dim=1).mean()
     return kl * temperature**2
+
+
+def optional_soft_term(out: Outputs, kd_weight: float, temperature: float) -> dict[str, Tensor]:
+    """``{"kd": kd_weight * kl_soft(...)}`` next to a feature method's own terms, or nothing at weight 0."""
+    if not kd_weight:
+        return {}
+    assert out.teacher_logits is not None
+    return {"kd": kd_weight * kl_soft(out.student_logits, out.teacher_logits, temperature)}

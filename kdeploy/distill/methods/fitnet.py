@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, kl_soft, register_method
+from kdeploy.distill.methods.base import Method, Outputs, hard_label_ce, optional_soft_term, register_method
 from kdeploy.distill.methods.params import FitNetParams
 
 
@@ -58,7 +58,4 @@ class FitNet(Method):
             s = s.flatten(1)
         hint = F.mse_loss(match(self.regressor(s), t).float(), t.float())
         losses = {"ce": p.ce_weight * hard_label_ce(out), "hint": p.hint_weight * hint}
-        if p.kd_weight:
-            assert out.teacher_logits is not None
-            losses["kd"] = p.kd_weight * kl_soft(out.student_logits, out.teacher_logits, p.temperature)
-        return losses
+        return losses | optional_soft_term(out, p.kd_weight, p.temperature)
