@@ -19,7 +19,7 @@ def softmax(xs: list[float], t: float = 1.0) -> list[float]:
 
 
 def test_registry_lists_methods() -> None:
-    assert {"ce", "kd", "fitnet", "at", "dkd"} <= set(METHOD_CLASSES.names())
+    assert {"ce", "kd", "fitnet", "at", "dkd", "dist"} <= set(METHOD_CLASSES.names())
     with pytest.raises(UserError, match="unknown distillation method 'kdd'.*did you mean 'kd'"):
         METHOD_CLASSES.get("kdd")
 
@@ -116,6 +116,33 @@ def test_dkd_warmup_ramps_linearly() -> None:
     first = m(Outputs(student_logits=s, teacher_logits=t, targets=y, epoch=0))
     assert first["nckd"].item() == pytest.approx(full["nckd"].item() / 4, rel=1e-5)
     assert first["ce"].item() == pytest.approx(full["ce"].item())
+
+
+def test_dist_terms_are_one_minus_mean_pearson_over_rows_and_columns() -> None:
+    import numpy as np
+
+    s, t, y, temp = torch.randn(6, 5), torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0]), 2.0
+    ps, pt = torch.softmax(s / temp, 1).double().numpy(), torch.softmax(t / temp, 1).double().numpy()
+    inter = 1 - np.mean([np.corrcoef(ps[i], pt[i])[0, 1] for i in range(6)])
+    intra = 1 - np.mean([np.corrcoef(ps[:, c], pt[:, c])[0, 1] for c in range(5)])
+    losses = create_method("dist", {"beta": 2.0, "gamma": 0.5, "temperature": temp})(
+        Outputs(student_logits=s, teacher_logits=t, targets=y)
+    )
+    assert losses["inter"].item() == pytest.approx(2.0 * temp**2 * inter, rel=1e-4)
+    assert losses["intra"].item() == pytest.approx(0.5 * temp**2 * intra, rel=1e-4)
+    assert losses["ce"].item() == pytest.approx(nn.functional.cross_entropy(s, y).item(), rel=1e-6)
+
+
+def test_dist_asks_for_correlation_not_equal_probabilities() -> None:
+    # A less confident student with the teacher's probabilities mixed with uniform (p_s = 0.5 p_t + 0.5 / C, an
+    # affine map of each row) pays KL but no inter-class DIST term; an anti-correlated one pays more than 1.
+    t = torch.tensor([[4.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    s = torch.log(0.5 * torch.softmax(t, 1) + 0.5 / 3)
+    y = torch.tensor([0, 1])
+    m = create_method("dist", {"gamma": 0.0})
+    assert kl_soft(s, t, 1.0).item() > 0.05
+    assert m(Outputs(student_logits=s, teacher_logits=t, targets=y))["inter"].item() == pytest.approx(0.0, abs=1e-6)
+    assert m(Outputs(student_logits=-t, teacher_logits=t, targets=y))["inter"].item() > 1.0
 
 
 def test_fitnet_hint_is_mse_of_regressed_student() -> None:

@@ -89,6 +89,16 @@ class DKDParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0)
 
 
+@register_params("dist")
+class DISTParams(MethodParams):
+    """Huang et al. 2022: CE + T^2 * (beta * inter-class + gamma * intra-class Pearson distance)."""
+
+    beta: float = Field(1.0, ge=0, description="weight of the per-image (inter-class) correlation term")
+    gamma: float = Field(1.0, ge=0, description="weight of the per-class (intra-class, across the batch) term")
+    temperature: float = Field(1.0, gt=0)
+    ce_weight: float = Field(1.0, ge=0)
+
+
 def describe(name: str) -> str:
     """``name: param=default, ...`` (required parameters without a default)."""
     fields = METHOD_PARAMS.get(name).model_fields
