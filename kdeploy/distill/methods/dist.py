@@ -7,7 +7,8 @@ not pushed to copy a much stronger teacher's confidence, only how it ranks and r
 
 loss = ce_weight * CE + T^2 * (beta * (1 - mean_i r(p_s[i, :], p_t[i, :])) + gamma * (1 - mean_c r(p_s[:, c], p_t[:, c])))
 
-with p = softmax(logits / T). At T = 1 (the paper's ImageNet setting) the T^2 factor is 1.
+with p = softmax(logits / T). At T = 1 (the paper's ImageNet setting) the T^2 factor is 1. The intra-class term
+correlates over the batch a process sees: under DDP, each process's share of it.
 """
 
 from __future__ import annotations
