@@ -5,10 +5,15 @@ per image across the classes (the inter-class relation, weight ``beta``) and per
 intra-class relation, weight ``gamma``). A Pearson correlation ignores shift and scale, so a small student is
 not pushed to copy a much stronger teacher's confidence, only how it ranks and relates the classes.
 
-loss = ce_weight * CE + T^2 * (beta * (1 - mean_i r(p_s[i, :], p_t[i, :])) + gamma * (1 - mean_c r(p_s[:, c], p_t[:, c])))
+loss = ce_weight * CE
+       + T^2 * (beta * (1 - mean_i r(p_s[i, :], p_t[i, :])) + gamma * (1 - mean_c r(p_s[:, c], p_t[:, c])))
 
 with p = softmax(logits / T). At T = 1 (the paper's ImageNet setting) the T^2 factor is 1. The intra-class term
 correlates over the batch a process sees: under DDP, each process's share of it.
+
+A correlation is divided by the spread of the student's probabilities, so the gradient grows as the student's
+output flattens: an untrained student, or one knocked flat by too large a step, gets pushed hardest. At a learning
+rate tuned for KD, scale ``beta`` and ``gamma`` to KD's gradient (``benchmarks/kd_grad_scale.py``).
 """
 
 from __future__ import annotations
