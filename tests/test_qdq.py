@@ -83,8 +83,9 @@ def test_tensorrt_target_is_accepted_and_as_accurate(run: Run, both: dict[str, A
         assert report.ok, report.summary()
         assert e.fp32_accuracy > 0.85, "the model must be trained for the comparison to mean anything"
         two_images = 0.002 + 1e-9  # of the 1,000 test images; 1e-9 absorbs float rounding (0.947 - 0.945 > 0.002)
+        # against the float model, not ORT's default INT8 file: that one may land a few images above fp32 by chance
+        # (0.3 points on one CPU's AVX512-VNNI kernels), which says nothing about this file
         assert abs(e.accuracy - e.fp32_accuracy) <= two_images, (e.accuracy, e.fp32_accuracy)
-        assert abs(e.accuracy - both["onnxruntime"][role].accuracy) <= two_images
         proto = onnx.load(str(run.export_dir / f"{role}.int8.onnx"))
         producers = {o: n.op_type for n in proto.graph.node for o in n.output}
         assert producers[proto.graph.output[0].name] in ("Gemm", "MatMul", "Add")
