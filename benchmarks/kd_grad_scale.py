@@ -18,18 +18,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from kdeploy.data import Split, iterate_batches
+from kdeploy.data import Split
 from kdeploy.distill.methods import Outputs, create_method
+from kdeploy.evaluate import predict_logits
 from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
 
-@torch.no_grad()
 def first_logits(run: Run, role: str, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     model, meta = run.load_model(role)
-    model.eval()
-    batches = iterate_batches(Split(images, labels), 256, shuffle=False, mean=meta.mean, std=meta.std)
-    return torch.cat([model(x).float() for x, _, _ in batches])
+    return predict_logits(model, Split(images, labels), meta.mean, meta.std, batch_size=256)
 
 
 def teacher_terms(spec: str, student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -60,7 +60,9 @@ def test_all_problems_reported_together() -> None:
 
 
 def test_unknown_method_lists_valid_ones() -> None:
-    check(tiny_recipe(Path("/x"), distill__method="kdx"), r"unknown distillation method 'kdx'.*valid: at, ce, dist")
+    check(
+        tiny_recipe(Path("/x"), distill__method="kdx"), r"unknown distillation method 'kdx'.*valid: at, ce, dist, dkd"
+    )
 
 
 def test_method_parameters_are_validated() -> None:
