@@ -4,6 +4,8 @@
 seeds were run apart (a student with ``baseline=false`` next to the baseline another recipe trained for the same
 student, seed, data and schedule), this pairs them: pass one ``seed=STUDENT_RUN[,BASELINE_RUN]`` per seed, where a
 run is a seed folder holding ``metrics.json``; without ``BASELINE_RUN`` the student's own folder must hold the baseline.
+A ``BASELINE_RUN`` may also be a run whose student was trained with ``distill.method: ce`` and ``baseline: false``: the
+same loop, loss and initialisation as a baseline (a baseline alone, without training a KD student next to it).
 
 It refuses a pair whose baseline was trained differently: the seed, the data and the ``student:`` and ``train:``
 blocks (threads aside) must be equal in both recipes, since the baseline follows ``student:``.
@@ -36,6 +38,13 @@ def _baseline_key(recipe: Recipe) -> dict:
     return {**{k: dumped[k] for k in SAME}, "train": train}
 
 
+def ce_baseline(run: Run) -> ModelMetrics | None:
+    """The run's CE-only model: its ``baseline``, else a student trained with the ``ce`` method."""
+    models = run.model_metrics()
+    student = models.get("student")
+    return models.get("baseline") or (student if student is not None and student.method == "ce" else None)
+
+
 def pair(seed: int, student_dir: Path, baseline_dir: Path | None) -> dict[str, ModelMetrics]:
     """The student run's models, with the baseline taken from ``baseline_dir`` after checking it matches."""
     student_run = Run(student_dir)
@@ -52,9 +61,12 @@ def pair(seed: int, student_dir: Path, baseline_dir: Path | None) -> dict[str, M
                 f"{baseline_dir}: its baseline was trained with another seed, data, student or train block than "
                 f"{student_dir}'s recipe; pair runs of the same seed and student"
             )
-        found = baseline_run.model_metrics().get("baseline")
+        found = ce_baseline(baseline_run)
         if found is None:
-            raise UserError(f"{baseline_dir}: no baseline in metrics.json; pass a run trained with baseline: true")
+            raise UserError(
+                f"{baseline_dir}: no baseline in metrics.json; "
+                "pass a run trained with baseline: true or distill.method: ce"
+            )
         models["baseline"] = found
     if "baseline" not in models:
         raise UserError(f"{student_dir}: no baseline in metrics.json; pass seed=STUDENT_RUN,BASELINE_RUN")

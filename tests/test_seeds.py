@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -155,3 +156,24 @@ def test_paired_seeds_gives_the_seeds_table(multi: tuple[Path, Path, str], capsy
     assert rc == 2 and "another seed" in err
     rc, _, err = _paired_seeds(capsys, f"1={root / 'seed0'}")
     assert rc == 2 and "not 1" in err
+
+
+def test_paired_seeds_takes_a_ce_student_as_the_baseline(
+    multi: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run trained with distill.method: ce and baseline: false is a baseline alone; a KD student is not."""
+    root, _, _ = multi
+    ce_run = tmp_path / "ce" / "seed0"
+    shutil.copytree(root / "seed0", ce_run)
+    metrics = json.loads((ce_run / "metrics.json").read_text())
+    baseline = metrics["models"].pop("baseline")
+    metrics["models"]["student"] = {**baseline, "method": "ce", "accuracy": 0.5, "last_accuracy": 0.5}
+    (ce_run / "metrics.json").write_text(json.dumps(metrics))
+    rc, out, err = _paired_seeds(capsys, f"0={root / 'seed0'},{ce_run}")
+    assert rc == 0, err
+    assert "| baseline | 50.00 | 50.00 | 1 | 50.00 |" in out
+
+    metrics["models"]["student"]["method"] = "kd"
+    (ce_run / "metrics.json").write_text(json.dumps(metrics))
+    rc, _, err = _paired_seeds(capsys, f"0={root / 'seed0'},{ce_run}")
+    assert rc == 2 and "no baseline" in err and "distill.method: ce" in err
