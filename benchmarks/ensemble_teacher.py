@@ -1,14 +1,16 @@
 """A teacher that averages the logits of several trained ``fast_cnn`` checkpoints (Hinton et al. 2015 distil
 an ensemble into one net).
 
-Used by benchmarks/README.md ("The 0.1M student: 30 epochs and an ensemble teacher") as a user ``target:`` model.
-First merge the members' weight files into one (each member's keys get the prefix ``members.<i>.``)::
+Used by benchmarks/README.md ("The 0.1M student: 30 epochs over three seeds, and an ensemble of two teachers") as a
+user ``target:`` model. First merge the members' weight files into one (each member's keys get the prefix
+``members.<i>.``)::
 
-    python benchmarks/ensemble_teacher.py runs/exp/ens2.safetensors \\
+    python benchmarks/ensemble_teacher.py runs/exp/s20/ens2.safetensors \\
         runs/kd/cifar10_fast/teacher_run/teacher.safetensors runs/exp/s18/teacher24/teacher.safetensors
     PYTHONPATH=benchmarks kdeploy distill recipes/cifar10_fast_tiny.yaml --set teacher.model=null \\
         --set teacher.target=ensemble_teacher:EnsembleTeacher \\
-        --set "teacher.kwargs={widths: [64, 256, 256], members: 2}" --set teacher.checkpoint=runs/exp/ens2.safetensors
+        --set "teacher.kwargs={widths: [64, 256, 256], members: 2}" \\
+        --set teacher.checkpoint=runs/exp/s20/ens2.safetensors
 
 Every member has the same ``fast_cnn`` kwargs (``members`` is the count); the logits are averaged, not the
 probabilities, so the ensemble is one model whose output the KD temperature softens as any teacher's.
