@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -13,16 +11,10 @@ from safetensors.torch import save_file
 from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.runs import load_state, load_state_file
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import benchmark_module
+
 SHAPE = (3, 32, 32)
 WIDTHS = (4, 8, 8)
-
-
-def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _member(tmp_path: Path, seed: int) -> tuple[FastCNN, Path]:
@@ -35,7 +27,7 @@ def _member(tmp_path: Path, seed: int) -> tuple[FastCNN, Path]:
 
 
 def test_ensemble_teacher_averages_its_members_logits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ens = _module("ensemble_teacher")
+    ens = benchmark_module("ensemble_teacher")
     members = [_member(tmp_path, seed) for seed in (1, 2)]
     out = tmp_path / "ens.safetensors"
     assert ens.main([str(out), *(str(p) for _, p in members)]) == 0
@@ -52,7 +44,7 @@ def test_ensemble_teacher_averages_its_members_logits(tmp_path: Path, capsys: py
 
 
 def test_ensemble_teacher_merge_names_a_missing_member(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ens = _module("ensemble_teacher")
+    ens = benchmark_module("ensemble_teacher")
     out = tmp_path / "ens.safetensors"
     assert ens.main([str(out), str(tmp_path / "absent.safetensors")]) == 2
     assert "absent.safetensors: checkpoint not found" in capsys.readouterr().err

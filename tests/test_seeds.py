@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import statistics
@@ -17,7 +16,7 @@ from kdeploy.errors import UserError
 from kdeploy.runs import ModelMetrics, Run
 from kdeploy.seeds import Stat, aggregate, parse_seeds
 
-from .conftest import REPO, tiny_recipe, write_recipe
+from .conftest import benchmark_module, tiny_recipe, write_recipe
 
 SEEDS = (0, 1, 2)
 
@@ -132,10 +131,7 @@ def test_aggregate_by_hand() -> None:
 
 def _paired_seeds(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """benchmarks/paired_seeds.py, which pairs students and baselines kept in different run folders: rc, out, err."""
-    spec = importlib.util.spec_from_file_location("paired_seeds", REPO / "benchmarks" / "paired_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rc = module.main(list(args))
+    rc = benchmark_module("paired_seeds").main(list(args))
     out, err = capsys.readouterr()
     return rc, out, err
 
