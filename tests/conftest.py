@@ -76,3 +76,14 @@ class InterruptAt:
                 pass
 
         return nullcontext(_Task())
+
+
+class RecordLog(InterruptAt):
+    """A progress reporter that keeps every logged message and never interrupts."""
+
+    def __init__(self) -> None:
+        super().__init__(marker="")
+        self.messages: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.messages.append(message)

@@ -18,7 +18,7 @@ from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.recipe import validate
 from kdeploy.runs import Run
 
-from .conftest import InterruptAt, tiny_recipe
+from .conftest import InterruptAt, RecordLog, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,20 @@ def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marke
     acc = {r: m.accuracy for r, m in full.model_metrics().items()}
     assert {r: m.accuracy for r, m in resumed.model_metrics().items()} == acc
     assert len(resumed.read_history()) == len(full.read_history())
+
+
+@pytest.mark.parametrize("val_size", [0, 200])
+def test_epoch_lines_show_val_only_with_a_validation_split(mnist_root: Path, tmp_path: Path, val_size: int) -> None:
+    raw = tiny_recipe(mnist_root, data__val_size=val_size, teacher__epochs=1, student__epochs=1, baseline=False)
+    old, record = progress.get_reporter(), RecordLog()
+    progress.set_reporter(record)
+    try:
+        distill(validate(raw), out=tmp_path / "run")
+    finally:
+        progress.set_reporter(old)
+    lines = [m for m in record.messages if " epoch 1/1: " in m]
+    assert [m.split()[0] for m in lines] == ["teacher", "student"]
+    assert all((" val 0." in m) == (val_size > 0) and "nan" not in m for m in lines), lines
 
 
 def test_diverging_loss_stops_with_epoch_and_step(mnist_root: Path, tmp_path: Path) -> None:

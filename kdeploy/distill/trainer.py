@@ -241,9 +241,10 @@ class Trainer:
                 weights = {k: v.detach().cpu().clone() for k, v in state.eval_model.state_dict().items()}
                 state.best = BestEpoch(val_acc if not math.isnan(val_acc) else -1.0, epoch + 1, weights)
             state.epoch = epoch + 1
+            val = "" if math.isnan(val_acc) else f" val {val_acc:.4f}"  # val_size 0: no validation split
             progress.log(
-                f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}: loss {row['loss']:.4f} train {row['train_acc']:.4f} "
-                f"val {val_acc:.4f} ({row['samples_per_s']:.0f} samples/s)"
+                f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}: loss {row['loss']:.4f} train {row['train_acc']:.4f}"
+                f"{val} ({row['samples_per_s']:.0f} samples/s)"
             )
             if self.world.main:
                 state.save(job.state_path)
