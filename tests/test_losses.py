@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 from kdeploy.distill.methods import METHOD_CLASSES, METHOD_PARAMS, Outputs, create_method, kl_soft
 from kdeploy.distill.methods.dkd import dkd_loss
 from kdeploy.errors import UserError
+
+from .conftest import benchmark_module
 
 
 def softmax(xs: list[float], t: float = 1.0) -> list[float]:
@@ -199,3 +202,27 @@ def test_ce_method_is_plain_cross_entropy() -> None:
     assert m(Outputs(student_logits=s, targets=y))["ce"].item() == pytest.approx(
         nn.functional.cross_entropy(s, y).item()
     )
+
+
+def test_kd_grad_scale_is_the_rms_per_image_gradient_of_the_soft_term() -> None:
+    """benchmarks/kd_grad_scale.py: alpha * T² * KL has gradient alpha * T * (p_s - p_t) per image (batch mean)."""
+    grad_scale = benchmark_module("kd_grad_scale")
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(32, 10, generator=g), 3 * torch.randn(32, 10, generator=g)
+    labels = torch.randint(0, 10, (32,), generator=g)
+    t, alpha = 4.0, 0.9
+    per_image = alpha * t * (torch.softmax(student / t, 1) - torch.softmax(teacher / t, 1))
+    _, rms = grad_scale.teacher_terms(
+        grad_scale.parse_method(f"kd={{temperature: {t}, alpha: {alpha}}}"), student, teacher, labels
+    )
+    assert rms == pytest.approx(float(per_image.norm(dim=1).pow(2).mean().sqrt()), rel=1e-5)
+
+
+def test_kd_grad_scale_names_a_bad_method_before_loading_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grad_scale = benchmark_module("kd_grad_scale")
+    monkeypatch.setattr("sys.argv", ["kd_grad_scale.py", str(tmp_path / "no_run"), "kd={temperature: 4}", "t4={}"])
+    assert grad_scale.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown distillation method 't4'") and "\n" not in err
