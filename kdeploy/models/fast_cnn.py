@@ -6,8 +6,9 @@ The shape follows the published fast-CIFAR line of work (Page's ResNet-9 notes, 
 BatchNorm → GELU, global max-pooling and a linear head scaled down by ``head_scale``. BatchNorm scales are
 frozen at 1 (only the shifts learn), which keeps a large learning rate stable.
 
-With ``widths=(64, 256, 256)`` it has 1,972,792 parameters (the teacher of ``cifar10_fast.yaml``);
-``(32, 128, 128)`` has 495,736 and ``(16, 48, 64)`` 97,416 (its students). ``tta="flip"`` makes the model
+On 3×32×32 images ``widths=(64, 256, 256)`` has 1,972,792 parameters (the teacher of ``cifar10_fast.yaml``),
+``(40, 160, 160)`` 775,192 and ``(16, 48, 64)`` 99,384 (the students of ``cifar10_fast.yaml`` and
+``cifar10_fast_tiny.yaml``). ``tta="flip"`` makes the model
 average its logits over the image and its mirror image in eval mode (test-time augmentation); it is part of
 the model, so exported ONNX files and every accuracy measured downstream include it.
 """
