@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+
+from kdeploy import progress
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("KDEPLOY_DATA") or REPO.parent / "shared" / "data")  # worktrees: set KDEPLOY_DATA
@@ -78,12 +81,25 @@ class InterruptAt:
         return nullcontext(_Task())
 
 
-class RecordLog(InterruptAt):
+class Capture:
     """A progress reporter that keeps every logged message and never interrupts."""
 
     def __init__(self) -> None:
-        super().__init__(marker="")
-        self.messages: list[str] = []
+        self.lines: list[str] = []
 
     def log(self, message: str) -> None:
-        self.messages.append(message)
+        self.lines.append(message)
+
+    def task(self, description: str, total: int) -> Any:
+        return progress.LogReporter(quiet=True).task(description, total)
+
+
+@contextmanager
+def reporting_to(reporter: Any) -> Iterator[Any]:
+    """Install ``reporter`` as kdeploy's progress reporter for the block, then restore the one before."""
+    old = progress.get_reporter()
+    progress.set_reporter(reporter)
+    try:
+        yield reporter
+    finally:
+        progress.set_reporter(old)

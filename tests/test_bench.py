@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -20,7 +19,6 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from kdeploy import progress
 from kdeploy.artifacts import Artifact
 from kdeploy.bench import BenchSettings, TimingSettings, bench, count_macs
 from kdeploy.bench.gate import evaluate_gate
@@ -37,23 +35,10 @@ from kdeploy.recipe import validate
 from kdeploy.rundata import load_run_data
 from kdeploy.runs import Run
 
-from .conftest import tiny_recipe
+from .conftest import Capture, reporting_to, tiny_recipe
 
 BATCHES = (1, 8)
 FAST = TimingSettings(warmup=2, min_iters=5, min_seconds=0.0)
-
-
-class Capture:
-    """A progress reporter that keeps the messages."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def log(self, message: str) -> None:
-        self.lines.append(message)
-
-    def task(self, description: str, total: int) -> Any:
-        return progress.LogReporter(quiet=True).task(description, total)
 
 
 @pytest.fixture(scope="module")
@@ -216,14 +201,9 @@ def test_resnet18_reference_macs() -> None:
 
 
 def test_counter_disagreement_is_warned() -> None:
-    capture = Capture()
-    old = progress.get_reporter()
-    progress.set_reporter(capture)
-    try:
+    with reporting_to(Capture()) as capture:
         bn_heavy = nn.Sequential(nn.Conv2d(16, 1, 1), nn.BatchNorm2d(1), nn.AdaptiveAvgPool2d(1))
         count = count_macs(bn_heavy, (16, 8, 8), "bn_heavy")
-    finally:
-        progress.set_reporter(old)
     assert count.torch_macs == 16 * 64 and count.macs > count.torch_macs * 1.03
     assert any("bn_heavy" in line and "torch.utils.flop_counter" in line for line in capture.lines)
 

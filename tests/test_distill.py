@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kdeploy import progress
 from kdeploy.distill import distill, step
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.errors import UserError
@@ -18,7 +17,7 @@ from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.recipe import validate
 from kdeploy.runs import Run
 
-from .conftest import InterruptAt, RecordLog, tiny_recipe
+from .conftest import Capture, InterruptAt, reporting_to, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +104,8 @@ def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marke
     raw["teacher"]["kwargs"]["dropout"] = 0.2
     full = distill(validate(raw), out=tmp_path / "full")
 
-    old = progress.get_reporter()
-    progress.set_reporter(InterruptAt(marker))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            distill(validate(raw), out=tmp_path / "cut")
-    finally:
-        progress.set_reporter(old)
+    with reporting_to(InterruptAt(marker)), pytest.raises(KeyboardInterrupt):
+        distill(validate(raw), out=tmp_path / "cut")
     assert list((tmp_path / "cut" / "state").glob("*.pt")), "a checkpoint of the last completed epoch exists"
     resumed = distill(validate(raw), out=tmp_path / "cut", resume=True)
 
@@ -126,13 +120,9 @@ def test_resume_reaches_the_same_weights(mnist_root: Path, tmp_path: Path, marke
 @pytest.mark.parametrize("val_size", [0, 200])
 def test_epoch_lines_show_val_only_with_a_validation_split(mnist_root: Path, tmp_path: Path, val_size: int) -> None:
     raw = tiny_recipe(mnist_root, data__val_size=val_size, teacher__epochs=1, student__epochs=1, baseline=False)
-    old, record = progress.get_reporter(), RecordLog()
-    progress.set_reporter(record)
-    try:
+    with reporting_to(Capture()) as capture:
         distill(validate(raw), out=tmp_path / "run")
-    finally:
-        progress.set_reporter(old)
-    lines = [m for m in record.messages if " epoch 1/1: " in m]
+    lines = [m for m in capture.lines if " epoch 1/1: " in m]
     assert [m.split()[0] for m in lines] == ["teacher", "student"]
     assert all((" val 0." in m) == (val_size > 0) and "nan" not in m for m in lines), lines
 
