@@ -233,15 +233,16 @@ class Trainer:
         for epoch in range(state.epoch, job.cfg.epochs):
             row = self.train_epoch(job, epoch)
             val_acc = self.scorer.accuracy(state.eval_model, self.data.val)
-            row["val_acc"] = round(val_acc, 6) if not math.isnan(val_acc) else ""
+            scored = not math.isnan(val_acc)  # NaN: no validation split (val_size 0), the last epoch is kept
+            row["val_acc"] = round(val_acc, 6) if scored else ""
             state.history.append(row)
             if job.scalars is not None:
                 job.scalars.write(row)
-            if math.isnan(val_acc) or val_acc > state.best.val:
+            if not scored or val_acc > state.best.val:
                 weights = {k: v.detach().cpu().clone() for k, v in state.eval_model.state_dict().items()}
-                state.best = BestEpoch(val_acc if not math.isnan(val_acc) else -1.0, epoch + 1, weights)
+                state.best = BestEpoch(val_acc if scored else -1.0, epoch + 1, weights)
             state.epoch = epoch + 1
-            val = "" if math.isnan(val_acc) else f" val {val_acc:.4f}"  # val_size 0: no validation split
+            val = f" val {val_acc:.4f}" if scored else ""
             progress.log(
                 f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}: loss {row['loss']:.4f} train {row['train_acc']:.4f}"
                 f"{val} ({row['samples_per_s']:.0f} samples/s)"
