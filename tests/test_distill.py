@@ -165,6 +165,21 @@ def test_flip_views_cached_match_the_live_teacher(mnist_root: Path, tmp_path: Pa
         torch.testing.assert_close(cached[name], live[name], rtol=1e-4, atol=1e-5)
 
 
+def test_a_ce_student_never_runs_the_teacher(mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distill: {method: ce}` (a baseline trained alone) neither caches the teacher's outputs nor runs it per
+    batch: on CIFAR-10 the flip-view table cost minutes of teacher passes that nothing read."""
+    from kdeploy.distill import trainer as trainer_module
+
+    def never(*a: object, **kw: object) -> object:
+        raise AssertionError("the teacher ran for a method that does not use it")
+
+    monkeypatch.setattr(trainer_module.Trainer, "teacher_cache", never)
+    monkeypatch.setattr(step.TeacherOutputs, "__call__", never)
+    raw = tiny_recipe(mnist_root, student__augment={"flip": True}, baseline=False, distill={"method": "ce"})
+    run = distill(validate(raw), out=tmp_path / "ce")
+    assert json.loads(run.metrics_path.read_text())["teacher_outputs"] == "unused"
+
+
 def test_a_live_teacher_runs_in_the_training_precision(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -160,7 +160,7 @@ class DistillSession:
             load_state(self.teacher, load_state_file(Path(path)), path)
         self.metrics = run_summary(run.read_metrics() if resume else RunMetrics(), recipe, world, data)
         self.history: list[dict[str, Any]] = run.read_history() if resume else []
-        self.teacher_outputs = "per-batch"
+        self.teacher_outputs = "per-batch" if self.method.needs_teacher else "unused"
 
     @classmethod
     def setup(
@@ -252,7 +252,10 @@ class DistillSession:
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
         """The teacher's logits for every training image, when the student sees the stored images unchanged or
         only randomly flipped (then for both views: each image as stored and mirrored), without mixup/cutmix,
-        and the method needs no teacher features; else None (live teacher on the very batch the student sees)."""
+        and the method needs no teacher features; else None (live teacher on the very batch the student sees, or
+        no teacher at all for a method that does not use one, such as ``ce``)."""
+        if not method.needs_teacher:
+            return None
         cfg = self.recipe.student
         _, t_paths = method.feature_layers()
         augment = self.trainer.augment_for(cfg)
