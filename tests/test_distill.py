@@ -186,8 +186,8 @@ def test_the_teacher_runs_in_the_training_precision(
     cache: str, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bf16 training runs the teacher under the same bf16 autocast as the student, live per batch (in fp32 it ran
-    2.5x slower on an AMX CPU than the student's own step needed) or once for the cached table (3.3x on one
-    AVX512-BF16 core); fp32 training runs it without autocast."""
+    2.5x slower on an AMX CPU than the student's own step needed) or once for the cached table (3.0-3.5x
+    on one AVX512-BF16 core); fp32 training runs it without autocast."""
     from kdeploy.distill import trainer as trainer_module
 
     seen: dict[str, set[bool]] = {}
