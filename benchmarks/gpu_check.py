@@ -17,7 +17,10 @@ What it does, in order (every step timed and printed; a global deadline skips wh
 
 Run on a GPU (from the repository root; the CIFAR-10 JPEG tarball in ``.gpudata/cifar10/``)::
 
-    python benchmarks/gpu_check.py --data-root .gpudata/cifar10 --out "$OUT" --budget-s 450
+    python benchmarks/gpu_check.py --data-root .gpudata --out "$OUT" --budget-s 450
+
+or through ``benchmarks/gpu_check_run.sh``, which installs the carried wheels and gates the check on a 1-epoch
+preflight of every row (the first H200 run: ``benchmarks/results/gpu_check_h200*``).
 
 ``--smoke`` shrinks everything (256 images, 1 epoch, batch 32, CPU, batch sizes 1 and 8) to test the script
 itself on a CPU in well under a minute; ``tests/test_gpu_check.py`` runs it.
