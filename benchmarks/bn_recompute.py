@@ -11,33 +11,29 @@ and tests again::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from kdeploy.data.batches import iterate_batches
+from kdeploy.data.datasets import Split
+from kdeploy.evaluate import accuracy
 from kdeploy.recipe import load_data, load_recipe
 from kdeploy.runs import Run
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm, batch: int) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(labels), batch):
-            correct += (model(norm(images[i : i + batch])).argmax(1) == labels[i : i + batch]).sum().item()
-    return correct / len(labels)
-
-
-def recompute_bn(model: nn.Module, images: torch.Tensor, norm, batch: int) -> None:
+def recompute_bn(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float], batch: int) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over ``split``'s batches, in order."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
     model.train()
     with torch.no_grad():
-        for k, i in enumerate(range(0, len(images), batch)):
+        for k, (x, _, _) in enumerate(iterate_batches(split, batch, shuffle=False, mean=mean, std=std)):
             for bn in bns:
                 bn.momentum = 1.0 / (k + 1)  # the k-th batch gets weight 1/(k+1): a plain average
-            model(norm(images[i : i + batch]))
+            model(x)
 
 
 def main() -> None:
@@ -48,19 +44,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024)
     args = p.parse_args()
     torch.set_num_threads(1)
-    run = Run(args.run)
     data = load_data(load_recipe(f"{args.run}/recipe.yaml"))
-    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-    std = torch.tensor(data.std).view(1, -1, 1, 1)
-
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255 - mean) / std
-
-    model, _ = run.load_model(args.role)
-    print(f"as saved: {accuracy(model, data.test.images, data.test.labels, norm, args.batch):.4f}")
-    recompute_bn(model, data.train.images[: args.images], norm, args.batch)
-    acc = accuracy(model, data.test.images, data.test.labels, norm, args.batch)
-    print(f"BatchNorm statistics recomputed over {min(args.images, len(data.train))} images: {acc:.4f}")
+    model, _ = Run(args.run).load_model(args.role)
+    print(f"as saved: {accuracy(model, data.test, data.mean, data.std, args.batch):.4f}")
+    stats = data.train.head(args.images)
+    recompute_bn(model, stats, data.mean, data.std, args.batch)
+    acc = accuracy(model, data.test, data.mean, data.std, args.batch)
+    print(f"BatchNorm statistics recomputed over {len(stats)} images: {acc:.4f}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdeploy.data.datasets import Split
+from kdeploy.evaluate import accuracy
+
 from .conftest import benchmark_module
 
 
@@ -16,11 +19,12 @@ def test_recompute_bn_averages_the_batch_statistics() -> None:
     )
     model[1].running_mean.fill_(5.0)  # stale statistics, as an EMA copies from the live model
     images = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8)
+    split = Split(images, torch.zeros(12, dtype=torch.int64))
 
     def norm(x: torch.Tensor) -> torch.Tensor:
         return x.float() / 255
 
-    bn_recompute.recompute_bn(model, images, norm, batch=4)
+    bn_recompute.recompute_bn(model, split, (0.0,), (1.0,), batch=4)
     with torch.no_grad():
         feats = [model[0](norm(images[i : i + 4])) for i in range(0, 12, 4)]
     expected = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
@@ -28,5 +32,5 @@ def test_recompute_bn_averages_the_batch_statistics() -> None:
     model.eval()
     with torch.no_grad():
         labels = model(norm(images)).argmax(1)
-    assert bn_recompute.accuracy(model, images, labels, norm, batch=5) == 1.0  # batches of 5: a ragged last one
-    assert bn_recompute.accuracy(model, images, (labels + 1) % 4, norm, batch=5) == 0.0
+    assert accuracy(model, Split(images, labels), (0.0,), (1.0,), batch_size=5) == 1.0  # a ragged last batch
+    assert accuracy(model, Split(images, (labels + 1) % 4), (0.0,), (1.0,), batch_size=5) == 0.0
