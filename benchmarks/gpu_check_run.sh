@@ -19,11 +19,12 @@ timeout 200 python3 benchmarks/gpu_check.py --data-root .gpudata --out "$OUT/pre
 echo "preflight rc=$?"; tail -15 "$OUT/pre.log"
 python3 - "$OUT/pre/gpu_check.json" <<'PY' || { tar czf "$OUT/prelogs.tgz" /tmp/pre/*/*.log 2>/dev/null; exit 4; }
 import json, sys
+sys.path.insert(0, "benchmarks")
+from gpu_check import JOBS
 d = json.load(open(sys.argv[1]))
 bad = [f"{j['name']}: {j['status']} {j['reason']}" for j in d["jobs"] if j["status"] != "ok"]
 bad += [f"{r['job']}/{r['role']}: {r['error']}" for r in d["latency"] if r["error"]]
-bad += [f"{n}: missing" for n in ("cifar10_fast", "cifar10_fast_tiny", "fashion_mnist_cnn", "cifar10_cnn_logits",
-        "cifar10_cnn_feature", "cifar10_resnet") if n not in {j["name"] for j in d["jobs"]}]
+bad += [f"{j.name}: missing" for j in JOBS if j.name not in {r["name"] for r in d["jobs"]}]
 bad += [] if d["latency"] else ["no latency rows"]
 print("preflight:", "ok" if not bad else "FAILED " + "; ".join(bad))
 sys.exit(1 if bad else 0)
