@@ -87,10 +87,11 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     compile: bool = False
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")
-    teacher_cache: Literal["auto", "never"] = Field(
+    teacher_cache: Literal["auto", "memory", "never"] = Field(
         "auto",
         description="auto: precompute teacher outputs once when the student is not augmented, or only flipped "
-        "(then for each image and its mirror image)",
+        "(then for each image and its mirror image), and keep them in the user cache for later runs with the "
+        "same teacher and data; memory: precompute them for this run only; never: run the teacher per batch",
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")

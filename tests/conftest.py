@@ -22,6 +22,21 @@ CIFAR10 = DATA / "cifar10"
 RECIPES = REPO / "recipes"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_teacher_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped runs (and the commands they launch) keep teacher outputs out of the user's
+    store, which would otherwise make a later test session read instead of compute them."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDEPLOY_TEACHER_STORE", str(tmp_path_factory.mktemp("teacher_store")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _own_teacher_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from an empty teacher-output store."""
+    monkeypatch.setenv("KDEPLOY_TEACHER_STORE", str(tmp_path / "teacher_store"))
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     if not (MNIST / "train-images-idx3-ubyte.gz").is_file():

@@ -260,3 +260,66 @@ def test_teacher_features_come_from_the_plain_view_under_flip_tta() -> None:
     torch.testing.assert_close(features[0], plain)
     _, again = teacher_outputs(images, torch.arange(2))
     torch.testing.assert_close(again[0], plain)
+
+
+def test_a_second_run_reads_the_teacher_outputs_from_the_store(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run from the same teacher checkpoint on the same data (here another temperature) reads the flip-view
+    table the first run stored instead of running the teacher again, and trains exactly as from a fresh table."""
+    from kdeploy.distill import trainer as trainer_module
+
+    calls: list[int] = []
+    real = trainer_module.teacher_table
+    monkeypatch.setattr(trainer_module, "teacher_table", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    flips = {"student__augment": {"flip": True}, "baseline": False}
+    first = distill(validate(tiny_recipe(mnist_root, **flips)), out=tmp_path / "first")
+    stored = list((tmp_path / "teacher_store").glob("*.safetensors"))
+    assert len(calls) == 1 and len(stored) == 1
+    checkpoint = {"teacher__checkpoint": str(first.root / "teacher.safetensors")}
+    runs = {}
+    for cache in ("auto", "memory"):
+        raw = tiny_recipe(mnist_root, **flips, **checkpoint, distill__temperature=2.0, train__teacher_cache=cache)
+        with reporting_to(Capture()) as seen:
+            runs[cache] = distill(validate(raw), out=tmp_path / cache)
+        assert any(f"read from {stored[0]}" in m for m in seen.lines) == (cache == "auto")
+    assert len(calls) == 2, "only the memory-only run computed the table again"
+    assert list((tmp_path / "teacher_store").glob("*.safetensors")) == stored
+    read, fresh = (load_file(str(runs[c].root / "student.safetensors")) for c in ("auto", "memory"))
+    for name in read:
+        torch.testing.assert_close(read[name], fresh[name], rtol=0, atol=0)
+
+
+def test_the_store_key_follows_every_input(mnist_root: Path) -> None:
+    """Another teacher weight, another view set or precision names another file; the same inputs the same one."""
+    from kdeploy.distill.table_store import TableSpec, table_key
+    from kdeploy.recipe import load_data
+
+    data = load_data(validate(tiny_recipe(mnist_root)))
+    teacher = torch.nn.Linear(784, 10)
+    spec = TableSpec(flips=False, precision="fp32", channels_last=False, device="cpu", batch_size=256)
+    key = table_key(teacher, data, spec)
+    assert table_key(teacher, data, spec) == key
+    assert table_key(teacher, data, TableSpec(True, "fp32", False, "cpu", 256)) != key
+    assert table_key(teacher, data, TableSpec(False, "bf16", False, "cpu", 256)) != key
+    with torch.no_grad():
+        teacher.bias[3] += 1e-6
+    assert table_key(teacher, data, spec) != key
+
+
+def test_a_damaged_stored_table_is_computed_again(mnist_root: Path, tmp_path: Path) -> None:
+    from kdeploy.distill.distributed import World
+    from kdeploy.distill.table_store import TableSpec, stored_table
+    from kdeploy.recipe import load_data
+
+    data = load_data(validate(tiny_recipe(mnist_root)))
+    teacher, spec = torch.nn.Linear(784, 10), TableSpec(False, "fp32", False, "cpu", 256)
+    table = torch.randn(len(data.train), 10)
+    _, source = stored_table(teacher, data, spec, World(), lambda: table)
+    path = next((tmp_path / "teacher_store").glob("*.safetensors"))
+    assert source is None
+    assert stored_table(teacher, data, spec, World(), lambda: table * 0)[1] == path
+    path.write_bytes(b"truncated")
+    again, source = stored_table(teacher, data, spec, World(), lambda: table * 2)
+    assert source is None and torch.equal(again, table * 2)
+    assert torch.equal(load_file(str(path))["table"], table * 2)

@@ -17,6 +17,7 @@ from kdeploy.data import Dataset
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
+from kdeploy.distill.table_store import stored_table
 from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
@@ -261,13 +262,22 @@ class DistillSession:
         augment = self.trainer.augment_for(cfg)
         flips = augment is not None and augment.flip_only
         unchanged = (augment is None or flips) and not (cfg.mixup or cfg.cutmix)
-        if self.recipe.train.teacher_cache != "auto" or not unchanged or t_paths:
+        mode = self.recipe.train.teacher_cache
+        if mode == "never" or not unchanged or t_paths:
             return None
         t = time.perf_counter()
-        cached = self.trainer.teacher_cache(teacher, flips)
+
+        def compute() -> Tensor:
+            return self.trainer.teacher_cache(teacher, flips)
+
+        if mode == "memory":
+            cached, stored = compute(), None
+        else:
+            cached, stored = stored_table(teacher, self.data, self.trainer.table_spec(flips), self.world, compute)
         self.teacher_outputs = "cached, both flip views" if flips else "cached"
         views = " and their mirror images" if flips else ""
-        progress.log(f"teacher outputs cached once for {len(cached)} samples{views} ({time.perf_counter() - t:.1f}s)")
+        how = f"read from {stored}" if stored else "cached once"
+        progress.log(f"teacher outputs {how} for {len(cached)} samples{views} ({time.perf_counter() - t:.1f}s)")
         return cached
 
     def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,

@@ -30,6 +30,7 @@ from kdeploy.distill.precision import resolve_precision
 from kdeploy.distill.schedule import lr_factor, make_optimizer
 from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
+from kdeploy.distill.table_store import TableSpec
 from kdeploy.distill.tensorboard import EpochScalars
 from kdeploy.recipe import ModelConfig, TrainConfig
 
@@ -111,6 +112,10 @@ class Trainer:
             teacher.to(memory_format=torch.channels_last)
         with self.autocast():
             return teacher_table(teacher, self.data, self.world, self.eval_batch_size, flips)
+
+    def table_spec(self, flips: bool) -> TableSpec:
+        """How ``teacher_cache`` computes its table, for the on-disk store's key."""
+        return TableSpec(flips, self.precision, self.train_cfg.channels_last, self.device.type, self.eval_batch_size)
 
     def augment_for(self, cfg: ModelConfig) -> Augment | None:
         """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
