@@ -262,23 +262,26 @@ class DistillSession:
         augment = self.trainer.augment_for(cfg)
         flips = augment is not None and augment.flip_only
         unchanged = (augment is None or flips) and not (cfg.mixup or cfg.cutmix)
-        mode = self.recipe.train.teacher_cache
-        if mode == "never" or not unchanged or t_paths:
+        if self.recipe.train.teacher_cache == "never" or not unchanged or t_paths:
             return None
+        return self.teacher_table(teacher, flips)
+
+    def teacher_table(self, teacher: nn.Module, flips: bool) -> Tensor:
+        """The table, read from the on-disk store or computed (and stored, unless ``teacher_cache: memory``)."""
         t = time.perf_counter()
 
         def compute() -> Tensor:
             return self.trainer.teacher_cache(teacher, flips)
 
-        if mode == "memory":
-            cached, stored = compute(), None
+        if self.recipe.train.teacher_cache == "memory":
+            table, stored = compute(), None
         else:
-            cached, stored = stored_table(teacher, self.data, self.trainer.table_spec(flips), self.world, compute)
+            table, stored = stored_table(teacher, self.data, self.trainer.table_spec(flips), self.world, compute)
         self.teacher_outputs = "cached, both flip views" if flips else "cached"
         views = " and their mirror images" if flips else ""
         how = f"read from {stored}" if stored else "cached once"
-        progress.log(f"teacher outputs {how} for {len(cached)} samples{views} ({time.perf_counter() - t:.1f}s)")
-        return cached
+        progress.log(f"teacher outputs {how} for {len(table)} samples{views} ({time.perf_counter() - t:.1f}s)")
+        return table
 
     def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,
                method: str | None = None, teacher_outputs: str | None = None) -> None:  # fmt: skip
