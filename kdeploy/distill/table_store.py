@@ -2,9 +2,10 @@
 
 A run that distils from a given teacher checkpoint (the next seed, another temperature, another student) needs
 the very table an earlier run computed: on one fp32 AVX2 core the CIFAR-10 flip-view table took 14 of a KD
-run's 67 minutes, and reading it takes 0.1 s. The file is named by a digest of everything the table depends on: the teacher's class and
-weights, the training images and their normalisation, the views, the precision and memory format, the device
-kind, the batch size and the torch version. A changed input gives a new name, never a stale table.
+run's 67 minutes, and reading it takes 0.1 s. The file is named by a digest of everything the table depends on:
+the teacher's class and weights, the training images and their normalisation, the views, the precision and
+memory format, the device kind, the batch size and the torch version. A changed input gives a new name, never a
+stale table.
 
 Files live in ``$KDEPLOY_TEACHER_STORE``, else in ``<user cache>/teacher_outputs`` (``$XDG_CACHE_HOME/kdeploy``
 or ``~/.cache/kdeploy``), as safetensors written atomically, so a killed run leaves no truncated table behind.
