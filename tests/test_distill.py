@@ -308,6 +308,7 @@ def test_the_store_key_follows_every_input(mnist_root: Path) -> None:
 
 
 def test_a_damaged_stored_table_is_computed_again(mnist_root: Path, tmp_path: Path) -> None:
+    """A stored table is read back as written; a truncated file is a miss: computed again and replaced."""
     from kdeploy.distill.distributed import World
     from kdeploy.distill.table_store import TableSpec, stored_table
     from kdeploy.recipe import load_data
