@@ -209,6 +209,20 @@ def test_the_teacher_runs_in_the_training_precision(
     assert outputs == ("cached" if cache == "auto" else "per-batch")
 
 
+def test_a_checkpoint_teacher_teaches_like_the_one_trained_in_the_run(mnist_root: Path, tmp_path: Path) -> None:
+    """A convolutional teacher run live (jittered batches, channels_last) gives the same student whether the run
+    trained it or loaded its file, so seeds that share a teacher checkpoint reproduce the run that made it."""
+    raw = tiny_recipe(mnist_root, baseline=False, data__augment={"translate": 2}, train__channels_last=True,
+                      teacher__model="fast_cnn", teacher__kwargs={"widths": [4, 8, 8]}, teacher__epochs=1)  # fmt: skip
+    trained = distill(validate(raw), out=tmp_path / "trained")
+    raw["teacher"]["checkpoint"] = str(trained.root / "teacher.safetensors")
+    loaded = distill(validate(raw), out=tmp_path / "loaded")
+    assert json.loads(loaded.metrics_path.read_text())["teacher_outputs"] == "per-batch"
+    a, b = (load_file(str(run.root / "student.safetensors")) for run in (trained, loaded))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
 def test_each_model_can_have_its_own_augmentation(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -215,10 +215,7 @@ class DistillSession:
                 "teacher", teacher, recipe.teacher, ce, path, resume=self.resume, tensorboard_dir=board
             )
             self.finish("teacher", teacher, recipe.teacher, result)
-        teacher.to(world.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
+        return self.trainer.prepare_teacher(teacher)
 
     def train_students(self, teacher: nn.Module) -> None:
         """The CE-only baseline (when on), then the distilled student, from the same initialisation."""

@@ -104,6 +104,16 @@ class Trainer:
     def device(self) -> torch.device:
         return self.world.device
 
+    def prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        """Frozen, in eval mode, on the device and in the training memory format: a teacher loaded from a checkpoint
+        then runs the same kernels, so gives the same logits, as one trained in this process."""
+        teacher.to(self.device).eval()
+        if self.train_cfg.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
     def teacher_cache(self, teacher: nn.Module, flips: bool = False) -> Tensor:
         """Teacher logits for every training sample, with ``flips`` for both views (``evaluation.teacher_table``),
         in the training precision and memory format, as the live teacher runs (the CIFAR-10 teacher on one
