@@ -177,9 +177,7 @@ def cifar_rows(args: argparse.Namespace, work: Path) -> list[Row]:
         student = build(recipe.student, data, recipe.seed, "student")
         ce, kd = create_method("ce", {}), create_method("kd", recipe.distill.params())
         models = {"teacher": trainer.fit("teacher", teacher, recipe.teacher, ce, work / "t.pt")}
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        trainer.prepare_teacher(teacher)
         models["student"] = trainer.fit("student", student, recipe.student, kd, work / "s.pt", teacher=teacher)
         got = {r: {"samples_per_second": m.samples_per_second, "accuracy": m.accuracy} for r, m in models.items()}
         rows.append(Row("cifar10_cnn", name, got, time.perf_counter() - t0, (load0, os.getloadavg()[0])))
