@@ -89,9 +89,10 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: all cores")
     teacher_cache: Literal["auto", "memory", "never"] = Field(
         "auto",
-        description="auto: precompute teacher outputs once when the student is not augmented, or only flipped "
-        "(then for each image and its mirror image), and keep them in the user cache for later runs with the "
-        "same teacher and data; memory: precompute them for this run only; never: run the teacher per batch",
+        description="auto: precompute teacher outputs once for every view the student's augmentation makes of "
+        "an image (none; mirror images; whole-pixel shifts, when there are no more views than student epochs) and "
+        "keep them in the user cache for later runs with the same teacher and data; memory: precompute them for "
+        "this run only; never: run the teacher per batch",
     )
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")

@@ -100,7 +100,7 @@ class ModelMetrics:
     compile_seconds: float | None = None
     checkpoint: str | None = None  # a teacher loaded from weights instead of trained
     method: str | None = None  # the student's distillation method
-    teacher_outputs: str | None = None  # "cached", "cached, both flip views", "per-batch" or "unused"
+    teacher_outputs: str | None = None  # "cached", "cached, both flip views", "cached, N views", "per-batch", "unused"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

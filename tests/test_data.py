@@ -21,14 +21,14 @@ from kdeploy.data import (
     augment_batch,
     count_batches,
     iterate_batches,
-    iterate_batches_with_flips,
+    iterate_batches_with_views,
     list_datasets,
     load_dataset,
     normalize,
     roots,
 )
 from kdeploy.data import download as dl
-from kdeploy.data.transforms import augment_with_flips
+from kdeploy.data.transforms import augment_with_views, view_images
 from kdeploy.errors import UserError
 
 REAL_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
@@ -387,17 +387,26 @@ def test_flip_really_flips() -> None:
     assert augment_batch(x, Augment(), torch.Generator()) is x
 
 
-def test_augment_reports_its_flips() -> None:
-    """Same draws as augment_batch, and the mask says exactly which images were mirrored (the cached table's
-    view); only-flip augmentations are the ones whose outputs can be cached per view."""
+def test_augment_reports_its_views() -> None:
+    """Same draws as augment_batch, and each image's view index names exactly the image it became (the cached
+    table's view): with flips only, 0 as stored and 1 mirrored; with shifts, ``view_images`` remakes every image."""
     x = _batch(n=32)
-    out, flipped = augment_with_flips(x, Augment(flip=True), torch.Generator().manual_seed(1))
+    out, view = augment_with_views(x, Augment(flip=True), torch.Generator().manual_seed(1))
     assert torch.equal(out, augment_batch(x, Augment(flip=True), torch.Generator().manual_seed(1)))
-    assert flipped is not None and flipped.dtype == torch.bool and 0 < int(flipped.sum()) < len(x)
+    assert view is not None and view.dtype == torch.int64 and set(view.tolist()) == {0, 1}
+    flipped = view == 1
     assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
-    assert augment_with_flips(x, Augment(translate=2), torch.Generator())[1] is None
-    assert Augment(flip=True).flip_only and not Augment(flip=True, translate=1).flip_only
-    assert not Augment(flip=True, crop_padding=1).flip_only and not Augment().flip_only
+    aug = Augment(crop_padding=1, translate=2, flip=True)
+    out, view = augment_with_views(x, aug, torch.Generator().manual_seed(4))
+    assert torch.equal(out, augment_batch(x, aug, torch.Generator().manual_seed(4)))
+    assert view is not None and int(view.min()) >= 0 and int(view.max()) < aug.num_views == 7 * 7 * 2
+    assert len(set(view.tolist())) > 20  # really random
+    for i, v in enumerate(view.tolist()):
+        assert torch.equal(out[i], view_images(x[i : i + 1], aug, v)[0]), f"image {i}, view {v}"
+    assert augment_with_views(x, Augment(), torch.Generator())[1] is None
+    assert (Augment().num_views, Augment(flip=True).num_views, Augment(translate=2).num_views) == (1, 2, 25)
+    with pytest.raises(ValueError, match="not one of the 25 views"):
+        view_images(x, Augment(translate=2), 25)
 
 
 def test_crop_padding_is_a_zero_filled_crop() -> None:
@@ -451,19 +460,18 @@ def test_iterate_batches_covers_every_index_once() -> None:
     assert count_batches(103, 50) == 3
 
 
-def test_batches_with_flips_are_the_same_batches() -> None:
+def test_batches_with_views_are_the_same_batches() -> None:
     split = _split(40)
     aug = Augment(flip=True)
     plain = list(iterate_batches(split, 16, shuffle=True, generator=torch.Generator().manual_seed(2), augment=aug))
     views = list(
-        iterate_batches_with_flips(split, 16, shuffle=True, generator=torch.Generator().manual_seed(2), augment=aug)
+        iterate_batches_with_views(split, 16, shuffle=True, generator=torch.Generator().manual_seed(2), augment=aug)
     )
     assert len(plain) == len(views) == 3
-    for (x, y, idx), (x2, y2, idx2, flipped) in zip(plain, views, strict=True):
+    for (x, y, idx), (x2, y2, idx2, view) in zip(plain, views, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(idx, idx2)
-        assert flipped is not None and flipped.shape == idx.shape
-    unflipped = next(iterate_batches_with_flips(split, 16, shuffle=False, augment=Augment(translate=1)))
-    assert unflipped[3] is None
+        assert view is not None and view.shape == idx.shape
+    assert next(iterate_batches_with_views(split, 16, shuffle=False, augment=Augment()))[3] is None
 
 
 def test_shards_disjoint_and_equal() -> None:

@@ -151,15 +151,27 @@ def test_resume_removes_leftover_temporary_files(tiny_run: Run, mnist_root: Path
     assert not leftover.exists() and not (tiny_run.export_dir / ".staging-x").exists()
 
 
-def test_flip_views_cached_match_the_live_teacher(mnist_root: Path, tmp_path: Path) -> None:
-    """A student on random flips gets its teacher's logits from a table of both views (each image and its mirror
-    image), computed once; training matches the live teacher run on the very same flipped batches."""
+@pytest.mark.parametrize(
+    ("augment", "epochs", "expected"),
+    [
+        ({"flip": True}, 2, "cached, both flip views"),
+        ({"translate": 1}, 9, "cached, 9 views"),
+        ({"translate": 1}, 8, "per-batch"),  # 9 views cost more teacher passes than 8 epochs of the live teacher
+    ],
+)
+def test_views_cached_match_the_live_teacher(
+    augment: dict[str, Any], epochs: int, expected: str, mnist_root: Path, tmp_path: Path
+) -> None:
+    """A student on random flips or shifts gets its teacher's logits from a table of every view of every image
+    (each image and its mirror image; each of its shifts), computed once when that costs no more teacher passes
+    than the epochs would; training matches the live teacher run on the very same augmented batches."""
     runs = {}
     for cache in ("auto", "never"):
-        raw = tiny_recipe(mnist_root, student__augment={"flip": True}, baseline=False, train__teacher_cache=cache)
+        raw = tiny_recipe(mnist_root, student__augment=augment, student__epochs=epochs, baseline=False,
+                          train__teacher_cache=cache)  # fmt: skip
         runs[cache] = distill(validate(raw), out=tmp_path / cache)
     outputs = {c: json.loads(r.metrics_path.read_text())["teacher_outputs"] for c, r in runs.items()}
-    assert outputs == {"auto": "cached, both flip views", "never": "per-batch"}
+    assert outputs == {"auto": expected, "never": "per-batch"}
     cached, live = (load_file(str(runs[c].root / "student.safetensors")) for c in ("auto", "never"))
     assert cached.keys() == live.keys()
     for name in cached:
@@ -231,7 +243,7 @@ def test_each_model_can_have_its_own_augmentation(
     from kdeploy.distill import trainer as trainer_module
 
     seen: list[tuple[str, object]] = []
-    real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches_with_flips
+    real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches_with_views
     current: list[str] = []
 
     def fit(self: object, role: str, *a: object, **kw: object) -> object:
@@ -244,7 +256,7 @@ def test_each_model_can_have_its_own_augmentation(
         return real_iterate(*a, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", fit)
-    monkeypatch.setattr(trainer_module, "iterate_batches_with_flips", iterate)
+    monkeypatch.setattr(trainer_module, "iterate_batches_with_views", iterate)
     raw = tiny_recipe(mnist_root, data__augment={"translate": 2}, student__augment={})
     run = distill(validate(raw), out=tmp_path / "run")
     augment = {role: {a.model_dump_json() if a else None for r, a in seen if r == role} for role, _ in seen}
@@ -316,6 +328,8 @@ def test_the_store_key_follows_every_input(mnist_root: Path) -> None:
     assert table_key(teacher, data, spec) == key
     assert table_key(teacher, data, TableSpec(True, "fp32", False, "cpu", 256)) != key
     assert table_key(teacher, data, TableSpec(False, "bf16", False, "cpu", 256)) != key
+    shifted = {table_key(teacher, data, TableSpec(True, "fp32", False, "cpu", 256, shift=s)) for s in (0, 1, 2)}
+    assert len(shifted) == 3 and key not in shifted
     with torch.no_grad():
         teacher.bias[3] += 1e-6
     assert table_key(teacher, data, spec) != key

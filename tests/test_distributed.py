@@ -66,17 +66,17 @@ def _worker(rank: int, port: int, work: str, mnist: str) -> None:
 
     record: dict[str, Any] = {"shards": [], "writes": [], "states": {}, "world": (world.rank, world.size)}
 
-    real_iterate = trainer_module.iterate_batches_with_flips
+    real_iterate = trainer_module.iterate_batches_with_views
 
     def iterate(split: Any, batch_size: int, **kw: Any) -> Any:
         indices: list[torch.Tensor] = []
         if kw.get("shuffle"):
             record["shards"].append(indices)  # one list per epoch of each model, in training order
-        for x, y, idx, flipped in real_iterate(split, batch_size, **kw):
+        for x, y, idx, view in real_iterate(split, batch_size, **kw):
             indices.append(idx.clone())
-            yield x, y, idx, flipped
+            yield x, y, idx, view
 
-    trainer_module.iterate_batches_with_flips = iterate
+    trainer_module.iterate_batches_with_views = iterate
 
     real_atomic_path = atomic.atomic_path
 

@@ -7,7 +7,7 @@ Knows nothing of distillation, export or benchmarks. Add a dataset with ``@regis
 from kdeploy.data import cifar as _cifar  # noqa: F401  (registers cifar10, cifar100)
 from kdeploy.data import idx as _idx  # noqa: F401  (registers mnist, fashion_mnist)
 from kdeploy.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder)
-from kdeploy.data.batches import count_batches, iterate_batches, iterate_batches_with_flips, shard_indices
+from kdeploy.data.batches import count_batches, iterate_batches, iterate_batches_with_views, shard_indices
 from kdeploy.data.datasets import (
     DATASETS,
     Dataset,
@@ -18,7 +18,7 @@ from kdeploy.data.datasets import (
     load_dataset,
     register_dataset,
 )
-from kdeploy.data.transforms import Augment, augment_batch, normalize
+from kdeploy.data.transforms import Augment, augment_batch, normalize, view_images
 
 __all__ = [
     "DATASETS",
@@ -30,10 +30,11 @@ __all__ = [
     "augment_batch",
     "count_batches",
     "iterate_batches",
-    "iterate_batches_with_flips",
+    "iterate_batches_with_views",
     "list_datasets",
     "load_dataset",
     "normalize",
     "register_dataset",
     "shard_indices",
+    "view_images",
 ]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from kdeploy.data.datasets import Split
-from kdeploy.data.transforms import Augment, augment_with_flips, normalize
+from kdeploy.data.transforms import Augment, augment_with_views, normalize
 
 
 def shard_indices(
@@ -48,12 +48,12 @@ def count_batches(n: int, batch_size: int, *, drop_last: bool = False, shard: tu
 
 def iterate_batches(split: Split, batch_size: int, **options: Any) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x, y, idx)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``. The
-    keyword options (``shuffle`` required) are those of ``iterate_batches_with_flips``."""
-    for x, y, idx, _ in iterate_batches_with_flips(split, batch_size, **options):
+    keyword options (``shuffle`` required) are those of ``iterate_batches_with_views``."""
+    for x, y, idx, _ in iterate_batches_with_views(split, batch_size, **options):
         yield x, y, idx
 
 
-def iterate_batches_with_flips(
+def iterate_batches_with_views(
     split: Split,
     batch_size: int,
     *,
@@ -66,8 +66,9 @@ def iterate_batches_with_flips(
     shard: tuple[int, int] = (0, 1),
     device: torch.device | str | None = None,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-    """Yield ``(x, y, idx, flipped)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``,
-    and which images the augmentation mirrored (bool, on the images' device; None when it does not flip).
+    """Yield ``(x, y, idx, view)``: float32 normalised N×C×H×W, int64 labels, int64 indices into ``split``,
+    and the view the augmentation made of each image (``augment_with_views``; on the images' device; None
+    without augmentation).
 
     One epoch per call. ``drop_last`` trims the shard to equal parts and drops the last short batch.
     ``device``: move the uint8 batch there before augmenting and normalising (4x less to transfer); a split whose
@@ -94,7 +95,7 @@ def iterate_batches_with_flips(
         if target is not None:
             images = images.to(target, non_blocking=True)
             labels = labels.to(target, non_blocking=True)
-        flipped = None
+        view = None
         if augment is not None and augment.enabled:
-            images, flipped = augment_with_flips(images, augment, augment_generator)
-        yield normalize(images, mean, std), labels, idx, flipped
+            images, view = augment_with_views(images, augment, augment_generator)
+        yield normalize(images, mean, std), labels, idx, view

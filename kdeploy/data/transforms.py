@@ -21,9 +21,16 @@ class Augment(pydantic.BaseModel, extra="forbid"):
         return bool(self.crop_padding or self.flip or self.translate)
 
     @property
-    def flip_only(self) -> bool:
-        """Only random flips: every augmented image is one of two views, so per-image outputs can be cached."""
-        return self.flip and not (self.crop_padding or self.translate)
+    def shift(self) -> int:
+        """The largest shift in pixels: crop padding and translation compose into one zero-filled shift."""
+        return self.crop_padding + self.translate
+
+    @property
+    def num_views(self) -> int:
+        """How many distinct images one image can become: each shift in [-shift, shift]², mirrored or not. A table
+        of per-view outputs (``view_images``) can then stand in for a model run on every augmented batch."""
+        side = 2 * self.shift + 1
+        return side * side * (2 if self.flip else 1)
 
 
 def _stat(values: float | Sequence[float], channels: int, like: torch.Tensor, what: str) -> torch.Tensor:
@@ -55,37 +62,62 @@ def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Gen
     Crop with padding ``p`` is a zero-filled shift by up to ±p; ``translate`` adds a further shift of up to
     ±t; the two compose into one zero-filled shift. Flip happens after the shift (the same distribution).
     """
-    return augment_with_flips(images_uint8, aug, generator)[0]
+    return augment_with_views(images_uint8, aug, generator)[0]
 
 
-def augment_with_flips(
+def augment_with_views(
     images_uint8: torch.Tensor, aug: Augment, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``augment_batch`` plus which images it flipped (bool, per image; None when ``aug`` does not flip), so that
-    outputs cached for the plain and the flipped view of every image can be looked up (same random draws)."""
-    if not aug.enabled or images_uint8.shape[0] == 0:
+    """``augment_batch`` plus each image's view: int64, per image, the index of its shift and flip among
+    ``aug.num_views`` (``view_images``' numbering), so that outputs cached per view can be looked up for the same
+    random draws. None when ``aug`` is off. With flips only, view 0 is the image as stored and view 1 its mirror."""
+    if not aug.enabled:
         return images_uint8, None
     if images_uint8.dim() != 4:
         raise ValueError(f"augment_batch expects N×C×H×W, got {tuple(images_uint8.shape)}")
     x = images_uint8
-    n, c, h, w = x.shape
-    dev = x.device
+    n, dev = x.shape[0], x.device
     dy = torch.zeros(n, dtype=torch.int64, device=dev)
     dx = torch.zeros(n, dtype=torch.int64, device=dev)
     for bound in (aug.crop_padding, aug.translate):
         if bound:
             dy += _randint(bound, n, generator, dev)
             dx += _randint(bound, n, generator, dev)
-    margin = aug.crop_padding + aug.translate
-    cols = torch.arange(w, device=dev).expand(n, w)
-    flip = None
+    flip = torch.zeros(n, dtype=torch.bool, device=dev)
     if aug.flip:
         gen_device = generator.device if generator is not None else torch.device("cpu")
         flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(dev)
+    m, flips = aug.shift, 2 if aug.flip else 1
+    view = ((dy + m) * (2 * m + 1) + (dx + m)) * flips + flip.long()
+    return _shift_and_flip(x, dy, dx, flip if aug.flip else None, m), view
+
+
+def _shift_and_flip(
+    x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor | None, margin: int
+) -> torch.Tensor:
+    """Each image shifted by its (dy, dx) with zero fill, then mirrored where ``flip``: one gather."""
+    n, c, h, w = x.shape
+    dev = x.device
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flip is not None:
         cols = torch.where(flip[:, None], cols.flip(1), cols)
     padded = F.pad(x, (margin, margin, margin, margin)) if margin else x
     hp, wp = h + 2 * margin, w + 2 * margin
     rows = torch.arange(h, device=dev)[None, :] + (margin - dy)[:, None]  # out[i] = in[i - dy]
     cols = cols + (margin - dx)[:, None]
     flat = (rows[:, :, None] * wp + cols[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
-    return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w), flip
+    return padded.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
+
+
+def view_images(images_uint8: torch.Tensor, aug: Augment, view: int) -> torch.Tensor:
+    """Every image of a uint8 N×C×H×W batch in one view of ``aug`` (``augment_with_views``' numbering), exactly
+    as ``augment_batch`` makes it when it draws that shift and flip: the inputs of a per-view output table."""
+    if not 0 <= view < aug.num_views:
+        raise ValueError(f"view {view} is not one of the {aug.num_views} views of {aug!r}")
+    m = aug.shift
+    shift, flipped = divmod(view, 2) if aug.flip else (view, 0)
+    dy, dx = (v - m for v in divmod(shift, 2 * m + 1))
+    h, w = images_uint8.shape[-2:]
+    padded = F.pad(images_uint8, (m, m, m, m)) if m else images_uint8
+    out = padded[..., m - dy : m - dy + h, m - dx : m - dx + w]  # out[i, j] = in[i - dy, j - dx]
+    return out.flip(-1) if flipped else out.contiguous()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdeploy.data import Dataset, Split
+from kdeploy.data import Augment, Dataset, Split, view_images
 from kdeploy.distill.distributed import World
 from kdeploy.evaluate import accuracy, predict_logits
 
@@ -39,18 +39,23 @@ class SplitScorer:
         return (counts[0] / counts[1]).item()
 
 
-def teacher_table(teacher: nn.Module, data: Dataset, world: World, batch_size: int, flips: bool = False) -> Tensor:
+def teacher_table(
+    teacher: nn.Module, data: Dataset, world: World, batch_size: int, views: Augment | None = None
+) -> Tensor:
     """Teacher logits for every training sample, computed once (valid only while the student's inputs are the
-    stored images: no augmentation but flips, no mixing). Kept on the training device. ``flips``: N×2×classes,
-    the logits of every image as stored (view 0) and mirrored left-right (view 1); else N×classes.
+    stored images, or views of them under ``views``; no mixing). Kept on the training device. N×classes, or with
+    ``views`` N×V×classes: the logits of every image in each of the augmentation's V views (``view_images``).
 
     Distributed, each rank computes one contiguous slice and an all-reduce over zero-filled buffers assembles
     the whole table on every rank (adding zeros is exact)."""
-    if not flips:
+    if views is None or views.num_views == 1:
         return _table(teacher, data, data.train, world, batch_size)
-    mirrored = Split(data.train.images.flip(-1), data.train.labels)
-    views = [_table(teacher, data, split, world, batch_size) for split in (data.train, mirrored)]
-    return torch.stack(views, dim=1)
+    images, labels = data.train.images, data.train.labels
+    tables = [
+        _table(teacher, data, Split(view_images(images, views, v), labels), world, batch_size)
+        for v in range(views.num_views)
+    ]
+    return torch.stack(tables, dim=1)
 
 
 def _table(teacher: nn.Module, data: Dataset, train: Split, world: World, batch_size: int) -> Tensor:

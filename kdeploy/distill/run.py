@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Dataset
+from kdeploy.data import Augment, Dataset
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
@@ -143,6 +143,17 @@ def distill(
     return run
 
 
+TABLE_MAX_BYTES = 1 << 30
+
+
+def table_pays(views: int, epochs: int, data: Dataset) -> bool:
+    """A table of the teacher's outputs in ``views`` views of every training image costs ``views`` teacher passes
+    over the data; the live teacher costs one pass per epoch. Cache when the table is no dearer (flip views, two,
+    are always cached) and holds at most 1 GiB of fp32 logits."""
+    size = len(data.train) * views * data.num_classes * 4
+    return views <= max(2, epochs) and size <= TABLE_MAX_BYTES
+
+
 class DistillSession:
     """One ``distill`` call: the data, the models, the trainer, and the run's metrics and history, which every
     finished model adds to (and which rank 0 writes after each one, so an interrupted run keeps them)."""
@@ -248,36 +259,43 @@ class DistillSession:
                 self.finish(role, students[role], recipe.student, result)
 
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
-        """The teacher's logits for every training image, when the student sees the stored images unchanged or
-        only randomly flipped (then for both views: each image as stored and mirrored), without mixup/cutmix,
-        and the method needs no teacher features; else None (live teacher on the very batch the student sees, or
-        no teacher at all for a method that does not use one, such as ``ce``)."""
+        """The teacher's logits for every training image in each view the student's augmentation can make of it
+        (the image itself; with flips its mirror image; with shifts each shift: ``Augment.num_views``), when that
+        table pays (``table_pays``), the student trains without mixup/cutmix and the method needs no teacher
+        features; else None (live teacher on the very batch the student sees, or no teacher at all for a method
+        that does not use one, such as ``ce``)."""
         if not method.needs_teacher:
             return None
         cfg = self.recipe.student
         _, t_paths = method.feature_layers()
         augment = self.trainer.augment_for(cfg)
-        flips = augment is not None and augment.flip_only
-        unchanged = (augment is None or flips) and not (cfg.mixup or cfg.cutmix)
-        if self.recipe.train.teacher_cache == "never" or not unchanged or t_paths:
+        if self.recipe.train.teacher_cache == "never" or cfg.mixup or cfg.cutmix or t_paths:
             return None
-        return self.teacher_table(teacher, flips)
+        if augment is not None and not table_pays(augment.num_views, cfg.epochs, self.data):
+            return None
+        return self.teacher_table(teacher, augment)
 
-    def teacher_table(self, teacher: nn.Module, flips: bool) -> Tensor:
+    def teacher_table(self, teacher: nn.Module, views: Augment | None) -> Tensor:
         """The table, read from the on-disk store or computed (and stored, unless ``teacher_cache: memory``)."""
         t = time.perf_counter()
 
         def compute() -> Tensor:
-            return self.trainer.teacher_cache(teacher, flips)
+            return self.trainer.teacher_cache(teacher, views)
 
         if self.recipe.train.teacher_cache == "memory":
             table, stored = compute(), None
         else:
-            table, stored = stored_table(teacher, self.data, self.trainer.table_spec(flips), self.world, compute)
-        self.teacher_outputs = "cached, both flip views" if flips else "cached"
-        views = " and their mirror images" if flips else ""
+            table, stored = stored_table(teacher, self.data, self.trainer.table_spec(views), self.world, compute)
+        n_views = 1 if views is None else views.num_views
+        if n_views == 1:
+            self.teacher_outputs, what = "cached", ""
+        elif views.shift == 0:
+            self.teacher_outputs, what = "cached, both flip views", " and their mirror images"
+        else:
+            kinds = "shifts and flips" if views.flip else "shifts"
+            self.teacher_outputs, what = f"cached, {n_views} views", f" in each of {n_views} views ({kinds})"
         how = f"read from {stored}" if stored else "cached once"
-        progress.log(f"teacher outputs {how} for {len(table)} samples{views} ({time.perf_counter() - t:.1f}s)")
+        progress.log(f"teacher outputs {how} for {len(table)} samples{what} ({time.perf_counter() - t:.1f}s)")
         return table
 
     def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,

@@ -29,27 +29,28 @@ class Batch:
 @dataclass
 class TeacherOutputs:
     """The teacher's logits (and hooked features) for a batch: looked up in the cached table, or computed by
-    running the teacher on the very images the student sees. The table is N×classes, or N×2×classes for
-    students trained on random flips (the plain and the flipped view of every image)."""
+    running the teacher on the very images the student sees. The table is N×classes, or N×V×classes for a
+    student whose augmentation makes V views of each image (shifts and flips: ``Augment.num_views``)."""
 
     model: nn.Module | None
     hooks: FeatureHooks | None
     cached: Tensor | None
 
     @property
-    def flip_views(self) -> bool:
+    def per_view(self) -> bool:
         return self.cached is not None and self.cached.dim() == 3
 
     @torch.no_grad()
     def __call__(
-        self, images: Tensor, index: Tensor, mixed: bool = False, flipped: Tensor | None = None
+        self, images: Tensor, index: Tensor, mixed: bool = False, view: Tensor | None = None
     ) -> tuple[Tensor, list[Tensor]]:
         if self.cached is not None and self.hooks is None and not mixed:
             rows = index.to(self.cached.device)
-            if not self.flip_views:
+            if not self.per_view:
                 return self.cached[rows], []
-            view = torch.zeros_like(rows) if flipped is None else flipped.to(self.cached.device).long()
-            return self.cached[rows, view], []  # flipped None: no image was flipped (view 0)
+            if view is None:
+                raise ValueError("a table of views needs the view of each image (the batch was not augmented)")
+            return self.cached[rows, view.to(self.cached.device)], []
         if self.model is None:
             raise ValueError("mixed batches need the live teacher: the cached table holds unmixed images only")
         if self.hooks is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,13 +41,15 @@ def store_dir() -> Path:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How a table is computed, beyond the teacher and the data."""
+    """How a table is computed, beyond the teacher and the data: its views (mirrored or not, shifted by up to
+    ``shift`` pixels), the precision, memory format, device kind and batch size."""
 
     flips: bool
     precision: str
     channels_last: bool
     device: str
     batch_size: int
+    shift: int = field(default=0, repr=False)  # in the key only when set: tables stored before it keep their names
 
 
 def _tensor_digest(h: hashlib._Hash, t: Tensor) -> None:
@@ -61,6 +63,8 @@ def table_key(teacher: nn.Module, data: Dataset, spec: TableSpec) -> str:
     h = hashlib.sha256()
     model = f"{type(teacher).__module__}.{type(teacher).__qualname__}"
     h.update(f"{model}|{torch.__version__}|{spec}|{data.mean}|{data.std}".encode())
+    if spec.shift:
+        h.update(f"|shift={spec.shift}".encode())
     for name, t in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         _tensor_digest(h, t)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import progress
-from kdeploy.data import Augment, Dataset, Split, iterate_batches, iterate_batches_with_flips, normalize
+from kdeploy.data import Augment, Dataset, Split, iterate_batches, iterate_batches_with_views, normalize
 from kdeploy.distill.distributed import World
 from kdeploy.distill.ema import WeightEMA
 from kdeploy.distill.evaluation import SplitScorer, teacher_table
@@ -114,17 +114,19 @@ class Trainer:
             p.requires_grad_(False)
         return teacher
 
-    def teacher_cache(self, teacher: nn.Module, flips: bool = False) -> Tensor:
-        """Teacher logits for every training sample, with ``flips`` for both views (``evaluation.teacher_table``),
+    def teacher_cache(self, teacher: nn.Module, views: Augment | None = None) -> Tensor:
+        """Teacher logits for every training sample, per view of ``views`` (``evaluation.teacher_table``),
         in the training precision and memory format, as the live teacher runs (the CIFAR-10 teacher on one
         AVX512-BF16 core: 81-85 s instead of 257-283 s in fp32 NCHW for its 100,000 flip views)."""
         self.prepare_teacher(teacher)
         with self.autocast():
-            return teacher_table(teacher, self.data, self.world, self.eval_batch_size, flips)
+            return teacher_table(teacher, self.data, self.world, self.eval_batch_size, views)
 
-    def table_spec(self, flips: bool) -> TableSpec:
+    def table_spec(self, views: Augment | None = None) -> TableSpec:
         """How ``teacher_cache`` computes its table, for the on-disk store's key."""
-        return TableSpec(flips, self.precision, self.train_cfg.channels_last, self.device.type, self.eval_batch_size)
+        flips, shift = (views.flip, views.shift) if views is not None and views.enabled else (False, 0)
+        cfg = self.train_cfg
+        return TableSpec(flips, self.precision, cfg.channels_last, self.device.type, self.eval_batch_size, shift)
 
     def augment_for(self, cfg: ModelConfig) -> Augment | None:
         """The augmentation ``cfg``'s model trains with: its own ``augment`` or the recipe's; None when off."""
@@ -279,7 +281,7 @@ class Trainer:
         sums = EpochSums(self.device)
         sync_every = 1 if self.device.type == "cpu" else 50  # on a GPU, look at the loss without a sync per step
         t0 = time.perf_counter()
-        batches = iterate_batches_with_flips(
+        batches = iterate_batches_with_views(
             self.train_split,
             job.batch_size,
             shuffle=True,
@@ -290,8 +292,8 @@ class Trainer:
             shard=(world.rank, world.size),
         )
         with progress.task(f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}", job.steps_per_epoch) as bar:
-            for step, (x, y, idx, flipped) in enumerate(batches):
-                batch = self.make_batch(job, x, y, idx, epoch, mix_rng, flipped)
+            for step, (x, y, idx, view) in enumerate(batches):
+                batch = self.make_batch(job, x, y, idx, epoch, mix_rng, view)
                 look = (step + 1) % sync_every == 0 or step + 1 == job.steps_per_epoch
                 loss = self.train_iter(job, batch, sums, look)
                 bar.update(1, **({"loss": loss.item()} if look else {}))
@@ -320,11 +322,11 @@ class Trainer:
         idx: Tensor,
         epoch: int,
         mix_rng: Any | None,
-        flipped: Tensor | None = None,
+        view: Tensor | None = None,
     ) -> Batch:
         """The batch as the model sees it: mixed when mixup/cutmix is on, soft targets for label smoothing or
-        mixing, and the teacher's outputs on exactly these (augmented, mixed) images; ``flipped`` picks each
-        image's view in a cached table of both flip views."""
+        mixing, and the teacher's outputs on exactly these (augmented, mixed) images; ``view`` picks each
+        image's row in a cached table of per-view outputs."""
         cfg = job.cfg
         if self.train_cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -339,7 +341,7 @@ class Trainer:
         batch = Batch(x, y, idx, epoch, target_probs=probs)
         if job.teacher is not None:
             with self.autocast():  # the live teacher in the training precision (AMX bf16: 2.5x)
-                batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mix_rng is not None, flipped)
+                batch.teacher_logits, batch.teacher_features = job.teacher(x, idx, mix_rng is not None, view)
         return batch
 
     def train_iter(self, job: Job, batch: Batch, sums: EpochSums, look: bool = True) -> Tensor:
