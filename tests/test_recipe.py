@@ -35,7 +35,7 @@ def test_mnist_mlp_recipe_matches_the_reference_system() -> None:
 
 
 def test_hinton_consistent_differs_from_hinton_mnist_only_in_augmentation() -> None:
-    """The consistent variant jitters every model (teacher run live on the student's batch); nothing else moves,
+    """The consistent variant jitters every model (the teacher scores the student's batch); nothing else moves,
     so its teacher is hinton_mnist's and the two recipes' gains compare."""
     plain = load_recipe(RECIPES / "hinton_mnist.yaml")
     consistent = load_recipe(RECIPES / "hinton_mnist_consistent.yaml")
