@@ -55,6 +55,9 @@ class ModelConfig(_Strict):
     ema: float | None = Field(
         None, gt=0, lt=1, description="decay of an EMA of the weights (e.g. 0.999): validated, tested and saved"
     )
+    keep: Literal["best", "last"] = Field(
+        "best", description="the epoch whose weights are kept, tested and saved: best on validation, or the last"
+    )
     mixup: float = Field(0.0, ge=0, description="Beta(a, a) batch mixup; 0: off")
     cutmix: float = Field(0.0, ge=0, description="Beta(a, a) batch CutMix; 0: off (with mixup: one per batch)")
     augment: Augment | None = Field(

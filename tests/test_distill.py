@@ -178,6 +178,26 @@ def test_views_cached_match_the_live_teacher(
         torch.testing.assert_close(cached[name], live[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("keep", "kept_epoch"), [("best", 1), ("last", 3)])
+def test_keep_picks_the_epoch_whose_weights_are_kept(
+    keep: str, kept_epoch: int, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation accuracy forced to fall every epoch: `keep: best` keeps epoch 1, `keep: last` the last epoch,
+    whose weights are then the ones tested and saved (accuracy == last_accuracy)."""
+    from kdeploy.distill.evaluation import SplitScorer
+
+    real, falling = SplitScorer.accuracy, iter(range(1000))
+
+    def accuracy(self: SplitScorer, model: torch.nn.Module, split: Any) -> float:
+        return 0.9 - 0.001 * next(falling) if split is self.data.val else real(self, model, split)
+
+    monkeypatch.setattr(SplitScorer, "accuracy", accuracy)
+    raw = tiny_recipe(mnist_root, baseline=False, student__epochs=3, student__keep=keep)
+    student = json.loads(distill(validate(raw), out=tmp_path / keep).metrics_path.read_text())["models"]["student"]
+    assert student["best_epoch"] == kept_epoch
+    assert (student["accuracy"] == student["last_accuracy"]) or keep == "best"
+
+
 def test_a_ce_student_never_runs_the_teacher(mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`distill: {method: ce}` (a baseline trained alone) neither caches the teacher's outputs nor runs it per
     batch: on CIFAR-10 the flip-view table cost minutes of teacher passes that nothing read."""

@@ -259,7 +259,7 @@ class Trainer:
             state.history.append(row)
             if job.scalars is not None:
                 job.scalars.write(row)
-            if not scored or val_acc > state.best.val:
+            if job.cfg.keep == "last" or not scored or val_acc > state.best.val:
                 weights = {k: v.detach().cpu().clone() for k, v in state.eval_model.state_dict().items()}
                 state.best = BestEpoch(val_acc if scored else -1.0, epoch + 1, weights)
             state.epoch = epoch + 1
