@@ -34,14 +34,16 @@ def test_mnist_mlp_recipe_matches_the_reference_system() -> None:
     assert r.student.augment is not None and not r.student.augment.enabled and not r.data.augment.enabled
 
 
-def test_hinton_consistent_differs_from_hinton_mnist_only_in_augmentation() -> None:
-    """The consistent variant jitters every model (the teacher scores the student's batch); nothing else moves,
-    so its teacher is hinton_mnist's and the two recipes' gains compare."""
+def test_hinton_consistent_differs_from_hinton_mnist_in_augmentation_and_schedule() -> None:
+    """The consistent variant jitters every model (the teacher scores the student's batch) and trains baseline and
+    student patiently (100 epochs, the last kept); nothing else moves, so its teacher is hinton_mnist's."""
     plain = load_recipe(RECIPES / "hinton_mnist.yaml")
     consistent = load_recipe(RECIPES / "hinton_mnist_consistent.yaml")
     assert plain.teacher.model_copy(update={"augment": None}) == consistent.teacher
     assert plain.teacher.augment == consistent.data.augment and consistent.data.augment.translate == 2
-    assert plain.student.model_copy(update={"augment": None}) == consistent.student
+    patient = {"augment": None, "epochs": 100, "keep": "last"}
+    assert plain.student.epochs == 30 and plain.student.keep == "best"
+    assert plain.student.model_copy(update=patient) == consistent.student
     assert not plain.student.augment.enabled and consistent.student.augment is None  # the student follows data.augment
     assert plain.distill == consistent.distill and consistent.baseline
 
