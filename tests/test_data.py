@@ -146,6 +146,28 @@ def test_val_split_disjoint_and_seeded(tmp_path: Path) -> None:
     assert (len(limited.train), len(limited.val), len(limited.test)) == (4, 4, 4)
 
 
+def test_every_seed_has_the_same_table_pool(tmp_path: Path) -> None:
+    """The teacher table covers train and val together in source order: the same images whatever the seed's val
+    split, each training sample at its row; without a val split the pool is the train split itself."""
+    root = write_idx(tmp_path / "d", n_train=50)
+    pools = []
+    for seed in (1, 2):
+        data = load_dataset("mnist", root=root, val_size=10, seed=seed)
+        pool, rows = data.table_pool()
+        assert pool.images[:, 0, 0, 0].tolist() == list(range(50))
+        assert pool.labels.tolist() == [i % 10 for i in range(50)]
+        assert torch.equal(pool.images[rows], data.train.images) and torch.equal(pool.labels[rows], data.train.labels)
+        assert data.carving is not None and data.carving.val.tolist() == sorted(_ids(data.val))
+        pools.append(rows.tolist())
+    assert pools[0] != pools[1]
+    empty = load_dataset("mnist", root=root, val_size=0)
+    assert empty.table_pool()[0] is empty.train
+    limited = load_dataset("mnist", root=root, val_size=10, limit=4)
+    pool, rows = limited.table_pool()
+    assert len(pool) == 8 and torch.equal(pool.images[rows], limited.train.images)
+    assert limited.carving is not None and limited.carving.train.tolist() == limited.train.images[:, 0, 0, 0].tolist()
+
+
 @pytest.mark.parametrize("bad", [50, 60, 1.0, 1.5, -1, True, "10"])
 def test_bad_val_size(tmp_path: Path, bad: object) -> None:
     root = write_idx(tmp_path / "d", n_train=50)

@@ -336,6 +336,29 @@ def test_a_second_run_reads_the_teacher_outputs_from_the_store(
         torch.testing.assert_close(read[name], fresh[name], rtol=0, atol=0)
 
 
+def test_seeds_share_one_stored_table(tmp_path: Path) -> None:
+    """MNIST-style sources carve a new val split per seed. The stored table covers train and val together in the
+    source's order, so seed 1 reads the table seed 0 stored, and trains as from a table of its own images."""
+    from .test_data import write_idx
+
+    root = write_idx(tmp_path / "idx", n_train=300, n_test=40)
+    common = {"data__limit": None, "data__val_size": 60, "student__augment": {"flip": True}, "baseline": False}
+    first = distill(validate(tiny_recipe(root, **common)), out=tmp_path / "seed0")
+    stored = list((tmp_path / "teacher_store").glob("*.safetensors"))
+    assert len(stored) == 1 and len(load_file(str(stored[0]))["table"]) == 300
+    checkpoint = {"teacher__checkpoint": str(first.root / "teacher.safetensors")}
+    runs = {}
+    for cache in ("auto", "memory"):  # memory: a table of seed 1's own 240 training images
+        with reporting_to(Capture()) as seen:
+            raw = tiny_recipe(root, **common, **checkpoint, seed=1, train__teacher_cache=cache)
+            runs[cache] = distill(validate(raw), out=tmp_path / cache)
+        assert any(f"read from {stored[0]}" in m for m in seen.lines) == (cache == "auto")
+    assert list((tmp_path / "teacher_store").glob("*.safetensors")) == stored
+    shared, own = (load_file(str(runs[c].root / "student.safetensors")) for c in ("auto", "memory"))
+    for name in shared:
+        torch.testing.assert_close(shared[name], own[name], rtol=1e-5, atol=1e-6)
+
+
 def test_the_store_key_follows_every_input(mnist_root: Path) -> None:
     """Another teacher weight, another view set or precision names another file; the same inputs the same one."""
     from kdeploy.distill.table_store import TableSpec, table_key
@@ -344,15 +367,17 @@ def test_the_store_key_follows_every_input(mnist_root: Path) -> None:
     data = load_data(validate(tiny_recipe(mnist_root)))
     teacher = torch.nn.Linear(784, 10)
     spec = TableSpec(flips=False, precision="fp32", channels_last=False, device="cpu", batch_size=256)
-    key = table_key(teacher, data, spec)
-    assert table_key(teacher, data, spec) == key
-    assert table_key(teacher, data, TableSpec(True, "fp32", False, "cpu", 256)) != key
-    assert table_key(teacher, data, TableSpec(False, "bf16", False, "cpu", 256)) != key
-    shifted = {table_key(teacher, data, TableSpec(True, "fp32", False, "cpu", 256, shift=s)) for s in (0, 1, 2)}
+    key = table_key(teacher, data.train, data, spec)
+    assert table_key(teacher, data.train, data, spec) == key
+    assert table_key(teacher, data.train, data, TableSpec(True, "fp32", False, "cpu", 256)) != key
+    assert table_key(teacher, data.train, data, TableSpec(False, "bf16", False, "cpu", 256)) != key
+    shifted = {
+        table_key(teacher, data.train, data, TableSpec(True, "fp32", False, "cpu", 256, shift=s)) for s in (0, 1, 2)
+    }
     assert len(shifted) == 3 and key not in shifted
     with torch.no_grad():
         teacher.bias[3] += 1e-6
-    assert table_key(teacher, data, spec) != key
+    assert table_key(teacher, data.train, data, spec) != key
 
 
 def test_a_damaged_stored_table_is_computed_again(mnist_root: Path, tmp_path: Path) -> None:
@@ -364,11 +389,11 @@ def test_a_damaged_stored_table_is_computed_again(mnist_root: Path, tmp_path: Pa
     data = load_data(validate(tiny_recipe(mnist_root)))
     teacher, spec = torch.nn.Linear(784, 10), TableSpec(False, "fp32", False, "cpu", 256)
     table = torch.randn(len(data.train), 10)
-    _, source = stored_table(teacher, data, spec, World(), lambda: table)
+    _, source = stored_table(teacher, data.train, data, spec, World(), lambda: table)
     path = next((tmp_path / "teacher_store").glob("*.safetensors"))
     assert source is None
-    assert stored_table(teacher, data, spec, World(), lambda: table * 0)[1] == path
+    assert stored_table(teacher, data.train, data, spec, World(), lambda: table * 0)[1] == path
     path.write_bytes(b"truncated")
-    again, source = stored_table(teacher, data, spec, World(), lambda: table * 2)
+    again, source = stored_table(teacher, data.train, data, spec, World(), lambda: table * 2)
     assert source is None and torch.equal(again, table * 2)
     assert torch.equal(load_file(str(path))["table"], table * 2)

@@ -50,16 +50,30 @@ class Split:
     def sample(self, n: int | None, seed: int) -> Split:
         """A seeded random subset of ``n`` samples (in their original order), e.g. for quick runs: taking the
         first ``n`` of a class-sorted source (CIFAR's JPEG folders) would keep only one or two classes."""
-        if n is None or n >= len(self):
-            return self
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return self.subset(index)
+        index = sample_index(len(self), n, seed)
+        return self if index is None else self.subset(index)
 
     def compact(self) -> Split:
         """This split in memory of its own: a view into a bigger tensor keeps all of that tensor alive."""
         if self.images.untyped_storage().nbytes() <= self.images.nbytes:
             return self
         return Split(self.images.clone(), self.labels.clone())
+
+
+def sample_index(size: int, n: int | None, seed: int) -> torch.Tensor | None:
+    """The sorted positions of a seeded random ``n`` of ``size`` samples; None when that is all of them."""
+    if n is None or n >= size:
+        return None
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+@dataclass(frozen=True)
+class Carving:
+    """Where the train and val samples sit in the official train set they were carved from (int64 positions,
+    ascending): the val split is drawn per seed, but together the two parts are the same images for every seed."""
+
+    train: torch.Tensor
+    val: torch.Tensor
 
 
 @dataclass
@@ -74,6 +88,20 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, [0, 1] scale
     std: tuple[float, ...]
     source: str  # where it was loaded from
+    carving: Carving | None = None  # set when train and val were carved from one official train set
+
+    def table_pool(self) -> tuple[Split, torch.Tensor]:
+        """The images a table of teacher outputs covers, and each training sample's row in it. With a carving,
+        the train and val samples together in the official train set's order: the same images for every seed
+        (whose val splits differ), so that all seeds share one stored table. Else the train split itself."""
+        if self.carving is None or len(self.val) == 0:
+            return self.train, torch.arange(len(self.train))
+        order = torch.cat([self.carving.train, self.carving.val]).argsort()
+        rows = torch.empty_like(order)
+        rows[order] = torch.arange(len(order))
+        pool = Split(torch.cat([self.train.images, self.val.images])[order],
+                     torch.cat([self.train.labels, self.val.labels])[order])  # fmt: skip
+        return pool, rows[: len(self.train)]
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description for run records."""
@@ -150,15 +178,14 @@ def _val_count(val_size: int | float, n: int) -> int:
     return count
 
 
-def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Split, Split]:
-    """Seeded random held-out subset of ``train``; both parts keep the original order."""
-    count = _val_count(val_size, len(train))
-    if count == 0:
-        return train, Split.empty(train.images.shape[1:])
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    val_idx = perm[:count].sort().values
-    train_idx = perm[count:].sort().values
-    return train.subset(train_idx), train.subset(val_idx)
+def validation_index(size: int, val_size: int | float, seed: int, limit: int | None = None) -> Carving:
+    """The positions of a seeded random held-out subset of ``size`` samples (``val``) and of the rest
+    (``train``), each in ascending order and each narrowed to ``limit`` as ``Split.sample`` narrows a split."""
+    count = _val_count(val_size, size)
+    perm = torch.randperm(size, generator=torch.Generator().manual_seed(seed)) if count else torch.arange(size)
+    parts = (perm[count:].sort().values, perm[:count].sort().values)
+    train, val = (p if (keep := sample_index(len(p), limit, seed)) is None else p[keep] for p in parts)
+    return Carving(train=train, val=val)
 
 
 def resize_split(split: Split, size: tuple[int, int], chunk: int = 4096) -> Split:
@@ -200,11 +227,13 @@ def load_dataset(
         raw.train, raw.test = resize_split(raw.train, size), resize_split(raw.test, size)
         raw.val = resize_split(raw.val, size) if raw.val is not None else None
     if raw.val is not None:
-        train, val = raw.train, raw.val
+        carving = None
+        train, val = raw.train.sample(limit, seed), raw.val.sample(limit, seed)
     else:
-        train, val = split_validation(raw.train, val_size, seed)
+        carving = validation_index(len(raw.train), val_size, seed, limit)
+        train, val = _take(raw.train, carving.train), raw.train.subset(carving.val)
         raw.test = raw.test.compact()  # train/val are copies now; a test view would pin all decoded images
-    train, val, test = train.sample(limit, seed), val.sample(limit, seed), raw.test.sample(limit, seed)
+    test = raw.test.sample(limit, seed)
     shape = tuple(int(s) for s in raw.train.images.shape[1:])
     channels = shape[0]
     for stat in (raw.mean, raw.std):
@@ -221,7 +250,13 @@ def load_dataset(
         mean=tuple(float(m) for m in raw.mean),
         std=tuple(float(s) for s in raw.std),
         source=raw.source,
+        carving=carving,
     )
+
+
+def _take(split: Split, index: torch.Tensor) -> Split:
+    """``split.subset(index)``, or ``split`` itself when ``index`` (ascending, unique) takes every sample."""
+    return split if len(index) == len(split) else split.subset(index)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -247,6 +282,7 @@ def check_num_classes(name: str, classes: Sequence[str], expected: int, source: 
 
 __all__ = [
     "DATASETS",
+    "Carving",
     "Dataset",
     "DatasetLoader",
     "LoadRequest",

@@ -40,19 +40,25 @@ class SplitScorer:
 
 
 def teacher_table(
-    teacher: nn.Module, data: Dataset, world: World, batch_size: int, views: Augment | None = None
+    teacher: nn.Module,
+    data: Dataset,
+    world: World,
+    batch_size: int,
+    views: Augment | None = None,
+    images: Split | None = None,
 ) -> Tensor:
-    """Teacher logits for every training sample, computed once (valid only while the student's inputs are the
-    stored images, or views of them under ``views``; no mixing). Kept on the training device. N×classes, or with
-    ``views`` N×V×classes: the logits of every image in each of the augmentation's V views (``view_images``).
+    """Teacher logits for every sample of ``images`` (default: the training split), computed once (valid only
+    while the student's inputs are the stored images, or views of them under ``views``; no mixing). Kept on the
+    training device. N×classes, or with ``views`` N×V×classes: the logits of every image in each of the
+    augmentation's V views (``view_images``).
 
     Distributed, each rank computes one contiguous slice and an all-reduce over zero-filled buffers assembles
     the whole table on every rank (adding zeros is exact)."""
+    split = data.train if images is None else images
     if views is None or views.num_views == 1:
-        return _table(teacher, data, data.train, world, batch_size)
-    images, labels = data.train.images, data.train.labels
+        return _table(teacher, data, split, world, batch_size)
     tables = [
-        _table(teacher, data, Split(view_images(images, views, v), labels), world, batch_size)
+        _table(teacher, data, Split(view_images(split.images, views, v), split.labels), world, batch_size)
         for v in range(views.num_views)
     ]
     return torch.stack(tables, dim=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Augment, Dataset
+from kdeploy.data import Augment, Dataset, Split
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
@@ -146,12 +147,22 @@ def distill(
 TABLE_MAX_BYTES = 1 << 30
 
 
-def table_pays(views: int, epochs: int, data: Dataset) -> bool:
-    """A table of the teacher's outputs in ``views`` views of every training image costs ``views`` teacher passes
+def table_pays(views: int, epochs: int, samples: int, classes: int) -> bool:
+    """A table of the teacher's outputs in ``views`` views of ``samples`` images costs ``views`` teacher passes
     over the data; the live teacher costs one pass per epoch. Cache when the table is no dearer (flip views, two,
     are always cached) and holds at most 1 GiB of fp32 logits."""
-    size = len(data.train) * views * data.num_classes * 4
-    return views <= max(2, epochs) and size <= TABLE_MAX_BYTES
+    return views <= max(2, epochs) and samples * views * classes * 4 <= TABLE_MAX_BYTES
+
+
+def table_label(views: Augment | None) -> tuple[str, str]:
+    """metrics.json's ``teacher_outputs`` for a table over ``views``, and the words the log line adds."""
+    n_views = 1 if views is None else views.num_views
+    if n_views == 1:
+        return "cached", ""
+    if views.shift == 0:
+        return "cached, both flip views", " and their mirror images"
+    kinds = "shifts and flips" if views.flip else "shifts"
+    return f"cached, {n_views} views", f" in each of {n_views} views ({kinds})"
 
 
 class DistillSession:
@@ -271,31 +282,28 @@ class DistillSession:
         augment = self.trainer.augment_for(cfg)
         if self.recipe.train.teacher_cache == "never" or cfg.mixup or cfg.cutmix or t_paths:
             return None
-        if augment is not None and not table_pays(augment.num_views, cfg.epochs, self.data):
+        pool, rows = self.data.table_pool()
+        if augment is not None and not table_pays(augment.num_views, cfg.epochs, len(pool), self.data.num_classes):
             return None
-        return self.teacher_table(teacher, augment)
+        return self.teacher_table(teacher, augment, pool, rows)
 
-    def teacher_table(self, teacher: nn.Module, views: Augment | None) -> Tensor:
-        """The table, read from the on-disk store or computed (and stored, unless ``teacher_cache: memory``)."""
+    def teacher_table(self, teacher: nn.Module, views: Augment | None, pool: Split, rows: Tensor) -> Tensor:
+        """The table over ``pool`` (``Dataset.table_pool``) narrowed to the training samples' ``rows``: read from
+        the on-disk store or computed and stored; with ``teacher_cache: memory``, computed over the training
+        samples alone and kept in memory."""
         t = time.perf_counter()
-
-        def compute() -> Tensor:
-            return self.trainer.teacher_cache(teacher, views)
-
         if self.recipe.train.teacher_cache == "memory":
-            table, stored = compute(), None
+            table, stored, pool = self.trainer.teacher_cache(teacher, views), None, self.data.train
         else:
-            table, stored = stored_table(teacher, self.data, self.trainer.table_spec(views), self.world, compute)
-        n_views = 1 if views is None else views.num_views
-        if n_views == 1:
-            self.teacher_outputs, what = "cached", ""
-        elif views.shift == 0:
-            self.teacher_outputs, what = "cached, both flip views", " and their mirror images"
-        else:
-            kinds = "shifts and flips" if views.flip else "shifts"
-            self.teacher_outputs, what = f"cached, {n_views} views", f" in each of {n_views} views ({kinds})"
+            spec = self.trainer.table_spec(views)
+            compute = functools.partial(self.trainer.teacher_cache, teacher, views, pool)
+            table, stored = stored_table(teacher, pool, self.data, spec, self.world, compute)
+            if len(pool) != len(rows):
+                table = table.index_select(0, rows.to(table.device))
+        self.teacher_outputs, what = table_label(views)
         how = f"read from {stored}" if stored else "cached once"
-        progress.log(f"teacher outputs {how} for {len(table)} samples{what} ({time.perf_counter() - t:.1f}s)")
+        val = f" (its {len(pool)} rows also cover the val split)" if len(pool) != len(table) else ""
+        progress.log(f"teacher outputs {how} for {len(table)} samples{what}{val} ({time.perf_counter() - t:.1f}s)")
         return table
 
     def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,

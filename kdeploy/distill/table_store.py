@@ -3,9 +3,10 @@
 A run that distils from a given teacher checkpoint (the next seed, another temperature, another student) needs
 the very table an earlier run computed: on one fp32 AVX2 core the CIFAR-10 flip-view table took 14 of a KD
 run's 67 minutes, and reading it takes 0.1 s. The file is named by a digest of everything the table depends on:
-the teacher's class and weights, the training images and their normalisation, the views, the precision and
-memory format, the device kind, the batch size and the torch version. A changed input gives a new name, never a
-stale table.
+the teacher's class and weights, the images it covers (``Dataset.table_pool``: every seed's train and val
+samples together, so the seeds of one dataset share one table) and their normalisation, the views, the precision
+and memory format, the device kind, the batch size and the torch version. A changed input gives a new name,
+never a stale table.
 
 Files live in ``$KDEPLOY_TEACHER_STORE``, else in ``<user cache>/teacher_outputs`` (``$XDG_CACHE_HOME/kdeploy``
 or ``~/.cache/kdeploy``), as safetensors written atomically, so a killed run leaves no truncated table behind.
@@ -26,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Dataset
+from kdeploy.data import Dataset, Split
 from kdeploy.data.roots import user_cache_dir
 from kdeploy.distill.distributed import World
 from kdeploy.errors import UserError
@@ -58,8 +59,8 @@ def _tensor_digest(h: hashlib._Hash, t: Tensor) -> None:
     h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, without a copy
 
 
-def table_key(teacher: nn.Module, data: Dataset, spec: TableSpec) -> str:
-    """A digest of every input the table's values depend on (see the module doc)."""
+def table_key(teacher: nn.Module, images: Split, data: Dataset, spec: TableSpec) -> str:
+    """A digest of every input the values of the table over ``images`` depend on (see the module doc)."""
     h = hashlib.sha256()
     model = f"{type(teacher).__module__}.{type(teacher).__qualname__}"
     h.update(f"{model}|{torch.__version__}|{spec}|{data.mean}|{data.std}".encode())
@@ -68,16 +69,16 @@ def table_key(teacher: nn.Module, data: Dataset, spec: TableSpec) -> str:
     for name, t in sorted(teacher.state_dict().items()):
         h.update(name.encode())
         _tensor_digest(h, t)
-    _tensor_digest(h, data.train.images)
+    _tensor_digest(h, images.images)
     return h.hexdigest()[:32]
 
 
 def stored_table(
-    teacher: nn.Module, data: Dataset, spec: TableSpec, world: World, compute: Callable[[], Tensor]
+    teacher: nn.Module, images: Split, data: Dataset, spec: TableSpec, world: World, compute: Callable[[], Tensor]
 ) -> tuple[Tensor, Path | None]:
-    """The table from the store when every rank finds it there, else ``compute()`` (rank 0 then stores it).
-    Returns the table (on the training device) and the file it was read from, or None when it was computed."""
-    path = store_dir() / f"{table_key(teacher, data, spec)}.safetensors"
+    """The table over ``images`` from the store when every rank finds it there, else ``compute()`` (rank 0 then
+    stores it). Returns the table (on the training device) and the file it was read from, or None when computed."""
+    path = store_dir() / f"{table_key(teacher, images, data, spec)}.safetensors"
     found = path.is_file()
     if world.distributed:  # every rank loads, or every rank computes (the computation is a collective)
         found = bool(world.sum(torch.tensor([float(found)])).item() == world.size)

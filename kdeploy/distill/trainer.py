@@ -114,13 +114,14 @@ class Trainer:
             p.requires_grad_(False)
         return teacher
 
-    def teacher_cache(self, teacher: nn.Module, views: Augment | None = None) -> Tensor:
-        """Teacher logits for every training sample, per view of ``views`` (``evaluation.teacher_table``),
-        in the training precision and memory format, as the live teacher runs (the CIFAR-10 teacher on one
-        AVX512-BF16 core: 81-85 s instead of 257-283 s in fp32 NCHW for its 100,000 flip views)."""
+    def teacher_cache(self, teacher: nn.Module, views: Augment | None = None, images: Split | None = None) -> Tensor:
+        """Teacher logits for every training sample (or every sample of ``images``, such as the data's
+        ``table_pool``), per view of ``views`` (``evaluation.teacher_table``), in the training precision and memory
+        format, as the live teacher runs (the CIFAR-10 teacher on one AVX512-BF16 core: 81-85 s instead of
+        257-283 s in fp32 NCHW for its 100,000 flip views)."""
         self.prepare_teacher(teacher)
         with self.autocast():
-            return teacher_table(teacher, self.data, self.world, self.eval_batch_size, views)
+            return teacher_table(teacher, self.data, self.world, self.eval_batch_size, views, images)
 
     def table_spec(self, views: Augment | None = None) -> TableSpec:
         """How ``teacher_cache`` computes its table, for the on-disk store's key."""
