@@ -154,6 +154,7 @@ def test_every_seed_has_the_same_table_pool(tmp_path: Path) -> None:
     for seed in (1, 2):
         data = load_dataset("mnist", root=root, val_size=10, seed=seed)
         pool, rows = data.table_pool()
+        assert data.table_pool_size() == len(pool) == 50
         assert pool.images[:, 0, 0, 0].tolist() == list(range(50))
         assert pool.labels.tolist() == [i % 10 for i in range(50)]
         assert torch.equal(pool.images[rows], data.train.images) and torch.equal(pool.labels[rows], data.train.labels)
@@ -161,10 +162,10 @@ def test_every_seed_has_the_same_table_pool(tmp_path: Path) -> None:
         pools.append(rows.tolist())
     assert pools[0] != pools[1]
     empty = load_dataset("mnist", root=root, val_size=0)
-    assert empty.table_pool()[0] is empty.train
+    assert empty.table_pool()[0] is empty.train and empty.table_pool_size() == 50
     limited = load_dataset("mnist", root=root, val_size=10, limit=4)
     pool, rows = limited.table_pool()
-    assert len(pool) == 8 and torch.equal(pool.images[rows], limited.train.images)
+    assert len(pool) == limited.table_pool_size() == 8 and torch.equal(pool.images[rows], limited.train.images)
     assert limited.carving is not None and limited.carving.train.tolist() == limited.train.images[:, 0, 0, 0].tolist()
 
 

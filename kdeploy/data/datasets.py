@@ -90,11 +90,20 @@ class Dataset:
     source: str  # where it was loaded from
     carving: Carving | None = None  # set when train and val were carved from one official train set
 
+    @property
+    def table_covers_val(self) -> bool:
+        """Whether ``table_pool`` adds the val split to the train split (train and val carved from one set)."""
+        return self.carving is not None and len(self.val) > 0
+
+    def table_pool_size(self) -> int:
+        """``len(self.table_pool()[0])``, without building the pool."""
+        return len(self.train) + (len(self.val) if self.table_covers_val else 0)
+
     def table_pool(self) -> tuple[Split, torch.Tensor]:
         """The images a table of teacher outputs covers, and each training sample's row in it. With a carving,
         the train and val samples together in the official train set's order: the same images for every seed
         (whose val splits differ), so that all seeds share one stored table. Else the train split itself."""
-        if self.carving is None or len(self.val) == 0:
+        if not self.table_covers_val:
             return self.train, torch.arange(len(self.train))
         order = torch.cat([self.carving.train, self.carving.val]).argsort()
         rows = torch.empty_like(order)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Augment, Dataset, Split
+from kdeploy.data import Augment, Dataset
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
@@ -282,27 +282,29 @@ class DistillSession:
         augment = self.trainer.augment_for(cfg)
         if self.recipe.train.teacher_cache == "never" or cfg.mixup or cfg.cutmix or t_paths:
             return None
-        pool, rows = self.data.table_pool()
-        if augment is not None and not table_pays(augment.num_views, cfg.epochs, len(pool), self.data.num_classes):
+        size = self.data.table_pool_size()
+        if augment is not None and not table_pays(augment.num_views, cfg.epochs, size, self.data.num_classes):
             return None
-        return self.teacher_table(teacher, augment, pool, rows)
+        return self.teacher_table(teacher, augment)
 
-    def teacher_table(self, teacher: nn.Module, views: Augment | None, pool: Split, rows: Tensor) -> Tensor:
-        """The table over ``pool`` (``Dataset.table_pool``) narrowed to the training samples' ``rows``: read from
-        the on-disk store or computed and stored; with ``teacher_cache: memory``, computed over the training
-        samples alone and kept in memory."""
+    def teacher_table(self, teacher: nn.Module, views: Augment | None) -> Tensor:
+        """The table over ``Dataset.table_pool``, narrowed to the training samples' rows: read from the on-disk
+        store or computed and stored; with ``teacher_cache: memory``, computed over the training samples alone
+        and kept in memory."""
         t = time.perf_counter()
         if self.recipe.train.teacher_cache == "memory":
-            table, stored, pool = self.trainer.teacher_cache(teacher, views), None, self.data.train
+            table, stored, covered = self.trainer.teacher_cache(teacher, views), None, len(self.data.train)
         else:
+            pool, rows = self.data.table_pool()
             spec = self.trainer.table_spec(views)
             compute = functools.partial(self.trainer.teacher_cache, teacher, views, pool)
             table, stored = stored_table(teacher, pool, self.data, spec, self.world, compute)
-            if len(pool) != len(rows):
+            covered = len(pool)
+            if covered != len(rows):
                 table = table.index_select(0, rows.to(table.device))
         self.teacher_outputs, what = table_label(views)
         how = f"read from {stored}" if stored else "cached once"
-        val = f" (its {len(pool)} rows also cover the val split)" if len(pool) != len(table) else ""
+        val = f" (its {covered} rows also cover the val split)" if covered != len(table) else ""
         progress.log(f"teacher outputs {how} for {len(table)} samples{what}{val} ({time.perf_counter() - t:.1f}s)")
         return table
 
