@@ -40,7 +40,11 @@ class ModelConfig(_Strict):
     model: str | None = Field(None, description="registered model name (see `kdeploy models`)")
     target: str | None = Field(None, description='user model by import path: "package.module:Class"')
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    checkpoint: str | None = Field(None, description=".safetensors or .pt/.pth weights: load, do not train")
+    checkpoint: str | list[str] | None = Field(
+        None,
+        description=".safetensors or .pt/.pth weights: load, do not train; a list: one file per member of an "
+        "`ensemble` teacher",
+    )
     epochs: int = Field(10, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -70,7 +74,20 @@ class ModelConfig(_Strict):
             raise ValueError("give exactly one of `model` (a registered name) or `target` (package.module:Class)")
         if self.target is not None and ":" not in self.target:
             raise ValueError(f'target must look like "package.module:Class", got {self.target!r}')
+        if isinstance(self.checkpoint, list):
+            self._ensemble_members(len(self.checkpoint))
         return self
+
+    def _ensemble_members(self, files: int) -> None:
+        """A list of checkpoints loads an ensemble, one file per member; ``kwargs.members`` defaults to their count."""
+        if self.model != "ensemble":
+            raise ValueError("a list of checkpoints loads an ensemble's members: set model: ensemble, with the "
+                             "members' model in kwargs.model (or give one checkpoint file)")  # fmt: skip
+        if files == 0:
+            raise ValueError("checkpoint: the list is empty; give one weights file per ensemble member")
+        members = self.kwargs.setdefault("members", files)
+        if members != files:
+            raise ValueError(f"checkpoint lists {files} files but kwargs.members is {members!r}; give one per member")
 
 
 class DistillConfig(BaseModel):
@@ -133,6 +150,16 @@ class Recipe(_Strict):
     def _method_params(self) -> Recipe:
         if self.distill.method not in METHOD_PARAMS:
             raise ValueError(METHOD_PARAMS.unknown_message(self.distill.method))
+        return self
+
+    @model_validator(mode="after")
+    def _ensembles_are_loaded(self) -> Recipe:
+        """An ensemble is averaged from models trained apart: kdeploy loads one, it never trains one."""
+        if self.student.model == "ensemble":
+            raise ValueError("student: an ensemble is a teacher only (trained members, averaged); pick a single model")
+        if self.teacher.model == "ensemble" and not self.teacher.checkpoint:
+            raise ValueError("teacher: an ensemble is loaded, not trained: give teacher.checkpoint, a list of one "
+                             "weights file per member (train them first, e.g. one teacher per seed)")  # fmt: skip
         return self
 
 

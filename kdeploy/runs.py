@@ -98,7 +98,7 @@ class ModelMetrics:
     train_seconds: float | None = None
     samples_per_second: float | None = None
     compile_seconds: float | None = None
-    checkpoint: str | None = None  # a teacher loaded from weights instead of trained
+    checkpoint: str | list[str] | None = None  # a teacher loaded from weights instead of trained
     method: str | None = None  # the student's distillation method
     teacher_outputs: str | None = None  # "cached", "cached, both flip views", "cached, N views", "per-batch", "unused"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -383,6 +383,16 @@ def load_resume_state(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or "epoch" not in obj or "model" not in obj:
         raise UserError(f"{path}: not a kdeploy resume state; delete it to retrain that model, or re-run with --force")
     return obj
+
+
+def load_checkpoint(model: nn.Module, checkpoint: str | list[str]) -> None:
+    """Load a recipe's ``checkpoint``: one weights file, or a list of one file per member of an ensemble."""
+    if isinstance(checkpoint, str):
+        load_state(model, load_state_file(Path(checkpoint)), checkpoint)
+        return
+    members = model.get_submodule("members")
+    for member, path in zip(members, checkpoint, strict=True):
+        load_state(member, load_state_file(Path(path)), path)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from kdeploy.distill import distill, step
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.errors import UserError
+from kdeploy.evaluate import predict_logits, top1_accuracy
 from kdeploy.models.fast_cnn import FastCNN
-from kdeploy.recipe import validate
-from kdeploy.runs import Run
+from kdeploy.recipe import load_data, validate
+from kdeploy.runs import Run, load_model
 
 from .conftest import Capture, InterruptAt, reporting_to, tiny_recipe
 
@@ -253,6 +254,58 @@ def test_a_checkpoint_teacher_teaches_like_the_one_trained_in_the_run(mnist_root
     a, b = (load_file(str(run.root / "student.safetensors")) for run in (trained, loaded))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
+def test_an_ensemble_of_trained_teachers_teaches_and_reloads_as_one_file(mnist_root: Path, tmp_path: Path) -> None:
+    """Two teachers trained apart (seeds 0 and 1) load as one ensemble teacher from a list of checkpoints; its
+    accuracy is that of the mean logits, and the run's teacher.safetensors rebuilds the same ensemble."""
+    flips = {"student__augment": {"flip": True}, "baseline": False, "student__epochs": 1}
+    files = []
+    for seed in (0, 1):
+        run = distill(validate(tiny_recipe(mnist_root, seed=seed, **flips)), out=tmp_path / f"t{seed}")
+        files.append(str(run.root / "teacher.safetensors"))
+    members = [load_model(Path(f))[0] for f in files]
+    ens = {"model": "ensemble", "kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}, "checkpoint": files}
+    raw = tiny_recipe(mnist_root, **flips)
+    raw["teacher"] = {**raw["teacher"], **ens}
+    run = distill(validate(raw), out=tmp_path / "ens")
+    teacher, meta = load_model(run.root / "teacher.safetensors")
+    assert meta.model["name"] == "ensemble" and meta.model["kwargs"]["members"] == 2
+    data = load_data(validate(raw))
+    mean = sum(predict_logits(m, data.test, data.mean, data.std) for m in members) / 2
+    torch.testing.assert_close(predict_logits(teacher, data.test, data.mean, data.std), mean)
+    accuracy = top1_accuracy(mean.numpy(), data.test.labels.numpy())
+    recorded = json.loads(run.metrics_path.read_text())["models"]["teacher"]
+    assert recorded["accuracy"] == pytest.approx(accuracy) and recorded["checkpoint"] == files
+
+
+def test_an_ensembles_table_is_the_mean_of_its_members_stored_tables(tmp_path: Path) -> None:
+    """Each member's flip-view table is stored when it is distilled from alone; the ensemble reads both and
+    averages them, computing nothing, and its student trains as from the ensemble's own table. (Whole sources:
+    every seed's table covers the same train and val images; ``limit`` would draw other images per seed.)"""
+    from .test_data import write_idx
+
+    root = write_idx(tmp_path / "idx", n_train=300, n_test=40)
+    flips = {"data__limit": None, "data__val_size": 60, "student__augment": {"flip": True}, "baseline": False,
+             "student__epochs": 1}  # fmt: skip
+    files = []
+    for seed in (0, 1):
+        run = distill(validate(tiny_recipe(root, seed=seed, **flips)), out=tmp_path / f"t{seed}")
+        files.append(str(run.root / "teacher.safetensors"))
+    stored = sorted((tmp_path / "teacher_store").glob("*.safetensors"))
+    assert len(stored) == 2
+    ens = {"model": "ensemble", "kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}, "checkpoint": files}
+    runs = {}
+    for cache in ("auto", "memory"):
+        raw = tiny_recipe(root, **flips, train__teacher_cache=cache)
+        raw["teacher"] = {**raw["teacher"], **ens}
+        with reporting_to(Capture()) as seen:
+            runs[cache] = distill(validate(raw), out=tmp_path / cache)
+        assert any("averaged over its 2 members' tables (2 read" in m for m in seen.lines) == (cache == "auto")
+    assert sorted((tmp_path / "teacher_store").glob("*.safetensors")) == stored, "no ensemble table is stored"
+    averaged, own = (load_file(str(runs[c].root / "student.safetensors")) for c in ("auto", "memory"))
+    for name in averaged:
+        torch.testing.assert_close(averaged[name], own[name], rtol=1e-5, atol=1e-6)
 
 
 def test_each_model_can_have_its_own_augmentation(

@@ -44,8 +44,25 @@ def test_builtin_models_are_registered() -> None:
 def test_every_model_gives_logits(name: str, in_shape: tuple[int, int, int]) -> None:
     if name == "timm":
         pytest.importorskip("timm")
-    model = create_model(name, num_classes=7, in_shape=in_shape)
+    kwargs = {"model": "mlp"} if name == "ensemble" else {}
+    model = create_model(name, num_classes=7, in_shape=in_shape, **kwargs)
     assert logits(model, in_shape).shape == (2, 7)
+
+
+def test_an_ensemble_returns_its_members_mean_logits() -> None:
+    """The geometric mean of the members' distributions at any temperature: softmax of the mean logits."""
+    model = create_model("ensemble", num_classes=10, in_shape=(1, 28, 28), model="cnn", members=3,
+                         member_kwargs={"width": 4})  # fmt: skip
+    x = torch.randn(5, 1, 28, 28)
+    model.eval()
+    with torch.no_grad():
+        expected = torch.stack([member(x) for member in model.members]).mean(0)
+        torch.testing.assert_close(model(x), expected)
+    assert module_paths(model)[:2] == ["members", "members.0"], "members are hooked by path: members.0.<layer>"
+    with pytest.raises(UserError, match="members must be a positive integer"):
+        create_model("ensemble", num_classes=10, in_shape=(1, 28, 28), model="mlp", members=0)
+    with pytest.raises(UserError, match="cannot themselves be ensembles"):
+        create_model("ensemble", num_classes=10, in_shape=(1, 28, 28), model="ensemble")
 
 
 @pytest.mark.parametrize(("hidden", "expected"), [([1200, 1200], 2_395_210), ([800], 636_010), ([], 7_850)])

@@ -91,6 +91,18 @@ def test_model_or_target_exactly_one() -> None:
     check(raw, "exactly one of `model`")
 
 
+def test_a_list_of_checkpoints_loads_an_ensemble_teacher_only() -> None:
+    ens = {"teacher__model": "ensemble", "teacher__kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}}
+    recipe = validate(tiny_recipe(Path("/x"), **ens, teacher__checkpoint=["a.pt", "b.pt", "c.pt"]))
+    assert recipe.teacher.kwargs["members"] == 3, "members defaults to the number of files"
+    check(tiny_recipe(Path("/x"), teacher__checkpoint=["a.pt", "b.pt"]), r"teacher: .*set model: ensemble")
+    check(tiny_recipe(Path("/x"), **ens, teacher__checkpoint=[]), r"teacher: checkpoint: the list is empty")
+    mismatch = {**ens, "teacher__kwargs": {**ens["teacher__kwargs"], "members": 3}}
+    check(tiny_recipe(Path("/x"), **mismatch, teacher__checkpoint=["a.pt", "b.pt"]), r"lists 2 files but .*is 3")
+    check(tiny_recipe(Path("/x"), **ens), r"teacher: an ensemble is loaded, not trained: give teacher\.checkpoint")
+    check(tiny_recipe(Path("/x"), student__model="ensemble", student__kwargs={"model": "mlp"}), r"teacher only")
+
+
 def test_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="must be a YAML mapping"):
         load_recipe(write_recipe(tmp_path / "r.yaml", ["a", "b"]))  # type: ignore[arg-type]

@@ -62,7 +62,8 @@ def _augment_text(augment: Augment | None) -> str:
 
 def _model_line(cfg: ModelConfig) -> str:
     kwargs = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    source = f", weights {cfg.checkpoint}" if cfg.checkpoint else f", {cfg.epochs} epochs"
+    files = ", ".join(cfg.checkpoint) if isinstance(cfg.checkpoint, list) else cfg.checkpoint
+    source = f", weights {files}" if files else f", {cfg.epochs} epochs"
     own = f", augmentation {_augment_text(cfg.augment)}" if cfg.augment is not None else ""
     return f"{cfg.model or cfg.target}({kwargs}){source}, {cfg.optimizer} lr {cfg.lr}{own}"
 

@@ -14,17 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Augment, Dataset
+from kdeploy.data import Augment, Dataset, Split
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
-from kdeploy.distill.table_store import stored_table
+from kdeploy.distill.table_store import store_dir, stored_table
 from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
+from kdeploy.models.ensemble import Ensemble
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
-from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, RunMetrics, environment, load_state, load_state_file
+from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, RunMetrics, environment, load_checkpoint
 
 
 def run_folder(recipe: Recipe, out: str | Path | None) -> Run:
@@ -179,8 +180,7 @@ class DistillSession:
         self.method = create_method(recipe.distill.method, recipe.distill.params())
         check_layers(self.method, self.students["student"], self.teacher)
         if recipe.teacher.checkpoint:
-            path = recipe.teacher.checkpoint
-            load_state(self.teacher, load_state_file(Path(path)), path)
+            load_checkpoint(self.teacher, recipe.teacher.checkpoint)
         self.metrics = run_summary(run.read_metrics() if resume else RunMetrics(), recipe, world, data)
         self.history: list[dict[str, Any]] = run.read_history() if resume else []
         self.teacher_outputs = "per-batch" if self.method.needs_teacher else "unused"
@@ -293,23 +293,39 @@ class DistillSession:
         and kept in memory."""
         t = time.perf_counter()
         if self.recipe.train.teacher_cache == "memory":
-            table, stored, covered = self.trainer.teacher_cache(teacher, views), None, len(self.data.train)
+            table, how, covered = self.trainer.teacher_cache(teacher, views), "cached once", len(self.data.train)
         else:
             pool, rows = self.data.table_pool()
-            spec = self.trainer.table_spec(views)
-            compute = functools.partial(self.trainer.teacher_cache, teacher, views, pool)
-            table, stored = stored_table(teacher, pool, self.data, spec, self.world, compute)
+            table, how = self.stored_table(teacher, views, pool)
             covered = len(pool)
             if covered != len(rows):
                 table = table.index_select(0, rows.to(table.device))
         self.teacher_outputs, what = table_label(views)
-        how = f"read from {stored}" if stored else "cached once"
         val = f" (its {covered} rows also cover the val split)" if covered != len(table) else ""
         progress.log(f"teacher outputs {how} for {len(table)} samples{what}{val} ({time.perf_counter() - t:.1f}s)")
         return table
 
-    def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *, checkpoint: str | None = None,
-               method: str | None = None, teacher_outputs: str | None = None) -> None:  # fmt: skip
+    def stored_table(self, teacher: nn.Module, views: Augment | None, pool: Split) -> tuple[Tensor, str]:
+        """The teacher's table over ``pool`` from the store, else computed and stored, and the words the log line
+        uses. An ensemble's table is the mean of its members' tables (as its logits are), each stored on its own:
+        a member another ensemble shares, or one distilled from alone, is computed once."""
+        spec = self.trainer.table_spec(views)
+        members = list(teacher.members) if isinstance(teacher, Ensemble) else [teacher]
+        tables, stored = [], []
+        for member in members:
+            compute = functools.partial(self.trainer.teacher_cache, member, views, pool)
+            table, path = stored_table(member, pool, self.data, spec, self.world, compute)
+            tables.append(table)
+            stored.append(path)
+        if len(members) == 1:
+            return tables[0], f"read from {stored[0]}" if stored[0] else "cached once"
+        read = sum(path is not None for path in stored)
+        how = f"averaged over its {len(members)} members' tables ({read} read from {store_dir()}, the rest computed)"
+        return torch.stack(tables).mean(0), how
+
+    def finish(self, role: str, model: nn.Module, cfg: ModelConfig, result: Result, *,
+               checkpoint: str | list[str] | None = None, method: str | None = None,
+               teacher_outputs: str | None = None) -> None:  # fmt: skip
         """Record a trained model: its metrics entry and history rows; rank 0 writes weights, history and
         metrics, and drops the model's resume state."""
         entry = dataclasses.replace(model_entry(result, model, self.recipe.train.compile), checkpoint=checkpoint,

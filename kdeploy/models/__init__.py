@@ -5,7 +5,16 @@ nothing of distillation, export or benchmarks. Feature layers are addressed by m
 """
 
 # The model modules are imported for their @register_model side effects.
-from kdeploy.models import cifar_resnet, cnn, dwcnn, fast_cnn, mlp, timm_models, torchvision_models  # noqa: F401
+from kdeploy.models import (  # noqa: F401
+    cifar_resnet,
+    cnn,
+    dwcnn,
+    ensemble,
+    fast_cnn,
+    mlp,
+    timm_models,
+    torchvision_models,
+)
 from kdeploy.models.registry import (
     MODELS,
     build_model,
