@@ -15,6 +15,7 @@ from kdeploy.distill import distill, step
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.errors import UserError
 from kdeploy.evaluate import predict_logits, top1_accuracy
+from kdeploy.export import export_onnx
 from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.recipe import load_data, validate
 from kdeploy.runs import Run, load_model
@@ -277,6 +278,8 @@ def test_an_ensemble_of_trained_teachers_teaches_and_reloads_as_one_file(mnist_r
     accuracy = top1_accuracy(mean.numpy(), data.test.labels.numpy())
     recorded = json.loads(run.metrics_path.read_text())["models"]["teacher"]
     assert recorded["accuracy"] == pytest.approx(accuracy) and recorded["checkpoint"] == files
+    exported = {a.id: a for a in export_onnx(run)}
+    assert exported["teacher:onnx"].passed, "the ensemble exports as one ONNX graph within the parity gate"
 
 
 def test_an_ensembles_table_is_the_mean_of_its_members_stored_tables(tmp_path: Path) -> None:
