@@ -56,8 +56,11 @@ def test_an_ensemble_returns_its_members_mean_logits() -> None:
     x = torch.randn(5, 1, 28, 28)
     model.eval()
     with torch.no_grad():
-        expected = torch.stack([member(x) for member in model.members]).mean(0)
-        torch.testing.assert_close(model(x), expected)
+        outs = [member(x) for member in model.members]
+        torch.testing.assert_close(model(x), (outs[0] + outs[1] + outs[2]) / 3)
+        for t in (1.0, 20.0):  # the normalised geometric mean of the members' tempered distributions
+            geometric = torch.stack([torch.log_softmax(o / t, 1) for o in outs]).mean(0).softmax(1)
+            torch.testing.assert_close(torch.softmax(model(x) / t, 1), geometric)
     assert module_paths(model)[:2] == ["members", "members.0"], "members are hooked by path: members.0.<layer>"
     with pytest.raises(UserError, match="members must be a positive integer"):
         create_model("ensemble", num_classes=10, in_shape=(1, 28, 28), model="mlp", members=0)
