@@ -257,16 +257,23 @@ def test_a_checkpoint_teacher_teaches_like_the_one_trained_in_the_run(mnist_root
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
+def two_member_ensemble(root: Path, out: Path, **changes: Any) -> dict[str, Any]:
+    """Train tiny teachers apart at seeds 0 and 1 (runs of ``tiny_recipe(root, **changes)`` in ``out``); returns
+    the ``teacher`` section that loads them as one ensemble."""
+    files = []
+    for seed in (0, 1):
+        run = distill(validate(tiny_recipe(root, seed=seed, **changes)), out=out / f"t{seed}")
+        files.append(str(run.root / "teacher.safetensors"))
+    return {"model": "ensemble", "kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}, "checkpoint": files}
+
+
 def test_an_ensemble_of_trained_teachers_teaches_and_reloads_as_one_file(mnist_root: Path, tmp_path: Path) -> None:
     """Two teachers trained apart (seeds 0 and 1) load as one ensemble teacher from a list of checkpoints; its
     accuracy is that of the mean logits, and the run's teacher.safetensors rebuilds the same ensemble."""
     flips = {"student__augment": {"flip": True}, "baseline": False, "student__epochs": 1}
-    files = []
-    for seed in (0, 1):
-        run = distill(validate(tiny_recipe(mnist_root, seed=seed, **flips)), out=tmp_path / f"t{seed}")
-        files.append(str(run.root / "teacher.safetensors"))
+    ens = two_member_ensemble(mnist_root, tmp_path, **flips)
+    files = ens["checkpoint"]
     members = [load_model(Path(f))[0] for f in files]
-    ens = {"model": "ensemble", "kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}, "checkpoint": files}
     raw = tiny_recipe(mnist_root, **flips)
     raw["teacher"] = {**raw["teacher"], **ens}
     run = distill(validate(raw), out=tmp_path / "ens")
@@ -291,13 +298,9 @@ def test_an_ensembles_table_is_the_mean_of_its_members_stored_tables(tmp_path: P
     root = write_idx(tmp_path / "idx", n_train=300, n_test=40)
     flips = {"data__limit": None, "data__val_size": 60, "student__augment": {"flip": True}, "baseline": False,
              "student__epochs": 1}  # fmt: skip
-    files = []
-    for seed in (0, 1):
-        run = distill(validate(tiny_recipe(root, seed=seed, **flips)), out=tmp_path / f"t{seed}")
-        files.append(str(run.root / "teacher.safetensors"))
+    ens = two_member_ensemble(root, tmp_path, **flips)
     stored = sorted((tmp_path / "teacher_store").glob("*.safetensors"))
     assert len(stored) == 2
-    ens = {"model": "ensemble", "kwargs": {"model": "mlp", "member_kwargs": {"hidden": [64]}}, "checkpoint": files}
     runs = {}
     for cache in ("auto", "memory"):
         raw = tiny_recipe(root, **flips, train__teacher_cache=cache)
