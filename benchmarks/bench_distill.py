@@ -10,6 +10,7 @@
 
     python benchmarks/bench_distill.py --data-root ../shared/data/mnist
     python benchmarks/bench_distill.py --precision-only     # item 3 alone (about a minute)
+    python benchmarks/bench_distill.py --precision-only --compile   # item 3 with train.compile: true
 
 Prints Markdown tables; numbers in benchmarks/README.md come from this command.
 """
@@ -104,9 +105,11 @@ JITTER = Augment(translate=2)  # the augmented rows: +-2 px jitter, whatever the
 MLP_BATCH = 128
 
 
-def teacher_rate(recipe_path: Path, root: Path, precision: str) -> tuple[float, float]:
-    """(samples/s, GFLOP/s) of one teacher epoch with the recipe's settings at the given precision."""
-    recipe = load_recipe(recipe_path, [f"train.precision={precision}", "train.channels_last=false"], str(root))
+def teacher_rate(recipe_path: Path, root: Path, precision: str, compiled: bool = False) -> tuple[float, float]:
+    """(samples/s, GFLOP/s) of one teacher epoch with the recipe's settings at the given precision (``compiled``:
+    ``train.compile: true``, the warm-up untimed)."""
+    overrides = [f"train.precision={precision}", "train.channels_last=false", f"train.compile={str(compiled).lower()}"]
+    recipe = load_recipe(recipe_path, overrides, str(root))
     data = load_dataset("mnist", root=str(root), val_size=5000, seed=0)
     # the MLP teacher the issue measures (2x1200, dropout 0.3, Adam, batch 128), whatever teacher the recipe names
     teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), **MLP_TEACHER)
@@ -127,10 +130,10 @@ def load_average() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def precision_table(recipe: Path, root: Path, threads: int) -> None:
+def precision_table(recipe: Path, root: Path, threads: int, compiled: bool = False) -> None:
     """Teacher epochs in fp32 and bf16 (same recipe, same data) and the bf16/fp32 speed ratio."""
     before = load_average()
-    rates = {p: teacher_rate(recipe, root, p) for p in ("fp32", "bf16")}
+    rates = {p: teacher_rate(recipe, root, p, compiled) for p in ("fp32", "bf16")}
     print(
         f"\nCPU: {cpu_description()}; {threads} threads; load average 1/5/15 min before {before}, "
         f"after {load_average()}\n"
@@ -138,7 +141,8 @@ def precision_table(recipe: Path, root: Path, threads: int) -> None:
     print("| teacher epoch | fp32 samples/s | bf16 samples/s | bf16 / fp32 |")
     print("|---|---:|---:|---:|")
     (f32, _), (b16, _) = rates["fp32"], rates["bf16"]
-    print(f"| {recipe.name} teacher | {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f}x |")
+    how = ", torch.compile" if compiled else ""
+    print(f"| {recipe.name} teacher{how} | {f32:,.0f} | {b16:,.0f} | {b16 / f32:.2f}x |")
 
 
 def main() -> None:
@@ -147,11 +151,12 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "mnist_mlp.yaml")
     parser.add_argument("--steps", type=int, default=300, help="steps of the straightforward loop")
     parser.add_argument("--precision-only", action="store_true", help="only the bf16 vs fp32 teacher table")
+    parser.add_argument("--compile", action="store_true", help="that table with train.compile: true")
     args = parser.parse_args()
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     if args.precision_only:
-        precision_table(args.recipe, args.data_root, threads)
+        precision_table(args.recipe, args.data_root, threads, args.compile)
         return
     teacher = create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[1200, 1200])
     make_student = lambda: create_model("mlp", num_classes=10, in_shape=(1, 28, 28), hidden=[800])  # noqa: E731
