@@ -182,8 +182,6 @@ class Trainer:
             t_hooks = hooks[1] if len(hooks) > 1 else None
             teacher_outputs = TeacherOutputs(teacher, t_hooks, cached_teacher)
         s_hooks = hooks[0] if hooks else None
-        batch_size = cfg.batch_size or self.batch_size
-        per_rank = math.ceil(len(self.data.train) / self.world.size)
         # after resuming: DDP broadcasts rank 0's state, then averages gradients in every backward
         step = self.world.wrap(StudentStep(model, method, s_hooks, compiled=self.train_cfg.compile))
         return Job(
@@ -193,11 +191,20 @@ class Trainer:
             step=step,
             teacher=teacher_outputs,
             augment=self.augment_for(cfg),
-            batch_size=batch_size,
-            steps_per_epoch=max(1, math.ceil(per_rank / batch_size)),
+            batch_size=self.batch_for(cfg),
+            steps_per_epoch=self.steps_per_epoch(cfg),
             state_path=state_path,
             hooks=[h for h in hooks if h is not None],
         )
+
+    def batch_for(self, cfg: ModelConfig) -> int:
+        """This model's training batch: its own ``batch_size``, else the data's."""
+        return cfg.batch_size or self.batch_size
+
+    def steps_per_epoch(self, cfg: ModelConfig) -> int:
+        """Optimizer steps in one epoch on one rank (each rank sees its share of the training split)."""
+        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        return max(1, math.ceil(per_rank / self.batch_for(cfg)))
 
     def setup_model(self, model: nn.Module, method: Method, fresh: bool) -> None:
         """Model and method on the device; a fresh model with ``init_from_data`` sees training images once."""
@@ -243,8 +250,7 @@ class Trainer:
         lr = cfg.lr * (self.world.size if self.train_cfg.scale_lr else 1)
         params = [p for p in list(model.parameters()) + list(method.parameters()) if p.requires_grad]
         optimizer = make_optimizer(params, cfg, lr)
-        per_rank = math.ceil(len(self.data.train) / self.world.size)
-        steps = max(1, math.ceil(per_rank / (cfg.batch_size or self.batch_size)))
+        steps = self.steps_per_epoch(cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         ema = WeightEMA(model, cfg.ema) if cfg.ema else None
