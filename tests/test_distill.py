@@ -456,3 +456,14 @@ def test_a_damaged_stored_table_is_computed_again(mnist_root: Path, tmp_path: Pa
     again, source = stored_table(teacher, data.train, data, spec, World(), lambda: table * 2)
     assert source is None and torch.equal(again, table * 2)
     assert torch.equal(load_file(str(path))["table"], table * 2)
+
+
+def test_logit_mse_distils_end_to_end_and_logs_its_term(mnist_root: Path, tmp_path: Path) -> None:
+    """The ``mse`` method through the trainer: the student learns from logits alone (no CE by default), and its
+    history carries the term by name."""
+    raw = tiny_recipe(mnist_root, baseline=False, distill={"method": "mse"}, student__epochs=6)
+    run = distill(validate(raw), out=tmp_path / "mse")
+    metrics = json.loads(run.metrics_path.read_text())
+    assert metrics["models"]["student"]["accuracy"] > 0.5  # chance 0.1, its teacher 0.79
+    header = (run.root / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss_mse", "loss_ce"} <= set(header)

@@ -22,7 +22,7 @@ def softmax(xs: list[float], t: float = 1.0) -> list[float]:
 
 
 def test_registry_lists_methods() -> None:
-    assert {"ce", "kd", "fitnet", "at", "dkd", "dist"} <= set(METHOD_CLASSES.names())
+    assert {"ce", "kd", "fitnet", "at", "dkd", "dist", "mse"} <= set(METHOD_CLASSES.names())
     with pytest.raises(UserError, match="unknown distillation method 'kdd'.*did you mean 'kd'"):
         METHOD_CLASSES.get("kdd")
 
@@ -146,6 +146,29 @@ def test_dist_asks_for_correlation_not_equal_probabilities() -> None:
     assert kl_soft(s, t, 1.0).item() > 0.05
     assert m(Outputs(student_logits=s, teacher_logits=t, targets=y))["inter"].item() == pytest.approx(0.0, abs=1e-6)
     assert m(Outputs(student_logits=-t, teacher_logits=t, targets=y))["inter"].item() > 1.0
+
+
+def test_mse_is_the_mean_squared_logit_difference_and_pure_by_default() -> None:
+    s, t, y = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([1])
+    losses = create_method("mse", {})(Outputs(student_logits=s, teacher_logits=t, targets=y))
+    assert losses["mse"].item() == pytest.approx((1.0 + 4.0 + 0.25) / 3)
+    assert losses["ce"].item() == 0.0
+    weighted = create_method("mse", {"kd_weight": 0.5, "ce_weight": 0.25})(
+        Outputs(student_logits=s, teacher_logits=t, targets=y)
+    )
+    assert weighted["mse"].item() == pytest.approx(0.5 * 5.25 / 3)
+    assert weighted["ce"].item() == pytest.approx(0.25 * nn.functional.cross_entropy(s, y).item())
+
+
+def test_mse_at_half_weight_steps_like_kd_at_a_high_temperature() -> None:
+    # centred logits: T^2 * KL's gradient tends to (z_s - z_t) / C, MSE's (weight 0.5) is exactly that
+    t = torch.tensor([[1.0, -0.5, -0.5], [0.2, 0.3, -0.5]])
+    s = torch.zeros_like(t, requires_grad=True)
+    y = torch.tensor([0, 1])
+    out = Outputs(student_logits=s, teacher_logits=t, targets=y)
+    (g_kd,) = torch.autograd.grad(create_method("kd", {"temperature": 1000.0, "alpha": 1.0})(out)["kd"], s)
+    (g_mse,) = torch.autograd.grad(create_method("mse", {"kd_weight": 0.5})(out)["mse"], s)
+    assert torch.allclose(g_kd, g_mse, atol=1e-4)
 
 
 def test_fitnet_hint_is_mse_of_regressed_student() -> None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from kdeploy.distill.methods.base import METHOD_CLASSES, Method, Outputs, kl_soft, register_method
     from kdeploy.distill.methods.params import METHOD_PARAMS, MethodParams
 
-BUILTIN = ("at", "ce", "dist", "dkd", "fitnet", "kd")  # this package's modules, one per method
+BUILTIN = ("at", "ce", "dist", "dkd", "fitnet", "kd", "mse")  # this package's modules, one per method
 
 __all__ = [
     "METHOD_CLASSES",

@@ -99,6 +99,14 @@ class DISTParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0)
 
 
+@register_params("mse")
+class MSEParams(MethodParams):
+    """Ba & Caruana 2014, Kim et al. 2021: ce_weight * CE + kd_weight * mean((z_s - z_t)^2) on the logits."""
+
+    kd_weight: float = Field(1.0, ge=0, description="weight of the logit MSE (0.5: KD's step size at T -> inf)")
+    ce_weight: float = Field(0.0, ge=0, description="weight of the hard-label CE; Kim et al. use none")
+
+
 def describe(name: str) -> str:
     """``name: param=default, ...`` (required parameters without a default)."""
     fields = METHOD_PARAMS.get(name).model_fields
