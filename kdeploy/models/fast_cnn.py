@@ -7,7 +7,7 @@ BatchNorm → GELU, global max-pooling and a linear head scaled down by ``head_s
 frozen at 1 (only the shifts learn), which keeps a large learning rate stable.
 
 On 3×32×32 images ``widths=(64, 256, 256)`` has 1,972,792 parameters (the teacher of ``cifar10_fast.yaml``),
-``(40, 160, 160)`` 775,192 and ``(16, 48, 64)`` 99,384 (the students of ``cifar10_fast.yaml`` and
+``(40, 160, 160)`` 775,192 and ``(32, 48, 48)`` 93,464 (the students of ``cifar10_fast.yaml`` and
 ``cifar10_fast_tiny.yaml``). ``tta="flip"`` makes the model average its logits over the image and its mirror
 image in eval mode (test-time augmentation); it is part of the model, so exported ONNX files and every accuracy
 measured downstream include it.
