@@ -233,8 +233,8 @@ def main() -> None:
     text = "\n\n".join([
         "### MNIST MLP: accuracy and deployment targets (`benchmarks/bench_mnist_mlp.py`)",
         f"Command: `{command}` (run folder `{run.root.name}`, recipe `recipes/mnist_mlp.yaml`)",
-        f"Machine: {m['cpu']}, {m['cores_available']} cores, {threads} threads for torch and ORT; torch "
-        f"{m['versions']['torch']}, onnxruntime {m['versions']['onnxruntime']}; 1-min load average "
+        f"Machine: {m.cpu}, {m.cores_available} cores, {threads} threads for torch and ORT; torch "
+        f"{m.version('torch')}, onnxruntime {m.version('onnxruntime')}; 1-min load average "
         f"{load_before} before, {load_after} after (this benchmark's own threads count); "
         "fp32 matmul GFLOP/s on the same threads (n x n x n, fastest run in 1 s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items()),

@@ -173,9 +173,9 @@ def main() -> None:
         f"`{' '.join('--set ' + o for o in overrides)}`; the same ONNX files through both runtimes, {args.threads} "
         f"threads, OpenVINO's LATENCY hint and its default precision on this CPU; {args.rounds} rounds, median p50).",
         "",
-        f"CPU: {machine['cpu']}, {machine['cores_available']} cores; AMX: {'yes' if flags.get('amx_bf16') else 'no'}; "
+        f"CPU: {machine.cpu}, {machine.cores_available} cores; AMX: {'yes' if flags.get('amx_bf16') else 'no'}; "
         f"flags: {', '.join(f for f, on in flags.items() if on) or 'unknown'}. onnxruntime "
-        f"{machine['versions']['onnxruntime']}, OpenVINO {openvino.get_version()}. Load average (1/5/15 min) "
+        f"{machine.version('onnxruntime')}, OpenVINO {openvino.get_version()}. Load average (1/5/15 min) "
         f"{load_before} before, {load_after} after (other processes shared the cores; ratios are side by side).",
         "",
         table(records),

@@ -92,7 +92,7 @@ def one_seed(recipe_path: Path, seed: int, out: Path, overrides: list[str], sett
         "qat_simulated": qad.settings["qat"]["simulated_accuracy_after"],
         "qat": qad.accuracy,
         "p50_ms": p50,
-        "load_average": result.machine.get("load_average_before"),
+        "load_average": result.machine.load_average_before,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     saved.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")

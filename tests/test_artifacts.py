@@ -10,7 +10,7 @@ import pytest
 from kdeploy.artifacts import Artifact, accuracy_gate, failures, finish_stage
 from kdeploy.bench.harness import add_ratios
 from kdeploy.bench.latency import LatencyMs
-from kdeploy.bench.records import BenchResult, BenchRow
+from kdeploy.bench.records import BenchMachine, BenchResult, BenchRow
 from kdeploy.errors import GateFailed, first_line
 from kdeploy.recipe import validate
 from kdeploy.runs import ModelMetrics, Run, point_latest
@@ -72,12 +72,13 @@ def test_tensorrt_rows_get_ratios_against_the_cpu_teacher() -> None:
 
 
 def test_bench_result_round_trip_keeps_runtime_details() -> None:
-    data = {"run": "r", "machine": {"cpu": "x"}, "settings": {}, "skipped": [
+    data = {"run": "r", "machine": {**BenchMachine(cpu="x").to_dict(), "gpu_clock": 1}, "settings": {}, "skipped": [
         {"model": "student", "format": "tensorrt-fp16", "runtime": "tensorrt", "reason": "no GPU"}],
         "rows": [{**row("student", "onnx", "onnxruntime", "cpu", 1.0).to_dict(), "threads": 2,
                   "graph_optimization_level": "all", "new_key": 1}]}  # fmt: skip
     result = BenchResult.from_dict(data)
     assert result.rows[0].threads == 2 and result.rows[0].extra == {"new_key": 1}
+    assert result.machine.cpu == "x" and result.machine.extra == {"gpu_clock": 1}
     assert result.to_dict() == data and "tensorrt" not in result.rows[0].to_dict()
 
 
@@ -117,7 +118,7 @@ def test_gate_tables_plot_and_report_on_typed_rows(tmp_path: Path) -> None:
     assert not missed.passed and missed.to_dict()["message"].endswith("no student row meets both")
     free = evaluate_gate(rows)
     assert not free.gated and free.message.startswith("no thresholds set; fastest student:onnx-int8 on onnxruntime")
-    result = BenchResult("r", {"cpu": "x"}, {"threads": 1}, rows, [])
+    result = BenchResult("r", BenchMachine(cpu="x"), {"threads": 1}, rows, [])
     assert bench_markdown(result).count("\n| ") == len(rows) + 1 and len(bench_csv(rows).splitlines()) == 4
     assert write_pareto(tmp_path / "pareto.png", rows) == tmp_path / "pareto.png"
     manifest = Manifest([Artifact.from_dict(OLD_INT8)])

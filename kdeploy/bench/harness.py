@@ -99,7 +99,7 @@ def bench(run: Run, settings: BenchSettings | None = None) -> BenchResult:
     opts.check()
     busy = warn_if_busy(opts.resolved_threads())
     machine = machine_info(opts)
-    machine["busy_cores_before"] = busy  # cores other processes used just before timing (Linux), else None
+    machine.busy_cores_before = busy
     threads_before = torch.get_num_threads()
     torch.set_num_threads(opts.resolved_threads())
     try:
@@ -121,7 +121,7 @@ def bench(run: Run, settings: BenchSettings | None = None) -> BenchResult:
     finally:
         torch.set_num_threads(threads_before)
     add_ratios(rows)
-    machine["load_average_after"] = load_average()
+    machine.load_average_after = load_average()
     result = BenchResult(run=str(run.root), machine=machine, settings=opts.to_dict(), rows=rows, skipped=skipped)
     atomic.write_json(run.bench_path, result.to_dict())
     write_bench_outputs(run, result)

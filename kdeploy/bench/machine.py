@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from kdeploy import progress
+from kdeploy.bench.records import BenchMachine
 from kdeploy.bench.settings import BenchSettings
 from kdeploy.runs import available_cores, environment, package_versions
 
 
-def machine_info(opts: BenchSettings) -> dict[str, Any]:
+def machine_info(opts: BenchSettings) -> BenchMachine:
+    """The run environment plus the cores and threads this bench times on and the load before it starts."""
     import onnxruntime as ort
 
-    info = environment()
-    info["cores_available"] = available_cores()
-    info["threads"] = opts.resolved_threads()
-    info["onnxruntime_providers"] = ort.get_available_providers()
-    info["load_average_before"] = load_average()
-    info["versions"].update(package_versions("fvcore", "tensorrt"))
-    return info
+    env = environment()
+    env["versions"].update(package_versions("fvcore", "tensorrt"))
+    return dataclasses.replace(
+        BenchMachine.from_dict(env),
+        cores_available=available_cores(),
+        threads=opts.resolved_threads(),
+        onnxruntime_providers=list(ort.get_available_providers()),
+        load_average_before=load_average(),
+    )
 
 
 def load_average() -> float | None:

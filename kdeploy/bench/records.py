@@ -1,8 +1,8 @@
 """The typed records of ``bench.json``: one :class:`BenchRow` per target and batch size, inside a :class:`BenchResult`.
 
 The JSON keys are the ones kdeploy has always written, so old ``bench.json`` files load; keys this version does
-not know are kept in ``extra``. ``machine`` and ``settings`` are descriptive (versions, CPU, the options used)
-and stay plain mappings.
+not know are kept in ``extra``. ``machine`` is a :class:`BenchMachine`; ``settings`` (the options used, as
+:meth:`kdeploy.bench.settings.BenchSettings.to_dict` writes them) stays a plain mapping.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ from kdeploy.bench.latency import LatencyMs
 # runtime details a runner reports; present only for the runtimes that have them
 RUNTIME_FIELDS = ("threads", "inter_op_threads", "graph_optimization_level", "input_dtype", "cuda_graph", "tensorrt",
                   "openvino", "latency_hint", "streams", "inference_precision", "inference_precision_note")  # fmt: skip
+
+
+def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``data`` split into the keys that are fields of the dataclass ``cls`` and the rest (its ``extra``)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names}
+    return known, {k: v for k, v in data.items() if k not in names}
 
 
 @dataclass
@@ -71,11 +78,10 @@ class BenchRow:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchRow:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
+        known, extra = _split_known(cls, data)
         latency = data["latency_ms"]
         known["latency_ms"] = LatencyMs(**{f.name: latency[f.name] for f in dataclasses.fields(LatencyMs)})
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**known, extra=extra)
 
 
 @dataclass
@@ -92,11 +98,46 @@ SKIPPED_KEYS = ("model", "format", "runtime", "reason")
 
 
 @dataclass
+class BenchMachine:
+    """Where a bench ran: the run environment (:func:`kdeploy.runs.environment`), then the cores, threads and
+    competing load around the timing. Keys this version does not name are kept in ``extra``."""
+
+    cpu: str = "?"
+    cpu_accelerations: list[str] = field(default_factory=list)
+    cpu_count: int | None = None
+    cores_available: int | None = None
+    threads: int | None = None  # torch and ONNX Runtime intra-op threads during timing
+    torch_threads: int | None = None  # torch's thread count when the environment was read
+    cuda: str | None = None  # GPU name, None without one
+    python: str = ""
+    platform: str = ""
+    versions: dict[str, str | None] = field(default_factory=dict)
+    onnxruntime_providers: list[str] = field(default_factory=list)
+    load_average_before: float | None = None
+    load_average_after: float | None = None
+    busy_cores_before: float | None = None  # cores other processes used just before timing (Linux), else None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def version(self, package: str) -> str:
+        return self.versions.get(package) or "?"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        extra = out.pop("extra")
+        return {**out, **extra}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchMachine:
+        known, extra = _split_known(cls, data)
+        return cls(**{k: v for k, v in known.items() if v is not None}, extra=extra)
+
+
+@dataclass
 class BenchResult:
     """Everything ``kdeploy bench`` measured in one run folder (``bench.json``)."""
 
     run: str
-    machine: dict[str, Any]
+    machine: BenchMachine
     settings: dict[str, Any]
     rows: list[BenchRow] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
@@ -104,7 +145,7 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,
-            "machine": self.machine,
+            "machine": self.machine.to_dict(),
             "settings": self.settings,
             "rows": [r.to_dict() for r in self.rows],
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
@@ -114,7 +155,7 @@ class BenchResult:
     def from_dict(cls, data: dict[str, Any]) -> BenchResult:
         return cls(
             run=str(data.get("run", "")),
-            machine=data.get("machine") or {},
+            machine=BenchMachine.from_dict(data.get("machine") or {}),
             settings=data.get("settings") or {},
             rows=[BenchRow.from_dict(r) for r in data.get("rows", [])],
             skipped=[Skipped(**{k: str(s.get(k, "")) for k in SKIPPED_KEYS}) for s in data.get("skipped", [])],

@@ -110,17 +110,14 @@ def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
 def settings_line(result: BenchResult) -> str:
     m, s = result.machine, result.settings
     t = s.get("timing", {})
+    busy = m.busy_cores_before
     return (
-        f"{m.get('cpu', '?')} ({m.get('cores_available', '?')} cores available), {s.get('threads', '?')} threads "
+        f"{m.cpu} ({m.cores_available or '?'} cores available), {s.get('threads', '?')} threads "
         f"(torch and ORT intra-op; ORT inter-op 1, graph optimisation {s.get('graph_level', '?')}), "
         f"device {s.get('device', '?')}; per row: {t.get('warmup', '?')} warm-up iterations, then >= "
         f"{t.get('min_iters', '?')} iterations and >= {t.get('min_seconds', '?')} s; "
-        f"torch {m.get('versions', {}).get('torch', '?')}, onnxruntime {m.get('versions', {}).get('onnxruntime', '?')}"
-        + (
-            f"; other processes used {m['busy_cores_before']:.1f} cores just before timing"
-            if m.get("busy_cores_before") is not None
-            else ""
-        )
+        f"torch {m.version('torch')}, onnxruntime {m.version('onnxruntime')}"
+        + (f"; other processes used {busy:.1f} cores just before timing" if busy is not None else "")
     )
 
 
