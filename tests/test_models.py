@@ -342,3 +342,35 @@ def test_dwcnn_is_depthwise_separable_with_named_blocks() -> None:
     assert seen == {"block1": (2, 32, 14, 14), "block4": (2, 64, 7, 7)}
     with pytest.raises(UserError, match="width"):
         create_model("dwcnn", num_classes=10, in_shape=(1, 28, 28), width=0)
+
+
+def test_fast_cnn_flip_translate_tta_averages_six_views_and_exports(tmp_path) -> None:
+    import onnxruntime as ort
+
+    from kdeploy.export.onnx import export_graph
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10, "in_shape": (3, 16, 16), "widths": [4, 8, 8]}
+    model = create_model("fast_cnn", **kwargs, tta="flip_translate").eval()
+    x = torch.randn(3, 3, 16, 16)
+    down_right = [*range(1, 16), 14]  # pixel i of the down-right shift is pixel i + 1, reflected at the edge
+    up_left = [1, *range(15)]
+
+    def mirrored(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model.features(v) + model.features(v.flip(-1)))
+
+    def shift(v: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        return v[:, :, idx][:, :, :, idx]
+
+    with torch.no_grad():
+        want = 0.5 * mirrored(x) + 0.25 * (mirrored(shift(x, up_left)) + mirrored(shift(x, down_right)))
+        torch.testing.assert_close(model(x), want)
+        model.tta = "flip"
+        torch.testing.assert_close(model(x), mirrored(x))
+        model.tta = "flip_translate"
+    path = tmp_path / "m.onnx"
+    export_graph(model, [3, 16, 16], path, 18)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(UserError, match="tta must be one of none, flip, flip_translate"):
+        create_model("fast_cnn", **kwargs, tta="translate")
