@@ -24,7 +24,8 @@ MODELS: dict[str, str] = {
     "resnet8x4": _CIFAR_RESNET.format(8, "32-64-128-256"),
     "resnet32x4": _CIFAR_RESNET.format(32, "32-64-128-256"),
     "dwcnn": "MobileNet-style depthwise-separable CNN (kwargs: width, dropout); width 4 ~10k, hard for per-tensor INT8",
-    "fast_cnn": "fast-training CIFAR CNN: whitening stem, 3 conv blocks (kwargs: widths, tta); (64, 256, 256) ~2M",
+    "fast_cnn": "fast-training CIFAR CNN: whitening stem, 3 conv blocks (kwargs: widths, tta: none, flip or "
+    "flip_translate); (64, 256, 256) ~2M",
     "ensemble": "mean logits of trained members, a teacher (kwargs: model, members, member_kwargs; checkpoint: a list)",
     "torchvision": "a torchvision.models architecture (kwargs: arch, small_input, weights)",
     "timm": "a timm architecture, needs the timm extra (kwargs: arch, pretrained, model_kwargs)",
