@@ -40,6 +40,7 @@ from torch import nn
 from kdeploy import atomic
 from kdeploy.cpu import accelerations, model_name
 from kdeploy.errors import UserError, first_line
+from kdeploy.jsonrecord import split_known
 
 ROLES = ("teacher", "baseline", "student")
 META_KEY = "kdeploy"
@@ -112,9 +113,8 @@ class ModelMetrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetrics:
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        known, extra = split_known(cls, data)
+        return cls(**known, extra=extra)
 
 
 @dataclass
@@ -142,12 +142,12 @@ class RunMetrics:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunMetrics:
-        names = {f.name for f in fields(cls)} - {"models", "extra"}
+        known, extra = split_known(cls, data, skip={"models"})
         models = data.get("models") or {}
         return cls(
             models={role: ModelMetrics.from_dict(m) for role, m in models.items() if isinstance(m, dict)},
-            **{k: v for k, v in data.items() if k in names},
-            extra={k: v for k, v in data.items() if k not in names and k != "models"},
+            **known,
+            extra=extra,
         )
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kdeploy.jsonrecord import split_known
+
 Status = Literal["ok", "failed", "skipped"]
 
 
@@ -66,11 +68,10 @@ class Comparison:
     def from_dict(cls, data: dict[str, Any] | None) -> Comparison | None:
         if not data:
             return None
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
+        known, extra = split_known(cls, data)
         known.setdefault("max_abs_diff", float("nan"))
         known.setdefault("top1_agreement", float("nan"))
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+        return cls(**known, extra=extra)
 
 
 def _spec(kind: type, data: dict[str, Any] | None) -> Any:

@@ -12,17 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdeploy.bench.latency import LatencyMs
+from kdeploy.jsonrecord import split_known
 
 # runtime details a runner reports; present only for the runtimes that have them
 RUNTIME_FIELDS = ("threads", "inter_op_threads", "graph_optimization_level", "input_dtype", "cuda_graph", "tensorrt",
                   "openvino", "latency_hint", "streams", "inference_precision", "inference_precision_note")  # fmt: skip
-
-
-def _split_known(cls: type, data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``data`` split into the keys that are fields of the dataclass ``cls`` and the rest (its ``extra``)."""
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-    known = {k: v for k, v in data.items() if k in names}
-    return known, {k: v for k, v in data.items() if k not in names}
 
 
 @dataclass
@@ -78,7 +72,7 @@ class BenchRow:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchRow:
-        known, extra = _split_known(cls, data)
+        known, extra = split_known(cls, data)
         latency = data["latency_ms"]
         known["latency_ms"] = LatencyMs(**{f.name: latency[f.name] for f in dataclasses.fields(LatencyMs)})
         return cls(**known, extra=extra)
@@ -128,7 +122,7 @@ class BenchMachine:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchMachine:
-        known, extra = _split_known(cls, data)
+        known, extra = split_known(cls, data)
         return cls(**{k: v for k, v in known.items() if v is not None}, extra=extra)
 
 
