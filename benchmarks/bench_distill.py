@@ -136,7 +136,7 @@ def load_average() -> str:
 def recipe_teacher_batch(recipe: Path, root: Path) -> int:
     """The batch size the recipe trains its teacher at (``teacher.batch_size``, else ``data.batch_size``)."""
     config = load_recipe(recipe, [], str(root))
-    return config.teacher.batch_size or config.data.batch_size
+    return config.batch_size_for(config.teacher)
 
 
 def precision_table(recipe: Path, root: Path, threads: int, compiled: bool = False) -> None:

@@ -162,6 +162,10 @@ class Recipe(_Strict):
                              "weights file per member (train them first, e.g. one teacher per seed)")  # fmt: skip
         return self
 
+    def batch_size_for(self, stage: ModelConfig | QatConfig) -> int:
+        """The training batch of a model or of QAT: its own ``batch_size``, else ``data.batch_size``."""
+        return stage.batch_size or self.data.batch_size
+
 
 def _loc(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if not str(p).startswith("function-after")]

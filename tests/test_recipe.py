@@ -57,6 +57,13 @@ def test_zero_epochs_names_the_key_path() -> None:
     check(tiny_recipe(Path("/x"), student__epochs=0), r"student\.epochs: must be >= 1, got 0")
 
 
+def test_batch_size_for_a_stage_falls_back_to_the_data_batch() -> None:
+    recipe = validate(tiny_recipe(Path("/x"), teacher__batch_size=256, qat={"batch_size": 32}))
+    assert recipe.batch_size_for(recipe.teacher) == 256
+    assert recipe.batch_size_for(recipe.student) == 64  # data.batch_size
+    assert recipe.qat is not None and recipe.batch_size_for(recipe.qat) == 32
+
+
 def test_unknown_key_suggests_the_closest() -> None:
     check(tiny_recipe(Path("/x"), student__epoch=3), r"student\.epoch: unknown key \(did you mean 'epochs'\?\)")
 

@@ -144,7 +144,7 @@ def qat(
     calibrate(qmodel, calib_batches)
     before = torch_accuracy(qmodel, data)
     progress.log(f"qat: {qmodel.layers} quantized layers, simulated INT8 accuracy before fine-tuning {before:.4f}")
-    history = fine_tune(qmodel, teacher, loss, data, cfg, cfg.batch_size or recipe.data.batch_size, recipe.seed)
+    history = fine_tune(qmodel, teacher, loss, data, cfg, recipe.batch_size_for(cfg), recipe.seed)
     calibrate(qmodel, calib_batches)  # the ranges ORT will compute from the fine-tuned weights
     after = torch_accuracy(qmodel, data)
     progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
