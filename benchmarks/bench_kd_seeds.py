@@ -57,7 +57,7 @@ ENTRIES = [
     Entry("fashion_mnist_cnn"),
     Entry("cifar10_fast", run_args=CNN_INT8),
     Entry("cifar10_fast_tiny", [f"teacher.checkpoint={OUT / 'cifar10_fast' / 'deploy' / 'teacher.safetensors'}"],
-          run_args=CNN_INT8),
+          run_args=[*CNN_INT8, "--calib-samples", "2048"]),  # 512 images: 0.34 points lost on four seeds, 2048: 0.17
 ]  # fmt: skip
 HEADERS = ["recipe", "teacher %", "CE baseline %", "KD student %", "paired gain, points (per seed)",
            "params teacher / student", "student INT8 ONNX: accuracy, p50 batch 1", "overrides", "CPU"]  # fmt: skip
