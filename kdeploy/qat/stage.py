@@ -135,6 +135,25 @@ def qat(
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
+    tuned, meta, calib, report = _fine_tune_quantized(run, recipe, cfg, loss, data)
+    options = QuantOptions("minmax", cfg.per_channel, target, reduce_range=bool(cfg.reduce_range))
+    art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
+    art.settings["qat"] = {
+        **cfg.model_dump(),
+        "kd": loss.params.model_dump(),
+        **report,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    art = manifest.upsert(run, art)
+    progress.log("  " + describe(art))
+    return finish_stage([art], raise_on_fail)[0]
+
+
+def _fine_tune_quantized(
+    run: Run, recipe: Recipe, cfg: QatConfig, loss: torch.nn.Module, data: Any
+) -> tuple[torch.nn.Module, WeightsMeta, Calibration, dict[str, Any]]:
+    """The student with BatchNorm folded and fake-quant inserted, calibrated, fine-tuned against the teacher and
+    stripped back to a float model; also its calibration split and what happened, for the artifact's settings."""
     student, meta = run.load_model(ROLE)
     teacher, _ = run.load_model("teacher")
     folded, note = fold_batchnorm(student)
@@ -148,23 +167,15 @@ def qat(
     calibrate(qmodel, calib_batches)  # the ranges ORT will compute from the fine-tuned weights
     after = torch_accuracy(qmodel, data)
     progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
-    tuned = strip_fake_quant(qmodel).eval()
-    options = QuantOptions("minmax", cfg.per_channel, target, reduce_range=bool(cfg.reduce_range))
-    art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
-    art.settings["qat"] = {
-        **cfg.model_dump(),
-        "kd": loss.params.model_dump(),
+    report = {
         "batchnorm_folded": note is None,
         "note": note,
         "quantized_layers": qmodel.layers,
         "simulated_accuracy_before": before,
         "simulated_accuracy_after": after,
         "history": history,
-        "seconds": round(time.perf_counter() - t0, 1),
     }
-    art = manifest.upsert(run, art)
-    progress.log("  " + describe(art))
-    return finish_stage([art], raise_on_fail)[0]
+    return strip_fake_quant(qmodel).eval(), meta, calib, report
 
 
 def _export_and_quantize(run: Run, tuned: torch.nn.Module, meta: WeightsMeta, source: Artifact, data: Any,
