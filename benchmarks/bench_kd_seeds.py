@@ -26,11 +26,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from _markdown import emit, md_row, md_table
 
-from kdeploy.seeds import GAIN
+from kdeploy.bench.records import BenchRow
+from kdeploy.bench.report import read_bench
+from kdeploy.runs import Run, SeedsFolder
+from kdeploy.seeds import GAIN, Summary, aggregate, parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 README = Path(__file__).resolve().parent / "README.md"
@@ -85,41 +87,39 @@ def run_entry(entry: Entry, force: bool) -> None:
         kdeploy("distill", recipe, "--seeds", SEEDS, *sets([*entry.overrides, *shared]), "--out", str(seeds), "--force")
 
 
-def pct(stat: dict[str, Any], digits: int = 2) -> str:
-    if stat.get("mean") is None:
-        return "-"
-    std = stat.get("std")
-    return f"{stat['mean'] * 100:.{digits}f}" + (f" ± {std * 100:.{digits}f}" if std is not None else "")
-
-
-def student_int8(bench: dict[str, Any]) -> str:
-    for row in bench["rows"]:
-        if row["model"] == "student" and row["format"] == "onnx-int8" and row["batch_size"] == 1:
-            return f"{row['accuracy'] * 100:.2f} %, {row['latency_ms']['p50']:.3f} ms"
+def student_int8(rows: list[BenchRow]) -> str:
+    for row in rows:
+        if (row.model, row.format, row.batch_size) == ("student", "onnx-int8", 1):
+            return f"{row.accuracy * 100:.2f} %, {row.latency_ms.p50:.3f} ms"
     return "-"
+
+
+def seed_stats(seeds: Path) -> Summary:
+    """Each role's statistics over the seed folders' metrics, and the paired gain (as ``seeds.json`` has them)."""
+    folder = SeedsFolder(seeds)
+    return aggregate({s: Run(folder.seed_run(s)).model_metrics() for s in parse_seeds(SEEDS)})
 
 
 def cells(entry: Entry) -> list[str]:
     root = OUT / entry.recipe
-    summary = json.loads((root / "seeds" / "seeds.json").read_text(encoding="utf-8"))["summary"]
-    metrics = json.loads((root / "deploy" / "metrics.json").read_text(encoding="utf-8"))["models"]
-    bench = json.loads((root / "deploy" / "bench.json").read_text(encoding="utf-8"))
-    gain = summary[GAIN]["accuracy"]
-    per_seed = ", ".join(f"{v * 100:+.2f}" for v in gain["values"])
-    verdict = "pays" if gain["mean"] > (gain["std"] or 0.0) else "does not pay"
-    params = f"{metrics['teacher']['params']:,} / {metrics['student']['params']:,}"
+    stats = seed_stats(root / "seeds")
+    models = Run(root / "deploy").model_metrics()
+    gain = stats[GAIN].accuracy
+    per_seed = ", ".join(f"{v * 100:+.2f}" for v in gain.values)
+    verdict = "pays" if gain.mean is not None and gain.mean > (gain.std or 0.0) else "does not pay"
+    teacher, student = models["teacher"], models["student"]
     over = " ".join(f"`{o.replace(str(REPO) + '/', '')}`" for o in entry.overrides) or "-"
-    teacher = f"{metrics['teacher']['accuracy'] * 100:.2f}"
+    teacher_acc = f"{(teacher.accuracy or 0.0) * 100:.2f}"
     if not entry.share_teacher:
-        teacher = pct(summary["teacher"]["accuracy"])
+        teacher_acc = stats["teacher"].accuracy.percent() + " (own teacher per seed)"
     return [
         f"`{entry.recipe}`" + (f" ({entry.note})" if entry.note else ""),
-        teacher + ("" if entry.share_teacher else " (own teacher per seed)"),
-        pct(summary["baseline"]["accuracy"]),
-        pct(summary["student"]["accuracy"]),
-        f"**{pct(gain)}** ({per_seed}): {verdict}",
-        params,
-        student_int8(bench),
+        teacher_acc,
+        stats["baseline"].accuracy.percent(),
+        stats["student"].accuracy.percent(),
+        f"**{gain.percent()}** ({per_seed}): {verdict}",
+        f"{teacher.params:,} / {student.params:,}",
+        student_int8(read_bench(root / "deploy").rows),
         over,
         run_cpu(root / "seeds" / "seed0" / "environment.json"),
     ]
