@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -31,6 +32,10 @@ import numpy as np
 import yaml
 
 from kdeploy import atomic
+from kdeploy.artifacts import Manifest
+from kdeploy.artifacts.manifest import read_manifest, write_manifest
+from kdeploy.bench.report import read_bench
+from kdeploy.runs import Run
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -146,10 +151,9 @@ def distill_imagefolder(work: Path, images: int) -> dict[str, Any]:
                      cli_env(work), work)  # fmt: skip
     n_decoded = sum(1 for _ in folder.rglob("*.jpg"))
     result.update(images=n_decoded, decoded_mib=round(n_decoded * 3 * 32 * 32 / 2**20, 1))
-    metrics = work / "runs" / f"load{images}" / "metrics.json"
-    if metrics.is_file():
-        models = json.loads(metrics.read_text())["models"]
-        result["accuracy"] = {role: round(m["accuracy"], 4) for role, m in models.items()}
+    run = Run(work / "runs" / f"load{images}")
+    if run.metrics_path.is_file():
+        result["accuracy"] = {role: round(m.accuracy or 0.0, 4) for role, m in run.model_metrics().items()}
     return result
 
 
@@ -177,21 +181,15 @@ def clone_artifacts(base: Path, dest: Path, count: int) -> Path:
     """A copy of ``base`` whose manifest lists ``count`` artifacts: the real ones, then copies of them."""
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(base, dest, symlinks=True)
-    manifest_path = dest / "export" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    real = [a for a in manifest["artifacts"] if a.get("status") == "ok"]
+    run = Run(dest)
+    real = [a for a in read_manifest(run).artifacts if a.status == "ok"]
     artifacts = list(real[:count])
-    k = 0
-    while len(artifacts) < count:
+    for k in range(count - len(artifacts)):
         src = real[k % len(real)]
-        entry = copy.deepcopy(src)
-        name = src["files"][0].replace(".onnx", f".copy{k:03d}.onnx")
-        shutil.copyfile(dest / "export" / src["files"][0], dest / "export" / name)
-        entry.update(id=f"{src['id']}#copy{k:03d}", files=[name])
-        artifacts.append(entry)
-        k += 1
-    manifest["artifacts"] = artifacts
-    atomic.write_json(manifest_path, manifest)
+        name = src.files[0].replace(".onnx", f".copy{k:03d}.onnx")
+        shutil.copyfile(run.export_dir / src.files[0], run.export_dir / name)
+        artifacts.append(dataclasses.replace(copy.deepcopy(src), id=f"{src.id}#copy{k:03d}", files=[name]))
+    write_manifest(run, Manifest(artifacts))
     return dest
 
 
@@ -200,10 +198,10 @@ def bench_many(work: Path, count: int) -> dict[str, Any]:
     args = ["bench", str(run), "--runtimes", "torch,onnxruntime", "--batch-sizes", "1,32", "--warmup", "2",
             "--iters", "10", "--seconds", "0"]  # fmt: skip
     result = measure(args, cli_env(work), work)
-    bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").is_file() else {"rows": []}
+    rows = read_bench(run).rows if (run / "bench.json").is_file() else []
     result.update(
         artifacts=count,
-        rows=len(bench["rows"]),
+        rows=len(rows),
         onnx_mib=round(
             sum((run / "export" / a).stat().st_size for a in os.listdir(run / "export") if a.endswith(".onnx")) / 2**20,
             1,

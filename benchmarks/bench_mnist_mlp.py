@@ -35,9 +35,10 @@ from _markdown import emit, md_table
 
 from kdeploy.bench import BenchSettings, TimingSettings, bench
 from kdeploy.bench.machine import load_average
+from kdeploy.bench.records import BenchRow
 from kdeploy.bench.runners import OrtRunner, ort_session
 from kdeploy.bench.targets import timing_input
-from kdeploy.export import read_manifest
+from kdeploy.export import artifact_path, read_manifest
 from kdeploy.runs import Run, available_cores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def ensure_run(path: Path, data_root: str | None, overrides: list[str]) -> Run:
         print(f"training {RECIPE.name} into {path} ...", file=sys.stderr)
         distill(load_recipe(RECIPE, overrides, data_root), out=path, force=True)
     run = Run.open(path)
-    have = {a["id"] for a in read_manifest(run)["artifacts"] if a.get("status") == "ok"}
+    have = {a.id for a in read_manifest(run).artifacts if a.status == "ok"}
     if not {"teacher:onnx", "student:onnx"} <= have:
         export_onnx(run, models=["teacher", "student"])
     if "student:onnx-int8" not in have:
@@ -142,8 +143,8 @@ def bare_loop(path: Path, x: np.ndarray, threads: int, seconds: float = 3.0, blo
     return statistics.median(means)
 
 
-def row(rows: list[dict[str, Any]], model: str, fmt: str, batch: int) -> dict[str, Any]:
-    return next(r for r in rows if (r["model"], r["format"], r["batch_size"]) == (model, fmt, batch))
+def row(rows: list[BenchRow], model: str, fmt: str, batch: int) -> BenchRow:
+    return next(r for r in rows if (r.model, r.format, r.batch_size) == (model, fmt, batch))
 
 
 def main() -> None:
@@ -165,7 +166,7 @@ def main() -> None:
         timing=TimingSettings(warmup=50, min_iters=args.iters, min_seconds=args.seconds),
     )  # fmt: skip
     result = bench(run, settings)
-    rows = [r.to_dict() for r in result.rows]  # the bench.json form
+    rows = result.rows
     ceiling = matmul_ceiling(threads)
     best_ceiling = max(ceiling.values())
     best_name = max(ceiling, key=ceiling.__getitem__)
@@ -177,8 +178,10 @@ def main() -> None:
     data = load_run_data(run)
     overhead = []
     for fmt in ("onnx-int8", "onnx"):
-        entry = next(a for a in read_manifest(run)["artifacts"] if a["id"] == f"student:{fmt}")
-        path = run.export_dir / entry["files"][0]
+        entry = read_manifest(run).find(f"student:{fmt}")
+        if entry is None:
+            raise SystemExit(f"{run.root}: no student {fmt} artifact; run `kdeploy quantize {run.root} --int8`")
+        path = artifact_path(run, entry)
         for b in (1, 256):
             x = timing_input(data.test, b, data.mean, data.std)
             harness, bare = [], []
@@ -195,14 +198,14 @@ def main() -> None:
     int8 = {b: row(rows, "student", "onnx-int8", b) for b in (1, 256)}
     targets = [
         [f"student ONNX INT8 vs teacher PyTorch eager, batch {b}", f"<= 1/{k} of teacher p50",
-         f"{int8[b]['latency_ms']['p50']:.4f} ms vs {teacher[b]['latency_ms']['p50']:.4f} ms = "
-         f"1/{teacher[b]['latency_ms']['p50'] / int8[b]['latency_ms']['p50']:.1f}",
-         "met" if teacher[b]["latency_ms"]["p50"] / int8[b]["latency_ms"]["p50"] >= k else "MISSED"]
+         f"{int8[b].latency_ms.p50:.4f} ms vs {teacher[b].latency_ms.p50:.4f} ms = "
+         f"1/{teacher[b].latency_ms.p50 / int8[b].latency_ms.p50:.1f}",
+         "met" if teacher[b].latency_ms.p50 / int8[b].latency_ms.p50 >= k else "MISSED"]
         for b, k in ((1, 10), (256, 12))
     ]  # fmt: skip
     for model in ("teacher", "student"):
         r = row(rows, model, "onnx", 256)
-        gflops = r["flops"] * 256 / (r["latency_ms"]["p50"] / 1000) / 1e9
+        gflops = (r.flops or 0) * 256 / (r.latency_ms.p50 / 1000) / 1e9
         share = gflops / best_ceiling
         targets.append([
             f"{model} ONNX fp32 (ORT) GFLOP/s at batch 256", ">= 70% of matmul ceiling",
@@ -217,10 +220,9 @@ def main() -> None:
         ])  # fmt: skip
 
     latency_cells = [
-        [r["model"], r["format"], r["runtime"], str(r["batch_size"]), f"{r['accuracy']:.4f}", f"{r['size_mb']:.2f}",
-         f"{r['latency_ms']['p50']:.4f}", f"{r['latency_ms']['p99']:.4f}", f"{r['throughput']:,.0f}",
-         f"{r['speedup']:.1f}x"]
-        for r in sorted(rows, key=lambda r: r["batch_size"])
+        [r.model, r.format, r.runtime, str(r.batch_size), f"{r.accuracy:.4f}", f"{r.size_mb:.2f}",
+         f"{r.latency_ms.p50:.4f}", f"{r.latency_ms.p99:.4f}", f"{r.throughput:,.0f}", f"{r.speedup or 0:.1f}x"]
+        for r in sorted(rows, key=lambda r: r.batch_size)
     ]  # fmt: skip
     metrics = run.model_metrics()
     published = {"teacher": "97.69% (2x1200)", "student": "97.68% (1x800, distilled)"}

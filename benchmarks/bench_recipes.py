@@ -17,18 +17,19 @@ A run folder (``runs/short/<recipe>``) whose saved recipe equals the recipe with
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 from _markdown import emit, md_table
 
+from kdeploy.bench.records import BenchRow
+from kdeploy.bench.report import read_bench
 from kdeploy.errors import UserError
 from kdeploy.recipe import load_recipe, validate
+from kdeploy.runs import Run
 
 REPO = Path(__file__).resolve().parents[1]
 README = Path(__file__).resolve().parent / "README.md"
@@ -99,26 +100,26 @@ def run_entry(entry: Entry) -> None:
     subprocess.run([str(Path(sys.executable).with_name("kdeploy")), *cmd[1:]], cwd=REPO, check=True)
 
 
-def student_int8(bench: dict[str, Any]) -> str:
-    rows = {(r["model"], r["format"], r["batch_size"]): r for r in bench["rows"]}
-    int8, teacher = rows.get(("student", "onnx-int8", 1)), rows.get(("teacher", "pytorch", 1))
+def student_int8(rows: list[BenchRow]) -> str:
+    by_key = {(r.model, r.format, r.batch_size): r for r in rows}
+    int8, teacher = by_key.get(("student", "onnx-int8", 1)), by_key.get(("teacher", "pytorch", 1))
     if not (int8 and teacher):
         return "-"
-    p50 = int8["latency_ms"]["p50"]
-    return f"{int8['accuracy']:.2%}, {p50:.3f} ms ({teacher['latency_ms']['p50'] / p50:.1f}x the teacher)"
+    p50 = int8.latency_ms.p50
+    return f"{int8.accuracy:.2%}, {p50:.3f} ms ({teacher.latency_ms.p50 / p50:.1f}x the teacher)"
 
 
 def cells(entry: Entry) -> list[str]:
     out = OUT / entry.recipe
-    saved = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    metrics = saved["models"]
-    bench = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    saved = Run(out).read_metrics()
+    models = saved.models
     roles = ("teacher", "baseline", "student")
-    accuracy = " / ".join(f"{metrics[r]['accuracy']:.2%}" if r in metrics else "-" for r in roles)
-    params = " / ".join(f"{metrics[r]['params'] / 1e6:.2f}M" for r in ("teacher", "student") if r in metrics)
+    accuracy = " / ".join(f"{models[r].accuracy:.2%}" if r in models else "-" for r in roles)
+    params = " / ".join(f"{(models[r].params or 0) / 1e6:.2f}M" for r in ("teacher", "student") if r in models)
     overrides = ", ".join(f"`{o}`" for o in entry.overrides)
-    took = f"{saved['wall_seconds'] / 60:.0f} min"
-    return [f"`{entry.recipe}.yaml`", entry.published, params, accuracy, student_int8(bench), overrides, took]
+    took = f"{(saved.wall_seconds or 0.0) / 60:.0f} min"
+    rows = read_bench(out).rows
+    return [f"`{entry.recipe}.yaml`", entry.published, params, accuracy, student_int8(rows), overrides, took]
 
 
 def table(entries: list[Entry]) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from kdeploy import cpu
+from kdeploy.runs import ModelMetrics, Run
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("teacher", "baseline", "student")
@@ -43,7 +44,7 @@ DDP_LR = "2 processes x 1 thread, scale_lr"
 class Row:
     group: str
     name: str
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> samples_per_second, accuracy, ...
+    models: dict[str, ModelMetrics] = field(default_factory=dict)  # role -> what the trainer measured
     wall: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
 
@@ -130,8 +131,7 @@ def cli_row(group: str, name: str, recipe: str, sets: list[str], work: Path, npr
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{group} {name} failed:\n{proc.stderr[-3000:]}")
-    models = json.loads((out / "metrics.json").read_text())["models"]
-    return Row(group, name, models, wall, (load0, os.getloadavg()[0]))
+    return Row(group, name, Run(out).model_metrics(), wall, (load0, os.getloadavg()[0]))
 
 
 def cifar_rows(args: argparse.Namespace, work: Path) -> list[Row]:
@@ -179,8 +179,7 @@ def cifar_rows(args: argparse.Namespace, work: Path) -> list[Row]:
         models = {"teacher": trainer.fit("teacher", teacher, recipe.teacher, ce, work / "t.pt")}
         trainer.prepare_teacher(teacher)
         models["student"] = trainer.fit("student", student, recipe.student, kd, work / "s.pt", teacher=teacher)
-        got = {r: {"samples_per_second": m.samples_per_second, "accuracy": m.accuracy} for r, m in models.items()}
-        rows.append(Row("cifar10_cnn", name, got, time.perf_counter() - t0, (load0, os.getloadavg()[0])))
+        rows.append(Row("cifar10_cnn", name, models, time.perf_counter() - t0, (load0, os.getloadavg()[0])))
     return rows
 
 
@@ -194,17 +193,23 @@ def table(rows: list[Row]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         m = row.models
-        sps = [f"{m[r]['samples_per_second']:,.0f}" if r in m else "-" for r in ROLES]
-        acc = [pct(m[r]["accuracy"]) if r in m else "-" for r in ROLES]
+        sps = [f"{m[r].samples_per_second:,.0f}" if r in m and m[r].samples_per_second else "-" for r in ROLES]
+        acc = [pct(m[r].accuracy) if r in m else "-" for r in ROLES]
         lo = f"{row.load[0]:.1f} / {row.load[1]:.1f}"
         lines.append(f"| {row.group} | {row.name} | {' | '.join(sps)} | {' | '.join(acc)} | {row.wall:.0f} | {lo} |")
     return "\n".join(lines)
 
 
+def speed(m: ModelMetrics) -> float:
+    if not m.samples_per_second:
+        raise SystemExit("a run's metrics.json has no samples_per_second; rerun it with this kdeploy")
+    return m.samples_per_second
+
+
 def ratio(rows: list[Row], group: str, base: str, other: str) -> str:
     a = next(r for r in rows if r.group == group and r.name == base).models
     b = next(r for r in rows if r.group == group and r.name == other).models
-    parts = [f"{r} {b[r]['samples_per_second'] / a[r]['samples_per_second']:.2f}x" for r in ROLES if r in a and r in b]
+    parts = [f"{r} {speed(b[r]) / speed(a[r]):.2f}x" for r in ROLES if r in a and r in b]
     return f"- {group}: {other} vs {base} (samples/s): " + ", ".join(parts)
 
 
