@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -70,9 +71,13 @@ def write_recipe(path: Path, raw: dict[str, Any]) -> Path:
 
 
 def benchmark_module(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` imported as a module (benchmarks/ is scripts, not a package)."""
+    """``benchmarks/<name>.py`` imported as a module (benchmarks/ is scripts, not a package; its folder goes on
+    ``sys.path``, as when a script runs, for the helpers the scripts share, such as ``_markdown``)."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.append(str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

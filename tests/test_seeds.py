@@ -173,3 +173,12 @@ def test_paired_seeds_takes_a_ce_student_as_the_baseline(
     (ce_run / "metrics.json").write_text(json.dumps(metrics))
     rc, _, err = _paired_seeds(capsys, f"0={root / 'seed0'},{ce_run}")
     assert rc == 2 and "no baseline" in err and "distill.method: ce" in err
+
+
+def test_bench_kd_seeds_reads_the_seed_folders_as_seeds_json_has_them(multi: tuple[Path, Path, str]) -> None:
+    """benchmarks/bench_kd_seeds.py rebuilds the statistics from the typed seed-folder metrics: the same numbers
+    `kdeploy distill --seeds` wrote into seeds.json."""
+    root, _, _ = multi
+    stats = benchmark_module("bench_kd_seeds").seed_stats(root)
+    saved = json.loads((root / "seeds.json").read_text())["summary"]
+    assert {role: s.to_json() for role, s in stats.items()} == saved
