@@ -15,7 +15,6 @@ Peak RSS is the child's ``ru_maxrss`` from ``os.wait4``. Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import os
@@ -188,7 +187,7 @@ def clone_artifacts(base: Path, dest: Path, count: int) -> Path:
         src = real[k % len(real)]
         name = src.files[0].replace(".onnx", f".copy{k:03d}.onnx")
         shutil.copyfile(run.export_dir / src.files[0], run.export_dir / name)
-        artifacts.append(dataclasses.replace(copy.deepcopy(src), id=f"{src.id}#copy{k:03d}", files=[name]))
+        artifacts.append(dataclasses.replace(src, id=f"{src.id}#copy{k:03d}", files=[name]))
     write_manifest(run, Manifest(artifacts))
     return dest
 

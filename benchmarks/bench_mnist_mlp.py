@@ -177,8 +177,9 @@ def main() -> None:
 
     data = load_run_data(run)
     overhead = []
+    artifacts = read_manifest(run)
     for fmt in ("onnx-int8", "onnx"):
-        entry = read_manifest(run).find(f"student:{fmt}")
+        entry = artifacts.find(f"student:{fmt}")
         if entry is None:
             raise SystemExit(f"{run.root}: no student {fmt} artifact; run `kdeploy quantize {run.root} --int8`")
         path = artifact_path(run, entry)
