@@ -164,7 +164,12 @@ class Recipe(_Strict):
 
     def batch_size_for(self, stage: ModelConfig | QatConfig) -> int:
         """The training batch of a model or of QAT: its own ``batch_size``, else ``data.batch_size``."""
-        return stage.batch_size or self.data.batch_size
+        return training_batch(stage, self.data.batch_size)
+
+
+def training_batch(stage: ModelConfig | QatConfig, data_batch_size: int) -> int:
+    """A stage's own ``batch_size``, else the data's: the one rule for every training loop's batch."""
+    return stage.batch_size or data_batch_size
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

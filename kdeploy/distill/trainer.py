@@ -32,7 +32,7 @@ from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
 from kdeploy.distill.table_store import TableSpec
 from kdeploy.distill.tensorboard import EpochScalars
-from kdeploy.recipe import ModelConfig, TrainConfig
+from kdeploy.recipe import ModelConfig, TrainConfig, training_batch
 
 INIT_IMAGES = 5000  # training images a model's init_from_data(images) sees
 
@@ -198,8 +198,8 @@ class Trainer:
         )
 
     def batch_for(self, cfg: ModelConfig) -> int:
-        """This model's training batch: its own ``batch_size``, else the data's."""
-        return cfg.batch_size or self.batch_size
+        """This model's training batch (``training_batch``: its own, else the data's)."""
+        return training_batch(cfg, self.batch_size)
 
     def steps_per_epoch(self, cfg: ModelConfig) -> int:
         """Optimizer steps in one epoch on one rank (each rank sees its share of the training split)."""
