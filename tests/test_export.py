@@ -225,6 +225,16 @@ def test_tensorrt_profile_names_and_arguments() -> None:
             trt_export.check_args(*bad)
 
 
+def test_tensorrt_engine_spec_records_its_settings() -> None:
+    spec = trt_export.EngineSpec("int8", True, tuple(trt_export.profiles(64, 256)), 1024, 0.01)
+    assert spec.format == "tensorrt-int8"
+    settings = spec.settings([3, 32, 32], "10.13.0", "NVIDIA H100")
+    assert settings["typing"] == "strong" and settings["tensorrt"] == "10.13.0"
+    assert [p["opt"][0] for p in settings["profiles"]] == [1, 32, 64, 256]
+    assert settings["profiles"][1] == {"min": [2, 3, 32, 32], "opt": [32, 3, 32, 32], "max": [32, 3, 32, 32]}
+    assert json.loads(json.dumps(settings)) == settings  # recorded in the manifest as JSON
+
+
 def test_tensorrt_source_selection(run: Run, exported: list[Artifact]) -> None:
     trt10 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace(FP16=1, INT8=2))
     trt11 = types.SimpleNamespace(BuilderFlag=types.SimpleNamespace())

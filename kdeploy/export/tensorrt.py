@@ -31,7 +31,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -307,62 +307,98 @@ def engine_accuracy(runner: EngineRunner, split: Split, mean: Sequence[float], s
 
 
 # ---- the stage -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineSpec:
+    """How every engine of one ``export --tensorrt`` call is built and gated."""
+
+    precision: str
+    strong: bool
+    profiles: tuple[Profile, ...]
+    workspace_mb: int
+    max_accuracy_drop: float
+
+    @property
+    def format(self) -> str:
+        return f"tensorrt-{self.precision}"
+
+    def settings(self, in_shape: Sequence[int], trt_version: str, device: str) -> dict[str, Any]:
+        """The build settings an engine artifact records (what another machine needs to rebuild it the same way)."""
+        return {
+            "precision": self.precision,
+            "typing": "strong" if self.strong else "weak",
+            "profiles": [{k: list(v) for k, v in p.shapes(in_shape).items()} for p in self.profiles],
+            "workspace_mb": self.workspace_mb,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "tensorrt": trt_version,
+            "device": device,
+        }
+
+
+@dataclass
+class EngineBuild:
+    """What building and gating one engine gave: the published files, or why it failed."""
+
+    seconds: float
+    accuracy: float | None = None
+    files: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+def build_and_gate(
+    trt: Any, run: Run, role: str, data: Dataset, sources: tuple[Artifact, Artifact], spec: EngineSpec
+) -> EngineBuild:
+    """Build the engine, measure it on the test split, gate it and publish its file (``.failed`` when gated)."""
+    source, fp32 = sources
+    old = manifest.find(run, manifest.artifact_id(role, spec.format))
+    onnx_path = manifest.artifact_path(run, source)
+    t0 = time.perf_counter()
+    engine = build_engine(
+        trt,
+        onnx_path,
+        source.input.name,
+        spec.profiles,
+        source.input.shape[1:],
+        spec.precision,
+        spec.workspace_mb,
+        spec.strong,
+    )
+    out = EngineBuild(seconds=time.perf_counter() - t0)
+    out.accuracy = engine_accuracy(EngineRunner(trt, engine), data.test, data.mean, data.std)
+    out.reason = accuracy_gate(out.accuracy, fp32.accuracy, spec.max_accuracy_drop)
+    with staging_dir(run.export_dir) as tmp:
+        staged = tmp / engine_name(role, spec.precision)
+        staged.write_bytes(engine)
+        name = engine_name(role, spec.precision, failed=out.reason is not None)
+        out.files = publish(staged, [], run.export_dir, name, old.files if old else [])
+    return out
+
+
 def build_one(
-    trt: Any,
-    run: Run,
-    role: str,
-    precision: str,
-    data: Dataset,
-    sources: tuple[Artifact, Artifact],
-    plist: Sequence[Profile],
-    *,
-    workspace_mb: int,
-    max_accuracy_drop: float,
-    strong: bool,
+    trt: Any, run: Run, role: str, data: Dataset, sources: tuple[Artifact, Artifact], spec: EngineSpec
 ) -> Artifact:
     """Build, gate, publish and record one engine; a build or run that raises is recorded as failed (no file)."""
     import torch
 
-    source, fp32 = sources
-    fmt = f"tensorrt-{precision}"
-    old = manifest.find(run, manifest.artifact_id(role, fmt))
     t0 = time.perf_counter()
-    accuracy, files = None, []
     try:
-        onnx_path = manifest.artifact_path(run, source)
-        in_shape = source.input.shape[1:]
-        engine = build_engine(trt, onnx_path, source.input.name, plist, in_shape, precision, workspace_mb, strong)
-        build_s = time.perf_counter() - t0
-        accuracy = engine_accuracy(EngineRunner(trt, engine), data.test, data.mean, data.std)
-        reason = accuracy_gate(accuracy, fp32.accuracy, max_accuracy_drop)
-        with staging_dir(run.export_dir) as tmp:
-            staged = tmp / engine_name(role, precision)
-            staged.write_bytes(engine)
-            name = engine_name(role, precision, failed=reason is not None)
-            files = publish(staged, [], run.export_dir, name, old.files if old else [])
+        built = build_and_gate(trt, run, role, data, sources, spec)
     except (UserError, RuntimeError) as exc:  # parser/builder refusals and runtime errors: recorded, not fatal
-        build_s, reason = time.perf_counter() - t0, f"{fmt} build raised {type(exc).__name__}: {first_line(exc)}"
+        reason = f"{spec.format} build raised {type(exc).__name__}: {first_line(exc)}"
+        built = EngineBuild(seconds=time.perf_counter() - t0, reason=reason)
+    source, fp32 = sources
     art = build_artifact(
         run,
         role,
-        fmt,
-        files,
-        status="ok" if reason is None else "failed",
-        reason=reason,
-        accuracy=accuracy,
+        spec.format,
+        built.files,
+        status="ok" if built.reason is None else "failed",
+        reason=built.reason,
+        accuracy=built.accuracy,
         fp32_accuracy=fp32.accuracy,
         samples=len(data.test),
-        seconds=build_s,
+        seconds=built.seconds,
         built_from=source,
-        settings={
-            "precision": precision,
-            "typing": "strong" if strong else "weak",
-            "profiles": [{k: list(v) for k, v in p.shapes(source.input.shape[1:]).items()} for p in plist],
-            "workspace_mb": workspace_mb,
-            "max_accuracy_drop": max_accuracy_drop,
-            "tensorrt": trt.__version__,
-            "device": torch.cuda.get_device_name(0),
-        },
+        settings=spec.settings(source.input.shape[1:], trt.__version__, torch.cuda.get_device_name(0)),
     )
     return manifest.upsert(run, art)
 
@@ -392,26 +428,16 @@ def export_tensorrt(
     }
     if precision == "int8":
         check_int8_sources(run, roles)
-    plist = profiles(opt_batch, max_batch)
+    spec = EngineSpec(precision, strong, tuple(profiles(opt_batch, max_batch)), workspace_mb, max_accuracy_drop)
+    ranges = ", ".join(f"{p.lo}..{p.hi}" for p in spec.profiles)
     data = load_run_data(run)
     artifacts = []
     for role, sources in pairs.items():
         progress.log(
             f"building TensorRT {precision} engine for {role} from {sources[0].files[0]} "
-            f"({'strongly' if strong else 'weakly'} typed, profiles {', '.join(f'{p.lo}..{p.hi}' for p in plist)})"
+            f"({'strongly' if strong else 'weakly'} typed, profiles {ranges})"
         )
-        art = build_one(
-            trt,
-            run,
-            role,
-            precision,
-            data,
-            sources,
-            plist,
-            workspace_mb=workspace_mb,
-            max_accuracy_drop=max_accuracy_drop,
-            strong=strong,
-        )
+        art = build_one(trt, run, role, data, sources, spec)
         progress.log("  " + describe(art))
         artifacts.append(art)
     return finish_stage(artifacts, raise_on_fail)
