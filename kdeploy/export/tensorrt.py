@@ -21,9 +21,9 @@
 ``tensorrt`` is the optional extra ``pip install 'kdeploy[tensorrt]'``; without it, or without a CUDA GPU,
 :func:`require_tensorrt` raises a one-line :class:`UserError` naming what is missing.
 
-NOT RUN YET: no machine with TensorRT has run :func:`build_engine` or :class:`EngineRunner`; they follow the
-documented TensorRT 10/11 Python API. The pure parts (arguments, profiles, typing choice, source selection and
-the Q/DQ check, the dependency check) are tested.
+NOT RUN YET: no machine with TensorRT has run :func:`build_engine`, :class:`EngineRunner` or
+:func:`build_and_gate`; they follow the documented TensorRT 10/11 Python API. The pure parts (arguments, profiles,
+typing choice, source selection and the Q/DQ check, the dependency check, the settings an engine records) are tested.
 """
 
 from __future__ import annotations
