@@ -99,8 +99,13 @@ def profile_shapes(in_shape: Sequence[int], opt_batch: int, max_batch: int) -> d
     return {"min": (1, *dims), "opt": (opt_batch, *dims), "max": (max_batch, *dims)}
 
 
+def engine_format(precision: str) -> str:
+    """The artifact format of a TensorRT engine of ``precision`` (``tensorrt-fp16``, ``tensorrt-int8``)."""
+    return f"tensorrt-{precision}"
+
+
 def engine_name(role: str, precision: str, failed: bool = False) -> str:
-    return manifest.file_name(role, f"tensorrt-{precision}", failed=failed)
+    return manifest.file_name(role, engine_format(precision), failed=failed)
 
 
 def missing_requirements() -> list[str]:
@@ -319,7 +324,7 @@ class EngineSpec:
 
     @property
     def format(self) -> str:
-        return f"tensorrt-{self.precision}"
+        return engine_format(self.precision)
 
     def settings(self, in_shape: Sequence[int], trt_version: str, device: str) -> dict[str, Any]:
         """The build settings an engine artifact records (what another machine needs to rebuild it the same way)."""
