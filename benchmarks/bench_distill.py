@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _machine import load_average, matmul_gflops
 from torch import nn
 from torch.nn import functional as F
 
@@ -38,16 +38,6 @@ from kdeploy.models import create_model
 from kdeploy.recipe import ModelConfig, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def matmul_gflops(n: int = 4096, dtype: torch.dtype = torch.float32, seconds: float = 3.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    iters, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
-        iters += 1
-    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9
 
 
 def mlp_forward_flops(model: nn.Module) -> int:
@@ -127,10 +117,6 @@ def teacher_rate(
 def cpu_description() -> str:
     """The CPU model and whether it has AMX (bf16 tiles)."""
     return f"{cpu.model_name()}, amx_bf16: {'yes' if cpu.has_amx() else 'no'}"
-
-
-def load_average() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def recipe_teacher_batch(recipe: Path, root: Path) -> int:

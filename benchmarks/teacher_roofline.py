@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import load_average, matmul_gflops
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,16 +39,7 @@ from kdeploy.models import create_model
 from kdeploy.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.mm(a, b)
-    iters, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        torch.mm(a, b)
-        iters += 1
-    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e9
+CEILING_N = 2048  # the ceiling's torch.mm size
 
 
 class Step:
@@ -117,10 +109,6 @@ def step_rates(steps: dict[str, Step], repeats: int) -> dict[str, float]:
     return {name: len(steps[name].y) * repeats / spent[name] for name in steps}
 
 
-def load_average() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "cifar10_fast.yaml")
@@ -148,9 +136,9 @@ def main() -> None:
     if args.compile:
         steps[f"batch {batch}, {precision}, {layout}, torch.compile"] = make_step(True)
     load_before = load_average()
-    ceilings = {"fp32": matmul_gflops(torch.float32)}
+    ceilings = {"fp32": matmul_gflops(CEILING_N)}
     if cpu.native_bf16():
-        ceilings["bf16"] = matmul_gflops(torch.bfloat16)
+        ceilings["bf16"] = matmul_gflops(CEILING_N, torch.bfloat16)
     rates = step_rates(steps, args.steps)
     share = conv_share(next(iter(steps.values())))
 
@@ -162,7 +150,7 @@ def main() -> None:
     )
     print("| measure | value |\n|---|---:|")
     for name, value in ceilings.items():
-        print(f"| {name} matmul ceiling (2048² torch.mm) | {value:,.0f} GFLOP/s |")
+        print(f"| {name} matmul ceiling ({CEILING_N}² torch.mm) | {value:,.0f} GFLOP/s |")
     print(f"| {recipe.name} teacher ({cfg.model}), FLOPs per image per training step | {flops / 1e9:.3f} GFLOP |")
     for name, rate in rates.items():
         achieved = rate * flops / 1e9
