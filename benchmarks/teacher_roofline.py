@@ -13,7 +13,7 @@ Measured in one process on the same cores:
 
     KDEPLOY_DATA=../shared/data python benchmarks/teacher_roofline.py                     # cifar10_fast, 45 min
     python benchmarks/teacher_roofline.py --recipe recipes/cifar10_fast.yaml --budget-min 20 --steps 5
-    python benchmarks/teacher_roofline.py --compile                     # the step under torch.compile
+    python benchmarks/teacher_roofline.py --compile     # also the step under torch.compile, timed in turns
 
 A teacher whose step already runs near the ceiling cannot train faster on that CPU without fewer FLOPs.
 Prints Markdown; numbers in benchmarks/README.md come from this command.
