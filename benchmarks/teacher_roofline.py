@@ -90,14 +90,6 @@ def conv_share(step: Step) -> float:
     return conv / total if total else float("nan")
 
 
-def seconds_per_step(step: Step, steps: int) -> float:
-    """Mean seconds of ``steps`` timed steps (the caller has run the untimed warm-up)."""
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
-
-
 def step_rates(steps: dict[str, Step], repeats: int) -> dict[str, float]:
     """Images/s of each step, timed in turns (A, B, A, B, ...) so that drifting load hits every variant alike."""
     for step in steps.values():
@@ -105,7 +97,9 @@ def step_rates(steps: dict[str, Step], repeats: int) -> dict[str, float]:
     spent = dict.fromkeys(steps, 0.0)
     for _ in range(repeats):
         for name, step in steps.items():
-            spent[name] += seconds_per_step(step, 1)
+            t0 = time.perf_counter()
+            step()
+            spent[name] += time.perf_counter() - t0
     return {name: len(steps[name].y) * repeats / spent[name] for name in steps}
 
 
@@ -126,12 +120,14 @@ def main() -> None:
     batch = args.batch or recipe.batch_size_for(cfg)
     layout = "channels_last" if recipe.train.channels_last else "NCHW"
 
-    def make_step(compiled: bool) -> Step:
+    def make_model() -> nn.Module:
         torch.manual_seed(0)
-        model = create_model(cfg.model, num_classes=classes, in_shape=in_shape, **cfg.kwargs)
-        return Step(model, batch, in_shape, classes, precision == "bf16", recipe.train.channels_last, compiled)
+        return create_model(cfg.model, num_classes=classes, in_shape=in_shape, **cfg.kwargs)
 
-    flops = step_flops_per_image(make_step(False).model, in_shape, classes)
+    def make_step(compiled: bool) -> Step:
+        return Step(make_model(), batch, in_shape, classes, precision == "bf16", recipe.train.channels_last, compiled)
+
+    flops = step_flops_per_image(make_model(), in_shape, classes)
     steps = {f"batch {batch}, {precision}, {layout}": make_step(False)}
     if args.compile:
         steps[f"batch {batch}, {precision}, {layout}, torch.compile"] = make_step(True)
