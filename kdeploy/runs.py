@@ -388,14 +388,26 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 def load_checkpoint(model: nn.Module, checkpoint: str | list[str]) -> None:
     """Load a recipe's ``checkpoint``: one weights file, or a list of one file per member of an ensemble."""
     if isinstance(checkpoint, str):
-        load_state(model, load_state_file(Path(checkpoint)), checkpoint)
+        load_state(model, load_state_file(Path(checkpoint)), checkpoint, fix=model_fix(Path(checkpoint)))
         return
     members = model.get_submodule("members")
     for member, path in zip(members, checkpoint, strict=True):
-        load_state(member, load_state_file(Path(path)), path)
+        load_state(member, load_state_file(Path(path)), path, fix=model_fix(Path(path)))
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+def model_fix(path: Path) -> str:
+    """What to do when ``path``'s weights do not fit: a kdeploy-written file names the model it was saved from."""
+    try:
+        spec = read_meta(path)["model"]
+    except (UserError, KeyError, TypeError, ValueError):  # another tool's file, or a .pt: no model to name
+        return "check the model and its kwargs"
+    model = spec.get("name") or spec.get("target")
+    return f"the file holds model {model!r} with kwargs {spec.get('kwargs') or {}}: give the recipe that model"
+
+
+def load_state(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = "check the model and its kwargs"
+) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -412,7 +424,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
             parts.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
         if wrong:
             parts.append(f"shape mismatch {', '.join(wrong[:2])}")
-        raise UserError(f"{source}: weights do not fit the model ({'; '.join(parts)}); check the model and its kwargs")
+        raise UserError(f"{source}: weights do not fit the model ({'; '.join(parts)}); {fix}")
     model.load_state_dict(state)
 
 
