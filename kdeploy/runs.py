@@ -385,6 +385,9 @@ def load_resume_state(path: Path) -> dict[str, Any]:
     return obj
 
 
+CHECK_MODEL = "check the model and its kwargs"  # the fix for weights that do not fit, when the file names no model
+
+
 def load_checkpoint(model: nn.Module, checkpoint: str | list[str]) -> None:
     """Load a recipe's ``checkpoint``: one weights file, or a list of one file per member of an ensemble."""
     if isinstance(checkpoint, str):
@@ -400,14 +403,12 @@ def model_fix(path: Path) -> str:
     try:
         spec = read_meta(path)["model"]
     except (UserError, KeyError, TypeError, ValueError):  # another tool's file, or a .pt: no model to name
-        return "check the model and its kwargs"
+        return CHECK_MODEL
     model = spec.get("name") or spec.get("target")
     return f"the file holds model {model!r} with kwargs {spec.get('kwargs') or {}}: give the recipe that model"
 
 
-def load_state(
-    model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = "check the model and its kwargs"
-) -> None:
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = CHECK_MODEL) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
