@@ -42,8 +42,8 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | list[str] | None = Field(
         None,
-        description=".safetensors or .pt/.pth weights: load, do not train; a list: one file per member of an "
-        "`ensemble` teacher",
+        description=".safetensors or .pt/.pth weights: load, do not train (teacher only); a list: one file per member "
+        "of an `ensemble` teacher; a kdeploy-written file alone, without `model`, builds the model it was saved from",
     )
     epochs: int = Field(10, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
@@ -70,6 +70,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
+        if self.model is None and self.target is None and isinstance(self.checkpoint, str):
+            if self.kwargs:
+                raise ValueError("kwargs without a model: give `model` too, or drop kwargs to build the checkpoint's")
+            return self  # a kdeploy weights file names its model: `distill` builds that one
         if (self.model is None) == (self.target is None):
             raise ValueError("give exactly one of `model` (a registered name) or `target` (package.module:Class)")
         if self.target is not None and ":" not in self.target:
@@ -155,6 +159,9 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _ensembles_are_loaded(self) -> Recipe:
         """An ensemble is averaged from models trained apart: kdeploy loads one, it never trains one."""
+        if self.student.checkpoint:
+            raise ValueError("student.checkpoint: only a teacher is loaded; the student and its baseline always train "
+                             "(drop it, or load those weights as teacher.checkpoint)")  # fmt: skip
         if self.student.model == "ensemble":
             raise ValueError("student: an ensemble is a teacher only (trained members, averaged); pick a single model")
         if self.teacher.model == "ensemble" and not self.teacher.checkpoint:

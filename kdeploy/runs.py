@@ -398,11 +398,19 @@ def load_checkpoint(model: nn.Module, checkpoint: str | list[str]) -> None:
         load_state(member, load_state_file(Path(path)), path, fix=model_fix(Path(path)))
 
 
-def model_fix(path: Path) -> str:
-    """What to do when ``path``'s weights do not fit: a kdeploy-written file names the model it was saved from."""
+def saved_model_spec(path: Path) -> dict[str, Any] | None:
+    """The registry spec a kdeploy-written weights file was saved from; ``None`` for another tool's file or a .pt."""
     try:
         spec = read_meta(path)["model"]
-    except (UserError, KeyError, TypeError, ValueError):  # another tool's file, or a .pt: no model to name
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def model_fix(path: Path) -> str:
+    """What to do when ``path``'s weights do not fit: a kdeploy-written file names the model it was saved from."""
+    spec = saved_model_spec(path)
+    if spec is None:
         return CHECK_MODEL
     model = spec.get("name") or spec.get("target")
     return f"the file holds model {model!r} with kwargs {spec.get('kwargs') or {}}: give the recipe that model"

@@ -18,7 +18,7 @@ from kdeploy.evaluate import predict_logits, top1_accuracy
 from kdeploy.export import export_onnx
 from kdeploy.models.fast_cnn import FastCNN
 from kdeploy.recipe import load_data, validate
-from kdeploy.runs import Run, load_model
+from kdeploy.runs import Run, load_model, read_meta
 
 from .conftest import Capture, InterruptAt, reporting_to, tiny_recipe
 
@@ -245,16 +245,22 @@ def test_the_teacher_runs_in_the_training_precision(
 
 def test_a_checkpoint_teacher_teaches_like_the_one_trained_in_the_run(mnist_root: Path, tmp_path: Path) -> None:
     """A convolutional teacher run live (jittered batches, channels_last) gives the same student whether the run
-    trained it or loaded its file, so seeds that share a teacher checkpoint reproduce the run that made it."""
+    trained it or loaded its file, so seeds that share a teacher checkpoint reproduce the run that made it; the
+    file alone, without `model` and `kwargs`, builds the model it was saved from."""
     raw = tiny_recipe(mnist_root, baseline=False, data__augment={"translate": 2}, train__channels_last=True,
                       teacher__model="fast_cnn", teacher__kwargs={"widths": [4, 8, 8]}, teacher__epochs=1)  # fmt: skip
     trained = distill(validate(raw), out=tmp_path / "trained")
     raw["teacher"]["checkpoint"] = str(trained.root / "teacher.safetensors")
     loaded = distill(validate(raw), out=tmp_path / "loaded")
     assert json.loads(loaded.metrics_path.read_text())["teacher_outputs"] == "per-batch"
-    a, b = (load_file(str(run.root / "student.safetensors")) for run in (trained, loaded))
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    del raw["teacher"]["model"], raw["teacher"]["kwargs"]
+    named_by_file = distill(validate(raw), out=tmp_path / "named_by_file")
+    assert read_meta(named_by_file.root / "teacher.safetensors")["model"]["kwargs"] == {"widths": [4, 8, 8]}
+    a = load_file(str(trained.root / "student.safetensors"))
+    for run in (loaded, named_by_file):
+        b = load_file(str(run.root / "student.safetensors"))
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
 def two_member_ensemble(root: Path, out: Path, **changes: Any) -> dict[str, Any]:

@@ -110,6 +110,16 @@ def test_a_list_of_checkpoints_loads_an_ensemble_teacher_only() -> None:
     check(tiny_recipe(Path("/x"), student__model="ensemble", student__kwargs={"model": "mlp"}), r"teacher only")
 
 
+def test_a_checkpoint_alone_names_a_teacher_and_a_student_is_never_loaded() -> None:
+    bare = tiny_recipe(Path("/x"), teacher__checkpoint="runs/t/teacher.safetensors")
+    del bare["teacher"]["model"], bare["teacher"]["kwargs"]
+    assert validate(bare).teacher.model is None, "the weights file names the model"
+    bare["teacher"]["kwargs"] = {"hidden": [64]}
+    check(bare, r"teacher: kwargs without a model")
+    loaded_student = tiny_recipe(Path("/x"), student__checkpoint="s.safetensors")
+    check(loaded_student, r"student\.checkpoint: only a teacher is loaded")
+
+
 def test_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="must be a YAML mapping"):
         load_recipe(write_recipe(tmp_path / "r.yaml", ["a", "b"]))  # type: ignore[arg-type]

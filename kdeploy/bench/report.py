@@ -65,7 +65,8 @@ def _model_line(cfg: ModelConfig) -> str:
     files = ", ".join(cfg.checkpoint) if isinstance(cfg.checkpoint, list) else cfg.checkpoint
     source = f", weights {files}" if files else f", {cfg.epochs} epochs"
     own = f", augmentation {_augment_text(cfg.augment)}" if cfg.augment is not None else ""
-    return f"{cfg.model or cfg.target}({kwargs}){source}, {cfg.optimizer} lr {cfg.lr}{own}"
+    name = cfg.model or cfg.target or "the checkpoint's model"
+    return f"{name}({kwargs}){source}, {cfg.optimizer} lr {cfg.lr}{own}"
 
 
 def _recipe_section(recipe: Recipe) -> list[str]:

@@ -25,7 +25,15 @@ from kdeploy.errors import UserError
 from kdeploy.models import build_model, count_params, model_meta
 from kdeploy.models.ensemble import Ensemble
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
-from kdeploy.runs import DEFAULT_RUNS_DIR, ModelMetrics, Run, RunMetrics, environment, load_checkpoint
+from kdeploy.runs import (
+    DEFAULT_RUNS_DIR,
+    ModelMetrics,
+    Run,
+    RunMetrics,
+    environment,
+    load_checkpoint,
+    saved_model_spec,
+)
 
 
 def run_folder(recipe: Recipe, out: str | Path | None) -> Run:
@@ -44,7 +52,21 @@ def load_data_once(recipe: Recipe, world: World) -> Dataset:
 
 
 def model_spec(cfg: ModelConfig, data: Dataset) -> dict[str, Any]:
+    """The model to build: the recipe's, or, for a teacher given only a checkpoint, the one that file was saved from."""
+    if cfg.model is None and cfg.target is None:
+        saved = checkpoint_model(str(cfg.checkpoint))
+        return model_meta(saved.get("name"), saved.get("target"), saved.get("kwargs"), data.num_classes, data.in_shape)
     return model_meta(cfg.model, cfg.target, dict(cfg.kwargs), data.num_classes, data.in_shape)
+
+
+def checkpoint_model(checkpoint: str) -> dict[str, Any]:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"{checkpoint}: checkpoint not found; fix the path")
+    spec = saved_model_spec(path)
+    if spec is None:
+        raise UserError(f"{checkpoint}: not written by kdeploy, so it names no model; give teacher.model (and kwargs)")
+    return spec
 
 
 def build(cfg: ModelConfig, data: Dataset, seed: int, role: str) -> nn.Module:
