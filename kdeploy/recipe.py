@@ -157,8 +157,9 @@ class Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _ensembles_are_loaded(self) -> Recipe:
-        """An ensemble is averaged from models trained apart: kdeploy loads one, it never trains one."""
+    def _only_teachers_are_loaded(self) -> Recipe:
+        """Student and baseline always train; an ensemble teacher is averaged from models trained apart, so it is
+        loaded, never trained."""
         if self.student.checkpoint:
             raise ValueError("student.checkpoint: only a teacher is loaded; the student and its baseline always train "
                              "(drop it, or load those weights as teacher.checkpoint)")  # fmt: skip

@@ -60,6 +60,7 @@ def model_spec(cfg: ModelConfig, data: Dataset) -> dict[str, Any]:
 
 
 def checkpoint_model(checkpoint: str) -> dict[str, Any]:
+    """The registry spec a kdeploy weights file records; one line when the file is missing or not kdeploy's."""
     path = Path(checkpoint)
     if not path.is_file():
         raise UserError(f"{checkpoint}: checkpoint not found; fix the path")
