@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from kdeploy import atomic
 from kdeploy.artifacts import Manifest, read_manifest
@@ -22,7 +23,7 @@ from kdeploy.data.transforms import Augment
 from kdeploy.errors import UserError, first_line
 from kdeploy.recipe import ModelConfig, Recipe
 from kdeploy.rundata import run_recipe
-from kdeploy.runs import ModelMetrics, Run
+from kdeploy.runs import ModelMetrics, Run, saved_model_spec
 
 
 def write_bench_outputs(run: Run, result: BenchResult) -> list[Path]:
@@ -61,12 +62,22 @@ def _augment_text(augment: Augment | None) -> str:
 
 
 def _model_line(cfg: ModelConfig) -> str:
-    kwargs = ", ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-    files = ", ".join(cfg.checkpoint) if isinstance(cfg.checkpoint, list) else cfg.checkpoint
-    source = f", weights {files}" if files else f", {cfg.epochs} epochs"
+    """A model as the recipe builds it: loaded from its weights, or trained (epochs, optimizer, augmentation)."""
+    name, kwargs = _named_model(cfg)
+    args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    if cfg.checkpoint:
+        files = ", ".join(cfg.checkpoint) if isinstance(cfg.checkpoint, list) else cfg.checkpoint
+        return f"{name}({args}), weights {files}"
     own = f", augmentation {_augment_text(cfg.augment)}" if cfg.augment is not None else ""
-    name = cfg.model or cfg.target or "the checkpoint's model"
-    return f"{name}({kwargs}){source}, {cfg.optimizer} lr {cfg.lr}{own}"
+    return f"{name}({args}), {cfg.epochs} epochs, {cfg.optimizer} lr {cfg.lr}{own}"
+
+
+def _named_model(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+    """The recipe's model, or for a teacher given only by its checkpoint, the model that file records."""
+    if cfg.model or cfg.target:
+        return str(cfg.model or cfg.target), cfg.kwargs
+    saved = saved_model_spec(Path(str(cfg.checkpoint))) or {}
+    return saved.get("name") or saved.get("target") or "the checkpoint's model", saved.get("kwargs") or {}
 
 
 def _recipe_section(recipe: Recipe) -> list[str]:
