@@ -343,15 +343,24 @@ def load_model(path: Path) -> tuple[nn.Module, WeightsMeta]:
     return model, meta
 
 
+def weights_file(path: Path) -> Path:
+    """``path``, when it is a file; one line naming the fix when it is missing or a folder (a run, say)."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        what = f"one of its weights files ({', '.join(found)})" if found else "a weights file"
+        raise UserError(f"{path}: a folder, not a weights file; pass {what}")
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; fix the path")
+    return path
+
+
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a .safetensors file, or from a .pt/.pth file without unpickling code."""
-    suffix = path.suffix.lower()
+    suffix = weights_file(path).suffix.lower()
     try:
         if suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint not found; fix the path") from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         raise UserError(
             f"{path}: cannot load weights ({first_line(exc, 200)}); pass a .safetensors file or a plain state_dict"

@@ -33,6 +33,7 @@ from kdeploy.runs import (
     environment,
     load_checkpoint,
     saved_model_spec,
+    weights_file,
 )
 
 
@@ -61,10 +62,7 @@ def model_spec(cfg: ModelConfig, data: Dataset) -> dict[str, Any]:
 
 def checkpoint_model(checkpoint: str) -> dict[str, Any]:
     """The registry spec a kdeploy weights file records; one line when the file is missing or not kdeploy's."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found; fix the path")
-    spec = saved_model_spec(path)
+    spec = saved_model_spec(weights_file(Path(checkpoint)))
     if spec is None:
         raise UserError(f"{checkpoint}: not written by kdeploy, so it names no model; give teacher.model (and kwargs)")
     return spec
