@@ -4,6 +4,7 @@ the files it writes, and the CLI's error paths."""
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import shutil
 import subprocess
@@ -232,6 +233,13 @@ def test_timing_loop_meets_minimum_count_and_time() -> None:
     assert 2.0 <= lat.p50 < 20.0 and lat.p50 <= lat.p90 <= lat.p99
     capped = time_host(lambda: time.sleep(0.01), TimingSettings(warmup=0, min_iters=10_000, max_seconds=0.1))
     assert capped.iters < 100, "max_seconds stops a slow loop before min_iters"
+
+
+def test_timing_loop_keeps_the_garbage_collector_off_only_while_timing() -> None:
+    collecting: list[bool] = []
+    time_host(lambda: collecting.append(gc.isenabled()), TimingSettings(warmup=2, min_iters=3, min_seconds=0))
+    assert collecting == [True, True, False, False, False]
+    assert gc.isenabled()
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="busy-core sampling reads Linux /proc/stat")
