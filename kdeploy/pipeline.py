@@ -15,7 +15,11 @@ Stage gates and the deployment gate:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from kdeploy import atomic, progress
@@ -26,7 +30,7 @@ from kdeploy.bench.records import BenchResult
 from kdeploy.bench.report import write_report
 from kdeploy.errors import GateFailed, UserError
 from kdeploy.recipe import Recipe
-from kdeploy.runs import Run
+from kdeploy.runs import Run, StageTimes
 
 
 @dataclass
@@ -76,47 +80,87 @@ class PipelineResult:
     gate: GateVerdict | None
     stage_failures: list[str]
     report: Path
+    stages: StageTimes
 
 
-def _export_stages(run: Run, opts: PipelineOptions) -> list[str]:
+@contextmanager
+def timed(times: StageTimes, stage: str) -> Iterator[None]:
+    """Add the wall seconds of the block to ``times`` under ``stage`` (also when it raises)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times.seconds[stage] = round(times.seconds.get(stage, 0.0) + time.perf_counter() - start, 1)
+
+
+def _quantize(run: Run, opts: PipelineOptions, roles: list[str]) -> list[Artifact]:
+    from kdeploy.quantize import quantize
+
+    return quantize(
+        run,
+        int8=opts.int8,
+        method=opts.int8_method,
+        fp16=opts.fp16,
+        calib_samples=opts.calib_samples,
+        calib_method=opts.calib_method,
+        per_channel=opts.per_channel,
+        models=roles,
+        raise_on_fail=False,
+        target="tensorrt" if opts.tensorrt else "onnxruntime",
+    )  # fmt: skip; engines need TRT's form
+
+
+def _engines(run: Run, roles: list[str], made: list[Artifact]) -> list[Artifact]:
+    """TensorRT FP16 engines for ``roles``, INT8 engines for those whose static INT8 ONNX passed its gate."""
+    from kdeploy.export import export_tensorrt
+
+    engines = export_tensorrt(run, "fp16", roles, raise_on_fail=False)
+    int8_roles = [a.model for a in made if a.format == "onnx-int8" and a.usable]
+    return engines + (export_tensorrt(run, "int8", int8_roles, raise_on_fail=False) if int8_roles else [])
+
+
+def _export_stages(run: Run, opts: PipelineOptions, times: StageTimes) -> list[str]:
     """Export, quantize and (optionally) build engines for every model; returns the failures that fail the run.
 
     Every stage runs with ``raise_on_fail=False``: its failed artifacts are recorded in the manifest, left out
-    of the bench and listed in the report. Only a missed ONNX parity gate fails the run (a correctness error)."""
-    from kdeploy.export import export_onnx, export_tensorrt
-    from kdeploy.quantize import quantize
+    of the bench and listed in the report. Only a missed ONNX parity gate fails the run (a correctness error).
+    Each stage's wall time goes into ``times``."""
+    from kdeploy.export import export_onnx
     from kdeploy.rundata import run_recipe
 
-    exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
+    with timed(times, "export"):
+        exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
     fatal = [describe(a) for a in exported if a.failed]
     ok_roles = [a.model for a in exported if a.usable]
     made: list[Artifact] = []
     if ok_roles and (opts.int8 or opts.fp16):
-        made += quantize(
-            run,
-            int8=opts.int8,
-            method=opts.int8_method,
-            fp16=opts.fp16,
-            calib_samples=opts.calib_samples,
-            calib_method=opts.calib_method,
-            per_channel=opts.per_channel,
-            models=ok_roles,
-            raise_on_fail=False,
-            target="tensorrt" if opts.tensorrt else "onnxruntime",
-        )  # fmt: skip; engines need TRT's form
+        with timed(times, "quantize"):
+            made += _quantize(run, opts, ok_roles)
     if "student" in ok_roles and run_recipe(run).qat is not None:  # the recipe asks for quantization-aware KD
         from kdeploy.qat import qat
 
-        made.append(qat(run, raise_on_fail=False))
+        with timed(times, "qat"):
+            made.append(qat(run, raise_on_fail=False))
     if ok_roles and opts.tensorrt:
-        made += export_tensorrt(run, "fp16", ok_roles, raise_on_fail=False)
-        int8_roles = [a.model for a in made if a.format == "onnx-int8" and a.usable]
-        if int8_roles:
-            made += export_tensorrt(run, "int8", int8_roles, raise_on_fail=False)
+        with timed(times, "tensorrt"):
+            made += _engines(run, ok_roles, made)
     for art in made:
         if art.failed:
             progress.log(f"note: {art.id} missed its gate ({art.reason}); not benched")
     return fatal
+
+
+def _gate(run: Run, result: BenchResult, opts: PipelineOptions) -> GateVerdict | None:
+    """The deployment gate's verdict, written to ``gate.json`` (None, and no file, without a teacher row to
+    compare against)."""
+    if not (opts.gated or (opts.gate_batch in opts.bench.batch_sizes and "torch" in opts.bench.runtimes)):
+        run.gate_path.unlink(missing_ok=True)  # a gate from an earlier session would be stale
+        return None
+    gate = evaluate_gate(result.rows, opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
+    atomic.write_json(run.gate_path, gate.to_dict())
+    verdict = ("gate passed: " if gate.passed else "gate missed: ") if gate.gated else ""
+    progress.log(verdict + gate.message)
+    return gate
 
 
 def run_pipeline(
@@ -127,24 +171,23 @@ def run_pipeline(
     force: bool = False,
     options: PipelineOptions | None = None,
 ) -> PipelineResult:
-    """Everything from a recipe to ``report.md``; raises GateFailed (after writing the report) when a gate misses."""
+    """Everything from a recipe to ``report.md``; raises GateFailed (after writing the report) when a gate misses.
+    Each stage's wall time goes into ``stages.json`` and the report."""
     from kdeploy.distill import distill
 
     opts = options or PipelineOptions()
     opts.check()
-    run = distill(recipe, out=out, resume=resume, force=force)
-    fatal = _export_stages(run, opts)
-    result = bench(run, opts.bench)
-    gate: GateVerdict | None = None
-    if opts.gated or (opts.gate_batch in opts.bench.batch_sizes and "torch" in opts.bench.runtimes):
-        gate = evaluate_gate(result.rows, opts.max_accuracy_drop, opts.min_speedup, opts.gate_batch)
-        atomic.write_json(run.gate_path, gate.to_dict())
-        verdict = ("gate passed: " if gate.passed else "gate missed: ") if gate.gated else ""
-        progress.log(verdict + gate.message)
-    else:
-        run.gate_path.unlink(missing_ok=True)  # a gate from an earlier session would be stale
+    times = StageTimes()
+    with timed(times, "distill"):
+        run = distill(recipe, out=out, resume=resume, force=force)
+    fatal = _export_stages(run, opts, times)
+    with timed(times, "bench"):
+        result = bench(run, opts.bench)
+    gate = _gate(run, result, opts)
+    times.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    run.write_stage_times(times)
     report = write_report(run)
     problems = ([f"deployment gate: {gate.message}"] if gate and not gate.passed else []) + fatal
     if problems:
         raise GateFailed("; ".join(problems) + f" (report: {report})")
-    return PipelineResult(run, result, gate, fatal, report)
+    return PipelineResult(run, result, gate, fatal, report, times)

@@ -13,6 +13,7 @@ runs/<name>/
   export/              artifacts and manifest.json (export, quantize)
   bench.json           bench rows (+ bench.csv, bench.md, pareto.png)
   gate.json            the deployment gate's thresholds and verdict (`kdeploy run`)
+  stages.json          wall seconds of each stage of the last `kdeploy run`
   report.md            everything above in one page
 runs/latest -> <name>  the newest run
 ```
@@ -151,6 +152,33 @@ class RunMetrics:
         )
 
 
+@dataclass
+class StageTimes:
+    """``stages.json``: the wall seconds of each stage of the last ``kdeploy run``, in the order they ran."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    finished: str = ""  # ISO 8601, UTC
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def summary(self) -> str:
+        """``distill 250.1 s, export 14.0 s, ...; 320.6 s in all``."""
+        parts = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.seconds.items())
+        return f"{parts}; {self.total:.1f} s in all"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "total_seconds": round(self.total, 1), "finished": self.finished}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageTimes:
+        seconds = data.get("seconds")
+        if not isinstance(seconds, dict) or not all(isinstance(v, int | float) for v in seconds.values()):
+            raise ValueError("no seconds per stage")
+        return cls({str(k): float(v) for k, v in seconds.items()}, str(data.get("finished", "")))
+
+
 @dataclass(frozen=True)
 class WeightsMeta:
     """A weights file's kdeploy metadata (written by the trainer): what rebuilds the module and feeds it."""
@@ -226,6 +254,10 @@ class Run:
     def report_path(self) -> Path:
         return self.root / "report.md"
 
+    @property
+    def stages_path(self) -> Path:
+        return self.root / "stages.json"
+
     def weights_path(self, role: str) -> Path:
         return self.root / f"{role}.safetensors"
 
@@ -284,6 +316,20 @@ class Run:
 
     def write_metrics(self, metrics: RunMetrics) -> None:
         atomic.write_json(self.metrics_path, metrics.to_dict())
+
+    def read_stage_times(self) -> StageTimes | None:
+        """``stages.json`` (None when no `kdeploy run` finished here); a file it cannot read is a UserError."""
+        if not self.stages_path.is_file():
+            return None
+        try:
+            return StageTimes.from_dict(json.loads(self.stages_path.read_text(encoding="utf-8")))
+        except (ValueError, AttributeError):  # bad JSON or text, not an object, no seconds per stage
+            raise UserError(
+                f"{self.stages_path}: not a kdeploy stage-times file; delete it or re-run `kdeploy run`"
+            ) from None
+
+    def write_stage_times(self, times: StageTimes) -> None:
+        atomic.write_json(self.stages_path, times.to_dict())
 
     def read_history(self) -> list[dict[str, str]]:
         if not self.history_path.is_file():

@@ -55,10 +55,15 @@ def test_run_writes_everything_and_passes_a_met_gate(passed: tuple[Path, Result]
                key=lambda r: r["speedup"])  # fmt: skip
     assert gate["artifact"] == f"student:{best['format']}" and gate["speedup"] == pytest.approx(best["speedup"])
     report = (out / "report.md").read_text()
-    for part in ("## Recipe", "**PASSED**", "## Training", "## Benchmark", "![accuracy vs latency](pareto.png)",
-                 "## Export parity", "student:onnx-int8"):  # fmt: skip
+    for part in ("## Recipe", "**PASSED**", "## Training", "## Time", "## Benchmark",
+                 "![accuracy vs latency](pareto.png)", "## Export parity", "student:onnx-int8"):  # fmt: skip
         assert part in report
     assert "gate passed" in res.output
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages["seconds"]) == ["distill", "export", "quantize", "bench"]
+    assert all(s > 0 for s in stages["seconds"].values()), stages
+    assert stages["total_seconds"] == pytest.approx(sum(stages["seconds"].values()), abs=0.1)
+    assert f"time: distill {stages['seconds']['distill']:.1f} s" in res.output
 
 
 def test_impossible_speedup_exits_1_and_report_keeps_the_verdict(
@@ -78,6 +83,11 @@ def test_impossible_speedup_exits_1_and_report_keeps_the_verdict(
     (out / "gate.json").write_text(json.dumps({"passed": True}))
     res = invoke("report", str(out))
     assert res.exit_code == 2 and "not a kdeploy gate file" in res.output and "re-run `kdeploy run`" in res.output
+    (out / "gate.json").unlink()
+    for broken in ("{", json.dumps({"seconds": {"bench": "slow"}}), json.dumps([1])):
+        (out / "stages.json").write_text(broken)
+        res = invoke("report", str(out))
+        assert res.exit_code == 2 and "not a kdeploy stage-times file" in res.output, res.output
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from kdeploy.data.transforms import Augment
 from kdeploy.errors import UserError, first_line
 from kdeploy.recipe import ModelConfig, Recipe
 from kdeploy.rundata import run_recipe
-from kdeploy.runs import ModelMetrics, Run, saved_model_spec
+from kdeploy.runs import ModelMetrics, Run, StageTimes, saved_model_spec
 
 
 def write_bench_outputs(run: Run, result: BenchResult) -> list[Path]:
@@ -150,13 +150,17 @@ def report_markdown(
     bench: BenchResult | None,
     manifest: Manifest,
     gate: GateVerdict | None,
+    stages: StageTimes | None = None,
 ) -> str:
-    """``recipe``: the run's validated recipe, or why it could not be read (the rest of the report still renders)."""
+    """``recipe``: the run's validated recipe, or why it could not be read (the rest of the report still renders);
+    ``stages``: the wall time of each stage of the last `kdeploy run`, if one finished here."""
     name, section = (recipe.name, _recipe_section(recipe)) if isinstance(recipe, Recipe) else ("?", [f"- {recipe}"])
     parts = [f"# kdeploy report: {name}", "", "## Recipe", "", *section]
     if gate:
         parts += ["", "## Deployment gate", "", gate_markdown(gate)]
     parts += ["", "## Training (PyTorch, test set)", "", *_training_section(models)]
+    if stages:
+        parts += ["", "## Time", "", f"`kdeploy run`, wall time per stage ({stages.finished}): {stages.summary()}."]
     parts += ["", "## Benchmark", ""]
     parts += [bench_markdown(bench).rstrip()] if bench else ["Not benchmarked yet: run `kdeploy bench`."]
     parts += ["", "## Export parity (ONNX Runtime vs PyTorch)", "", *_parity_section(manifest)]
@@ -192,6 +196,6 @@ def write_report(run: Run) -> Path:
     if bench:
         write_bench_outputs(run, bench)
     gate = regate(run, bench)
-    text = report_markdown(recipe, run.model_metrics(), bench, read_manifest(run), gate)
+    text = report_markdown(recipe, run.model_metrics(), bench, read_manifest(run), gate, run.read_stage_times())
     text += curves_markdown(run.root, run.read_history())
     return atomic.write_text(run.report_path, text)
