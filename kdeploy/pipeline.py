@@ -186,7 +186,7 @@ def run_pipeline(
     gate = _gate(run, result, opts)
     times.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run.write_stage_times(times)
-    report = write_report(run)
+    report = write_report(run, render_bench=False)  # bench() has just written bench.md, bench.csv and the plots
     problems = ([f"deployment gate: {gate.message}"] if gate and not gate.passed else []) + fatal
     if problems:
         raise GateFailed("; ".join(problems) + f" (report: {report})")

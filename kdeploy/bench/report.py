@@ -189,11 +189,12 @@ def _read_recipe(run: Run) -> Recipe | str:
         return first_line(exc)
 
 
-def write_report(run: Run) -> Path:
-    """Re-render bench.csv/.md/pareto.png from bench.json (if any) and write ``report.md``; measures nothing."""
+def write_report(run: Run, render_bench: bool = True) -> Path:
+    """Re-render bench.csv/.md/pareto.png from bench.json (if any; ``render_bench=False`` when the bench that
+    wrote them just ran) and write ``report.md``; measures nothing."""
     recipe = _read_recipe(run)
     bench = read_bench(run) if run.bench_path.is_file() else None
-    if bench:
+    if bench and render_bench:
         write_bench_outputs(run, bench)
     gate = regate(run, bench)
     text = report_markdown(recipe, run.model_metrics(), bench, read_manifest(run), gate, run.read_stage_times())

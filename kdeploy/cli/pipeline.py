@@ -90,5 +90,5 @@ def run_all(
     if result.gate:
         verdict = "gate passed: " if result.gate.gated else ""
         out.print(verdict + result.gate.message, highlight=False, soft_wrap=True)
-    out.print(f"time: {result.stages.summary()}", highlight=False)
+    out.print(f"time: {result.stages.summary()}", highlight=False, soft_wrap=True)
     out.print(f"report: {result.report}", highlight=False)
