@@ -84,7 +84,7 @@ class PipelineResult:
 
 
 @contextmanager
-def timed(times: StageTimes, stage: str) -> Iterator[None]:
+def _timed(times: StageTimes, stage: str) -> Iterator[None]:
     """Add the wall seconds of the block to ``times`` under ``stage`` (also when it raises)."""
     start = time.perf_counter()
     try:
@@ -128,21 +128,21 @@ def _export_stages(run: Run, opts: PipelineOptions, times: StageTimes) -> list[s
     from kdeploy.export import export_onnx
     from kdeploy.rundata import run_recipe
 
-    with timed(times, "export"):
+    with _timed(times, "export"):
         exported = export_onnx(run, opset=opts.opset, raise_on_fail=False)
     fatal = [describe(a) for a in exported if a.failed]
     ok_roles = [a.model for a in exported if a.usable]
     made: list[Artifact] = []
     if ok_roles and (opts.int8 or opts.fp16):
-        with timed(times, "quantize"):
+        with _timed(times, "quantize"):
             made += _quantize(run, opts, ok_roles)
     if "student" in ok_roles and run_recipe(run).qat is not None:  # the recipe asks for quantization-aware KD
         from kdeploy.qat import qat
 
-        with timed(times, "qat"):
+        with _timed(times, "qat"):
             made.append(qat(run, raise_on_fail=False))
     if ok_roles and opts.tensorrt:
-        with timed(times, "tensorrt"):
+        with _timed(times, "tensorrt"):
             made += _engines(run, ok_roles, made)
     for art in made:
         if art.failed:
@@ -178,10 +178,10 @@ def run_pipeline(
     opts = options or PipelineOptions()
     opts.check()
     times = StageTimes()
-    with timed(times, "distill"):
+    with _timed(times, "distill"):
         run = distill(recipe, out=out, resume=resume, force=force)
     fatal = _export_stages(run, opts, times)
-    with timed(times, "bench"):
+    with _timed(times, "bench"):
         result = bench(run, opts.bench)
     gate = _gate(run, result, opts)
     times.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
