@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import typer
 
+import kdeploy
 from kdeploy.cli import app
 from kdeploy.errors import UserError
 from kdeploy.recipe import load_recipe
@@ -149,3 +150,16 @@ def test_documented_paths_exist(doc: str) -> None:
         names = [stem + alt + rest.partition("}")[2] for alt in rest.partition("}")[0].split(",")] if rest else [path]
         missing += [n for n in names if not PLACEHOLDER.search(n) and not (ROOT / n).exists()]
     assert not missing, f"{doc} cites missing files: {missing}"
+
+
+def test_documented_python_api_exists() -> None:
+    """``kdeploy.name(`` in the READMEs' python fences names a function the package exports."""
+    calls = {
+        name
+        for doc in DOCS
+        for lang, body in FENCE.findall((ROOT / doc).read_text())
+        if lang == "python"
+        for name in re.findall(r"\bkdeploy\.(\w+)\(", body)
+    }
+    assert len(calls) >= 5
+    assert not [name for name in sorted(calls) if not callable(getattr(kdeploy, name, None))]
