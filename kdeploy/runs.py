@@ -462,13 +462,18 @@ def saved_model_spec(path: Path) -> dict[str, Any] | None:
     return spec if isinstance(spec, dict) else None
 
 
+def spec_label(spec: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A registry spec's model as a user names it: the registered name (else the user target) and its kwargs."""
+    return spec.get("name") or spec.get("target"), spec.get("kwargs") or {}
+
+
 def model_fix(path: Path) -> str:
     """What to do when ``path``'s weights do not fit: a kdeploy-written file names the model it was saved from."""
     spec = saved_model_spec(path)
     if spec is None:
         return CHECK_MODEL
-    model = spec.get("name") or spec.get("target")
-    return f"the file holds model {model!r} with kwargs {spec.get('kwargs') or {}}: give the recipe that model"
+    model, kwargs = spec_label(spec)
+    return f"the file holds model {model!r} with kwargs {kwargs}: give the recipe that model"
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, fix: str = CHECK_MODEL) -> None:

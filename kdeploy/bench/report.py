@@ -23,7 +23,7 @@ from kdeploy.data.transforms import Augment
 from kdeploy.errors import UserError, first_line
 from kdeploy.recipe import ModelConfig, Recipe
 from kdeploy.rundata import run_recipe
-from kdeploy.runs import ModelMetrics, Run, StageTimes, saved_model_spec
+from kdeploy.runs import ModelMetrics, Run, StageTimes, saved_model_spec, spec_label
 
 
 def write_bench_outputs(run: Run, result: BenchResult) -> list[Path]:
@@ -76,8 +76,8 @@ def _named_model(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     """The recipe's model, or for a teacher given only by its checkpoint, the model that file records."""
     if cfg.model or cfg.target:
         return str(cfg.model or cfg.target), cfg.kwargs
-    saved = saved_model_spec(Path(str(cfg.checkpoint))) or {}
-    return saved.get("name") or saved.get("target") or "the checkpoint's model", saved.get("kwargs") or {}
+    name, kwargs = spec_label(saved_model_spec(Path(str(cfg.checkpoint))) or {})
+    return name or "the checkpoint's model", kwargs
 
 
 def _recipe_section(recipe: Recipe) -> list[str]:
