@@ -11,6 +11,7 @@ inside functions, since a lazy import is still a dependency):
 from __future__ import annotations
 
 import ast
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def _in(name: str, area: str) -> bool:
     return name == area or name.startswith(area + ".")
 
 
-def _violations(sources: tuple[str, ...], forbidden: tuple[str, ...], allowed: set[str] = frozenset()) -> list[str]:
+def _violations(sources: tuple[str, ...], forbidden: tuple[str, ...], allowed: Collection[str] = ()) -> list[str]:
     return sorted(
         f"{module} imports {name}"
         for module, names in imports().items()
