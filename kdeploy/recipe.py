@@ -121,6 +121,12 @@ class TrainConfig(_Strict):
     scale_lr: bool = Field(False, description="multiply lr by world size under torchrun/DDP")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when torch sees one")
     tensorboard: bool = Field(False, description="per-epoch scalars under <run>/tensorboard/<model>")
+    concurrent_students: bool | Literal["auto"] = Field(
+        "auto",
+        description="train the CE baseline and the distilled student side by side, each with half the threads; "
+        "auto: on one CPU process with 2+ threads when the student draws no global randomness in training (no "
+        "dropout), so both train as they would alone; true: whenever there is one process (no torch.compile)",
+    )
 
 
 class QatConfig(_Strict):

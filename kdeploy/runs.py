@@ -100,6 +100,7 @@ class ModelMetrics:
     train_seconds: float | None = None
     samples_per_second: float | None = None
     compile_seconds: float | None = None
+    train_threads: int | None = None  # intra-op threads it trained with (half the cores side by side)
     checkpoint: str | list[str] | None = None  # a teacher loaded from weights instead of trained
     method: str | None = None  # the student's distillation method
     teacher_outputs: str | None = None  # "cached", "cached, both flip views", "cached, N views", "per-batch", "unused"
@@ -107,7 +108,7 @@ class ModelMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "extra"}
-        for optional in ("compile_seconds", "checkpoint", "method", "teacher_outputs"):
+        for optional in ("compile_seconds", "train_threads", "checkpoint", "method", "teacher_outputs"):
             if out[optional] is None:
                 del out[optional]
         return {**out, **self.extra}

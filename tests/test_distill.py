@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -329,15 +330,15 @@ def test_each_model_can_have_its_own_augmentation(
 
     seen: list[tuple[str, object]] = []
     real_fit, real_iterate = trainer_module.Trainer.fit, trainer_module.iterate_batches_with_views
-    current: list[str] = []
+    current: dict[int, str] = {}  # per thread: baseline and student may train side by side
 
     def fit(self: object, role: str, *a: object, **kw: object) -> object:
-        current[:] = [role]
+        current[threading.get_ident()] = role
         return real_fit(self, role, *a, **kw)  # type: ignore[arg-type]
 
     def iterate(*a: object, **kw: object) -> object:
         if kw.get("shuffle"):
-            seen.append((current[0], kw.get("augment")))
+            seen.append((current[threading.get_ident()], kw.get("augment")))
         return real_iterate(*a, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(trainer_module.Trainer, "fit", fit)

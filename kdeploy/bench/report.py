@@ -98,7 +98,7 @@ def _recipe_section(recipe: Recipe) -> list[str]:
 def _training_section(models: dict[str, ModelMetrics]) -> list[str]:
     if not models:
         return ["No metrics.json (models were not trained in this folder)."]
-    headers = ["model", "test accuracy", "val accuracy", "params", "best epoch", "train s", "samples/s"]
+    headers = ["model", "test accuracy", "val accuracy", "params", "best epoch", "train s", "samples/s", "threads"]
     cells = [
         [
             role,
@@ -108,6 +108,7 @@ def _training_section(models: dict[str, ModelMetrics]) -> list[str]:
             "-" if m.best_epoch is None else str(m.best_epoch),
             num(m.train_seconds, ".1f"),
             num(m.samples_per_second, ",.0f"),
+            num(m.train_threads, "d"),
         ]
         for role, m in models.items()
     ]

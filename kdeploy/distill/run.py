@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.data import Augment, Dataset, Split
+from kdeploy.data import Augment, Dataset, Split, normalize
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
+from kdeploy.distill.side_by_side import draws_global_rng, train_side_by_side
 from kdeploy.distill.table_store import store_dir, stored_table
 from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer
@@ -261,34 +263,59 @@ class DistillSession:
         return self.trainer.prepare_teacher(teacher)
 
     def train_students(self, teacher: nn.Module) -> None:
-        """The CE-only baseline (when on), then the distilled student, from the same initialisation."""
-        recipe = self.recipe
-        students = self.students
-        jobs: list[tuple[str, Method]] = [("student", self.method)]
-        if recipe.baseline:
-            jobs.insert(0, ("baseline", create_method("ce", {})))
-        for role, job_method in jobs:
-            if self.done(role):
-                progress.log(f"{role}: done in an earlier session, kept")
-                continue
-            distilling = role == "student"
-            cached = self.cached_teacher(teacher, job_method) if distilling else None
-            result = self.trainer.fit(
-                role,
-                students[role],
-                recipe.student,
-                job_method,
-                self.run.state_path(role),
-                teacher=teacher if distilling else None,
-                cached_teacher=cached,
-                resume=self.resume,
-                tensorboard_dir=self.tensorboard_dir(role),
-            )
-            if distilling:
-                self.finish(role, students[role], recipe.student, result, method=recipe.distill.method,
+        """The CE-only baseline (when on) and the distilled student, from the same initialisation: side by side
+        when ``concurrent_students`` says so, else one after the other."""
+        jobs: dict[str, Method] = {"baseline": create_method("ce", {})} if self.recipe.baseline else {}
+        jobs["student"] = self.method
+        for role in [r for r in jobs if self.done(r)]:
+            progress.log(f"{role}: done in an earlier session, kept")
+            del jobs[role]
+        fits = {role: self.student_fit(role, method, teacher) for role, method in jobs.items()}
+        if self.side_by_side(list(fits)):
+            results = train_side_by_side(fits, self.trainer.stop)
+        else:
+            results = [(role, fit()) for role, fit in fits.items()]
+        for role, result in results:
+            if role == "student":
+                self.finish(role, self.students[role], self.recipe.student, result, method=self.recipe.distill.method,
                             teacher_outputs=self.teacher_outputs)  # fmt: skip
             else:
-                self.finish(role, students[role], recipe.student, result)
+                self.finish(role, self.students[role], self.recipe.student, result)
+
+    def student_fit(self, role: str, method: Method, teacher: nn.Module) -> Callable[[], Result]:
+        """``Trainer.fit`` for one student, ready to call; a teacher table it needs is computed here, first."""
+        distilling = role == "student"
+        return functools.partial(
+            self.trainer.fit,
+            role,
+            self.students[role],
+            self.recipe.student,
+            method,
+            self.run.state_path(role),
+            teacher=teacher if distilling else None,
+            cached_teacher=self.cached_teacher(teacher, method) if distilling else None,
+            resume=self.resume,
+            tensorboard_dir=self.tensorboard_dir(role),
+        )
+
+    def side_by_side(self, roles: list[str]) -> bool:
+        """Whether ``roles`` (both students) train at once: ``train.concurrent_students`` true needs one process
+        and no torch.compile; auto also a CPU, two or more threads and a student that draws no global
+        randomness in training (else each thread's draws would depend on the other's)."""
+        setting, train = self.recipe.train.concurrent_students, self.recipe.train
+        if setting is False or len(roles) < 2 or self.world.distributed or train.compile:
+            return False
+        threads = torch.get_num_threads()
+        if setting == "auto":
+            if self.world.device.type != "cpu" or threads < 2:
+                return False
+            sample = normalize(self.data.train.images[:2], self.data.mean, self.data.std)
+            if draws_global_rng(self.students["student"], sample):
+                progress.log("baseline and student train one after the other: the student draws random numbers")
+                return False
+        each = max(1, threads // len(roles))
+        progress.log(f"{' and '.join(roles)} train side by side, {each} thread{'s' if each > 1 else ''} each")
+        return True
 
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
         """The teacher's logits for every training image in each view the student's augmentation can make of it
@@ -387,4 +414,5 @@ def model_entry(result: Result, model: nn.Module, compiled: bool) -> ModelMetric
         train_seconds=round(result.train_seconds, 3),
         samples_per_second=round(result.samples_per_second, 1),
         compile_seconds=round(result.compile_seconds, 3) if compiled else None,
+        train_threads=result.threads,
     )

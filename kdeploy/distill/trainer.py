@@ -9,6 +9,7 @@ The state is saved and restored only by ``TrainState`` (``state.py``); resuming 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -47,6 +48,12 @@ class Result:
     history: list[dict[str, Any]]
     last_accuracy: float = float("nan")  # test accuracy after the last epoch
     compile_seconds: float = 0.0  # torch.compile warm-up, not part of train_seconds
+    threads: int | None = None  # torch's intra-op threads while it trained
+
+
+class Stopped(Exception):
+    """Raised in a training loop whose ``Trainer.stop`` is set: a model training beside it failed, or the user
+    interrupted the run (``side_by_side``)."""
 
 
 @dataclass
@@ -99,6 +106,7 @@ class Trainer:
         # Late in training, tiny gradients and softmax tails become denormal floats, which x86 CPUs process up to
         # ~100x slower; flushing them to zero keeps the epoch rate steady (the values are below 1e-38).
         torch.set_flush_denormal(True)
+        self.stop = threading.Event()  # set: every training loop of this trainer ends at its next step
 
     @property
     def device(self) -> torch.device:
@@ -300,6 +308,8 @@ class Trainer:
         )
         with progress.task(f"{job.role} epoch {epoch + 1}/{job.cfg.epochs}", job.steps_per_epoch) as bar:
             for step, (x, y, idx, view) in enumerate(batches):
+                if self.stop.is_set():
+                    raise Stopped(f"{job.role}: stopped in epoch {epoch + 1}")
                 batch = self.make_batch(job, x, y, idx, epoch, mix_rng, view)
                 look = (step + 1) % sync_every == 0 or step + 1 == job.steps_per_epoch
                 loss = self.train_iter(job, batch, sums, look)
@@ -395,6 +405,7 @@ class Trainer:
             history=state.history,
             last_accuracy=last_acc,
             compile_seconds=compile_seconds,
+            threads=torch.get_num_threads(),
         )
 
     # ---- helpers -------------------------------------------------------------------------------------
