@@ -20,6 +20,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from kdeploy.distill import distill
+from kdeploy.recipe import validate
 from kdeploy.runs import ROLES, read_meta
 
 from .cli_helpers import NOISE, cli_command, cli_env, run_cli
@@ -183,3 +185,33 @@ def test_resumed_run_equals_an_uninterrupted_run(scenario: Scenario) -> None:
 
     assert rows(scenario.cut) == rows(scenario.reference)
     assert not list((scenario.cut / "state").glob("*.pt")), "resume state is removed once every model finished"
+
+
+def test_sigint_while_the_students_train_side_by_side(mnist_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches the main thread; both training threads stop within a step, and --resume finishes the pair
+    as an uninterrupted side-by-side run (here in this process) does."""
+    raw = interrupt_recipe(mnist_root)
+    raw["train"]["threads"] = 2
+    raw["teacher"] = {"model": "mlp", "kwargs": {"hidden": [64]}, "epochs": 1, "lr": 0.002}
+    raw["student"] = {"model": "mlp", "kwargs": {"hidden": [128]}, "epochs": 4, "lr": 0.003}
+    recipe = write_recipe(tmp_path / "pair.yaml", raw)
+    threads = torch.get_num_threads()
+    try:
+        reference = distill(validate(raw), out=tmp_path / "reference")
+    finally:
+        torch.set_num_threads(threads)
+
+    base = ["distill", str(recipe), "--out", str(tmp_path / "cut")]
+    got = run_until(base, tmp_path, tmp_path / "cut" / "state" / "baseline.pt", signal.SIGINT)
+    assert got.returncode == 130, got.stderr
+    assert "baseline and student train side by side, 1 thread each" in got.stderr
+    assert got.stderr.splitlines()[-1].startswith("interrupted: nothing partial was written"), got.stderr
+    assert got.seconds_after_signal < 10
+    names = check_every_file_loads(tmp_path / "cut")
+    assert "baseline.safetensors" not in names and "student.safetensors" not in names, names
+
+    final = run_cli(["-q", *base, "--resume"], tmp_path, timeout=300)
+    assert final.returncode == 0, final.stderr
+    for role in ROLES:
+        a, b = load_file(reference.weights_path(role)), load_file(tmp_path / "cut" / f"{role}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{role} differs after SIGINT + resume side by side"
