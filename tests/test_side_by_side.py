@@ -103,7 +103,7 @@ def test_a_student_with_dropout_trains_after_the_baseline(mnist_root: Path, tmp_
     raw["student"]["kwargs"]["dropout"] = 0.2
     with reporting_to(Capture()) as capture:
         distill(validate(raw), out=tmp_path / "run")
-    assert any("one after the other: the student draws random numbers" in line for line in capture.lines)
+    assert any("one after the other: the student draws from torch's global RNG" in line for line in capture.lines)
     raw["train"]["concurrent_students"] = False
     with reporting_to(Capture()) as capture:
         distill(validate(raw), out=tmp_path / "off")

@@ -311,7 +311,10 @@ class DistillSession:
                 return False
             sample = normalize(self.data.train.images[:2], self.data.mean, self.data.std)
             if draws_global_rng(self.students["student"], sample):
-                progress.log("baseline and student train one after the other: the student draws random numbers")
+                progress.log(
+                    "baseline and student train one after the other: the student draws from torch's global RNG in "
+                    "training (dropout?), which side by side would tie both to thread timing"
+                )
                 return False
         each = max(1, threads // len(roles))
         progress.log(f"{' and '.join(roles)} train side by side, {each} thread{'s' if each > 1 else ''} each")
