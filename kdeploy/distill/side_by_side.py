@@ -1,7 +1,7 @@
 """The CE baseline and the distilled student trained side by side: two threads, each with its share of the cores.
 
 Neither student needs the other, and small models use two cores poorly: on two cores of a first-generation EPYC
-the demo's 784-800-10 MLP steps 1.64x faster with two threads than with one, so two one-thread trainings at once
+the demo's 784-800-10 MLP steps about 1.5x faster with two threads than with one, so two one-thread trainings at once
 finish the pair sooner than two two-thread trainings in turn. PyTorch's kernels release the GIL and each thread
 runs its own ``Job``; the shuffling, augmentation and mixing RNGs are explicit generators (``epoch_generator``),
 so each model trains exactly as it would alone with the same thread count. A model that draws from the global RNG
