@@ -108,3 +108,32 @@ def test_a_student_with_dropout_trains_after_the_baseline(mnist_root: Path, tmp_
     with reporting_to(Capture()) as capture:
         distill(validate(raw), out=tmp_path / "off")
     assert not any("side by side" in line or "one after the other" in line for line in capture.lines)
+
+
+def test_progress_bars_of_two_threads_share_one_live_display() -> None:
+    """rich allows one live display per console: tasks open at once get a bar each in it, and it ends with them."""
+    import io
+
+    from rich.console import Console
+
+    from kdeploy.cli.reporter import RichReporter
+
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=True, width=100))
+    both_open = threading.Barrier(2, timeout=10)
+
+    def train(role: str) -> None:
+        with reporter.task(f"{role} epoch 1/1", total=3) as bar:
+            both_open.wait()
+            for _ in range(3):
+                bar.update(1, loss=0.5)
+            both_open.wait()
+
+    threads = [threading.Thread(target=train, args=(role,)) for role in ("baseline", "student")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert reporter._bars is None and reporter._open == 0, "the live display ends with its last task"
+    assert "baseline epoch 1/1" in out.getvalue() and "student epoch 1/1" in out.getvalue()
