@@ -94,6 +94,8 @@ def test_side_by_side_trains_the_models_one_after_the_other_would(mnist_root: Pa
         a, b = _weights(side.root, role), _weights(alone.root, role)
         assert all(torch.equal(a[k], b[k]) for k in a), f"{role} weights differ side by side"
     assert side.model_metrics()["student"].accuracy == alone.model_metrics()["student"].accuracy
+    threads_of = {role: m.train_threads for role, m in side.model_metrics().items()}
+    assert threads_of == {"teacher": 2, "baseline": 1, "student": 1}, "metrics.json records each model's threads"
     rows = [(r["model"], r["epoch"], r["loss"]) for r in side.read_history() if r["model"] != "teacher"]
     assert rows == [(r["model"], r["epoch"], r["loss"]) for r in alone.read_history() if r["model"] != "teacher"]
 
