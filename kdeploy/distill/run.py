@@ -19,7 +19,7 @@ from kdeploy.data import Augment, Dataset, Split, normalize
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
 from kdeploy.distill.methods import Method, create_method
-from kdeploy.distill.side_by_side import draws_global_rng, train_side_by_side
+from kdeploy.distill.side_by_side import draws_global_rng, threads_each, train_side_by_side
 from kdeploy.distill.table_store import store_dir, stored_table
 from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer
@@ -302,12 +302,11 @@ class DistillSession:
         """Whether ``roles`` (both students) train at once: ``train.concurrent_students`` true needs one process
         and no torch.compile; auto also a CPU, two or more threads and a student that draws no global
         randomness in training (else each thread's draws would depend on the other's)."""
-        setting, train = self.recipe.train.concurrent_students, self.recipe.train
-        if setting is False or len(roles) < 2 or self.world.distributed or train.compile:
+        setting = self.recipe.train.concurrent_students
+        if setting is False or len(roles) < 2 or self.world.distributed or self.recipe.train.compile:
             return False
-        threads = torch.get_num_threads()
         if setting == "auto":
-            if self.world.device.type != "cpu" or threads < 2:
+            if self.world.device.type != "cpu" or torch.get_num_threads() < 2:
                 return False
             sample = normalize(self.data.train.images[:2], self.data.mean, self.data.std)
             if draws_global_rng(self.students["student"], sample):
@@ -316,7 +315,7 @@ class DistillSession:
                     "training (dropout?), which side by side would tie both to thread timing"
                 )
                 return False
-        each = max(1, threads // len(roles))
+        each = threads_each(len(roles))
         progress.log(f"{' and '.join(roles)} train side by side, {each} thread{'s' if each > 1 else ''} each")
         return True
 

@@ -36,24 +36,28 @@ def draws_global_rng(model: nn.Module, images: Tensor) -> bool:
         torch.set_rng_state(state)
 
 
+def threads_each(jobs: int) -> int:
+    """The intra-op threads each of ``jobs`` trainings side by side gets: an equal share, at least one."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def _first_error(futures: list[Future[Result]]) -> BaseException | None:
     """The error that stopped the pair: a real one before the ``Stopped`` it caused in the other thread."""
-    errors = [f.exception() for f in futures if f.done() and f.exception() is not None]
+    errors = [e for f in futures if f.done() and (e := f.exception()) is not None]
     return next((e for e in errors if not isinstance(e, Stopped)), errors[0] if errors else None)
 
 
 def train_side_by_side(fits: dict[str, Callable[[], Result]], stop: threading.Event) -> list[tuple[str, Result]]:
-    """Run every ``fits`` callable in its own thread with ``torch.get_num_threads() // len(fits)`` intra-op threads
-    (at least one); return ``(role, result)`` in ``fits``' order once all have finished. When one fails, or the
-    caller is interrupted, ``stop`` is set (the trainer checks it every step), the others end, and the first
-    real error is raised."""
+    """Run every ``fits`` callable in its own thread with ``threads_each(len(fits))`` intra-op threads; return
+    ``(role, result)`` in ``fits``' order once all have finished. When one fails, or the caller is interrupted,
+    ``stop`` is set (the trainer checks it every step), the others end, and the first real error is raised."""
 
     def work(fit: Callable[[], Result]) -> Result:
         torch.set_flush_denormal(True)  # per-thread CPU state, as the trainer sets it for the main thread
         return fit()
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // len(fits)))
+    torch.set_num_threads(threads_each(len(fits)))
     try:
         with ThreadPoolExecutor(len(fits), thread_name_prefix="kdeploy-train") as pool:
             futures = [pool.submit(work, fit) for fit in fits.values()]
