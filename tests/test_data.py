@@ -563,3 +563,26 @@ def test_tarball_bytes_roundtrip(tmp_path: Path) -> None:
     ds = load_dataset("imagefolder", root=tmp_path / "set.tar", val_size=0)
     assert ds.classes == ["x", "y"] and len(ds.train) == 2 and len(ds.test) == 2
     assert int(ds.train.images.max()) == 9
+
+
+def test_cutout_zeroes_one_clipped_square_after_the_same_shifts() -> None:
+    """Cutout zeroes an N×N square per image (clipped at the borders, centred anywhere) on top of exactly the
+    shifts and flips a recipe without it draws; its images are not tabular, so no teacher table stands in."""
+    x = _batch(n=64, h=12, w=12)  # every pixel is nonzero, so zeros are the square
+    aug = Augment(translate=1, flip=True, cutout=4)
+    out, view = augment_with_views(x, aug, torch.Generator().manual_seed(7))
+    plain, plain_view = augment_with_views(x, Augment(translate=1, flip=True), torch.Generator().manual_seed(7))
+    assert torch.equal(view, plain_view) and aug.enabled and not aug.tabular and Augment(translate=1).tabular
+    zero = out == 0
+    assert torch.equal(zero.all(1), zero.any(1))  # one square through every channel
+    kept = ~zero
+    assert torch.equal(out[kept], plain[kept])  # only the square changed, shifts and flips as before
+    sizes = set()
+    for i in range(len(x)):
+        cut = zero[i, 0] & (plain[i, 0] != 0)  # the square inside the shifted image
+        rows, cols = cut.any(1).nonzero().flatten(), cut.any(0).nonzero().flatten()
+        assert int(cut.sum()) == len(rows) * len(cols) <= 16, f"image {i}: not one square"
+        sizes.add((len(rows), len(cols)))
+    assert (4, 4) in sizes and len(sizes) > 2  # whole squares inside, clipped ones at the borders
+    only, only_view = augment_with_views(x, Augment(cutout=3), torch.Generator().manual_seed(1))
+    assert only_view is not None and not bool(only_view.any()) and int((only == 0).sum()) > 0

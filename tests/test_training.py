@@ -127,8 +127,14 @@ def test_mixup_student_and_live_teacher_see_the_same_batch(mnist_root: Path, tmp
     assert math.isfinite(result.history[0]["loss"]) and result.history[0]["samples"] == n
 
 
-def test_student_with_mixup_uses_the_live_teacher(mnist_root: Path, tmp_path: Path) -> None:
-    raw = tiny_recipe(mnist_root, student__mixup=0.2, student__augment={}, student__epochs=1, teacher__epochs=1)
+@pytest.mark.parametrize(
+    "student", [{"mixup": 0.2, "augment": {}}, {"augment": {"cutout": 6}}], ids=["mixup", "cutout"]
+)
+def test_student_with_mixup_or_cutout_uses_the_live_teacher(
+    mnist_root: Path, tmp_path: Path, student: dict[str, Any]
+) -> None:
+    options = {f"student__{key}": value for key, value in student.items()}
+    raw = tiny_recipe(mnist_root, **options, student__epochs=1, teacher__epochs=1)
     run = distill(validate(raw), out=tmp_path / "run")
     assert json.loads(run.metrics_path.read_text())["teacher_outputs"] == "per-batch"
 

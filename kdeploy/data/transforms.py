@@ -1,4 +1,4 @@
-"""Whole-batch image ops on uint8 tensors: augmentation (random crop, flip, translate) and normalisation."""
+"""Whole-batch image ops on uint8 tensors: augmentation (random crop, flip, translate, cutout) and normalisation."""
 
 from __future__ import annotations
 
@@ -15,10 +15,19 @@ class Augment(pydantic.BaseModel, extra="forbid"):
     crop_padding: int = pydantic.Field(0, ge=0, description="random crop with this much zero padding (pixels)")
     flip: bool = pydantic.Field(False, description="random horizontal flip")
     translate: int = pydantic.Field(0, ge=0, description="random shift by up to ±N pixels (Hinton et al. 'jitter')")
+    cutout: int = pydantic.Field(
+        0, ge=0, description="zero a random N×N square per image, clipped at the borders (DeVries & Taylor 2017)"
+    )
 
     @property
     def enabled(self) -> bool:
-        return bool(self.crop_padding or self.flip or self.translate)
+        return bool(self.crop_padding or self.flip or self.translate or self.cutout)
+
+    @property
+    def tabular(self) -> bool:
+        """Whether every augmented image is one of ``num_views`` fixed views, so that a table of a model's outputs
+        per view can stand in for running it on each batch. Cutout squares are not counted among the views."""
+        return not self.cutout
 
     @property
     def shift(self) -> int:
@@ -70,7 +79,8 @@ def augment_with_views(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``augment_batch`` plus each image's view: int64, per image, the index of its shift and flip among
     ``aug.num_views`` (``view_images``' numbering), so that outputs cached per view can be looked up for the same
-    random draws. None when ``aug`` is off. With flips only, view 0 is the image as stored and view 1 its mirror."""
+    random draws. None when ``aug`` is off. With flips only, view 0 is the image as stored and view 1 its mirror.
+    A cutout square is not part of the view (``Augment.tabular``)."""
     if not aug.enabled:
         return images_uint8, None
     if images_uint8.dim() != 4:
@@ -89,7 +99,24 @@ def augment_with_views(
         flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(dev)
     m, flips = aug.shift, 2 if aug.flip else 1
     view = ((dy + m) * (2 * m + 1) + (dx + m)) * flips + flip.long()
-    return _shift_and_flip(x, dy, dx, flip if aug.flip else None, m), view
+    out = _shift_and_flip(x, dy, dx, flip if aug.flip else None, m) if m or aug.flip else x
+    if aug.cutout:
+        out = _cutout(out, aug.cutout, generator)
+    return out, view
+
+
+def _cutout(x: torch.Tensor, side: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Each image with a ``side``×``side`` square set to 0, centred on a uniformly drawn pixel (drawn after the
+    shifts and flips, so a recipe without cutout draws what it drew before the key existed)."""
+    n, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    cy = torch.randint(0, h, (n,), generator=generator, device=gen_device).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=gen_device).to(x.device)
+    y0, x0 = (cy - side // 2)[:, None], (cx - side // 2)[:, None]
+    rows, cols = torch.arange(h, device=x.device)[None, :], torch.arange(w, device=x.device)[None, :]
+    inside_rows = (rows >= y0) & (rows < y0 + side)
+    inside_cols = (cols >= x0) & (cols < x0 + side)
+    return x.masked_fill((inside_rows[:, :, None] & inside_cols[:, None, :])[:, None], 0)
 
 
 def _shift_and_flip(

@@ -322,7 +322,7 @@ class DistillSession:
     def cached_teacher(self, teacher: nn.Module, method: Method) -> Tensor | None:
         """The teacher's logits for every training image in each view the student's augmentation can make of it
         (the image itself; with flips its mirror image; with shifts each shift: ``Augment.num_views``), when that
-        table pays (``table_pays``), the student trains without mixup/cutmix and the method needs no teacher
+        table pays (``table_pays``), the student trains without mixup/cutmix/cutout and the method needs no teacher
         features; else None (live teacher on the very batch the student sees, or no teacher at all for a method
         that does not use one, such as ``ce``)."""
         if not method.needs_teacher:
@@ -333,7 +333,9 @@ class DistillSession:
         if self.recipe.train.teacher_cache == "never" or cfg.mixup or cfg.cutmix or t_paths:
             return None
         size = self.data.table_pool_size()
-        if augment is not None and not table_pays(augment.num_views, cfg.epochs, size, self.data.num_classes):
+        if augment is not None and not (
+            augment.tabular and table_pays(augment.num_views, cfg.epochs, size, self.data.num_classes)
+        ):
             return None
         return self.teacher_table(teacher, augment)
 
