@@ -345,8 +345,11 @@ def test_each_model_can_have_its_own_augmentation(
     monkeypatch.setattr(trainer_module, "iterate_batches_with_views", iterate)
     raw = tiny_recipe(mnist_root, data__augment={"translate": 2}, student__augment={})
     run = distill(validate(raw), out=tmp_path / "run")
-    augment = {role: {a.model_dump_json() if a else None for r, a in seen if r == role} for role, _ in seen}
-    assert augment["teacher"] == {'{"crop_padding":0,"flip":false,"translate":2}'}
+    augment = {
+        role: {a.model_dump_json(exclude_defaults=True) if a else None for r, a in seen if r == role}
+        for role, _ in seen
+    }
+    assert augment["teacher"] == {'{"translate":2}'}
     assert augment["baseline"] == augment["student"] == {None}
     assert json.loads(run.metrics_path.read_text())["teacher_outputs"] == "cached"
     from kdeploy.bench.report import _recipe_section
