@@ -69,7 +69,8 @@ def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Gen
     """Random crop-with-padding, horizontal flip and translation of a uint8 N×C×H×W batch, in one gather.
 
     Crop with padding ``p`` is a zero-filled shift by up to ±p; ``translate`` adds a further shift of up to
-    ±t; the two compose into one zero-filled shift. Flip happens after the shift (the same distribution).
+    ±t; the two compose into one zero-filled shift. Flip happens after the shift (the same distribution), and
+    cutout squares after both.
     """
     return augment_with_views(images_uint8, aug, generator)[0]
 
