@@ -60,9 +60,14 @@ def normalize(
     return torch.addcmul(-m / s, images_uint8.to(torch.float32), scale)
 
 
-def _randint(bound: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randint(-bound, bound + 1, (n,), generator=generator, device=gen_device).to(device)
+def _draw_device(generator: torch.Generator | None) -> torch.device:
+    """Where ``generator`` draws (the CPU without one): the draws are made there, then moved to the images."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _randint(low: int, high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``n`` integers in [low, high), drawn from ``generator`` and placed on ``device``."""
+    return torch.randint(low, high, (n,), generator=generator, device=_draw_device(generator)).to(device)
 
 
 def augment_batch(images_uint8: torch.Tensor, aug: Augment, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,12 +97,11 @@ def augment_with_views(
     dx = torch.zeros(n, dtype=torch.int64, device=dev)
     for bound in (aug.crop_padding, aug.translate):
         if bound:
-            dy += _randint(bound, n, generator, dev)
-            dx += _randint(bound, n, generator, dev)
+            dy += _randint(-bound, bound + 1, n, generator, dev)
+            dx += _randint(-bound, bound + 1, n, generator, dev)
     flip = torch.zeros(n, dtype=torch.bool, device=dev)
     if aug.flip:
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        flip = (torch.rand(n, generator=generator, device=gen_device) < 0.5).to(dev)
+        flip = (torch.rand(n, generator=generator, device=_draw_device(generator)) < 0.5).to(dev)
     m, flips = aug.shift, 2 if aug.flip else 1
     view = ((dy + m) * (2 * m + 1) + (dx + m)) * flips + flip.long()
     out = _shift_and_flip(x, dy, dx, flip if aug.flip else None, m) if m or aug.flip else x
@@ -110,9 +114,7 @@ def _cutout(x: torch.Tensor, side: int, generator: torch.Generator | None) -> to
     """Each image with a ``side``×``side`` square set to 0, centred on a uniformly drawn pixel (drawn after the
     shifts and flips, so a recipe without cutout draws what it drew before the key existed)."""
     n, _, h, w = x.shape
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    cy = torch.randint(0, h, (n,), generator=generator, device=gen_device).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=generator, device=gen_device).to(x.device)
+    cy, cx = _randint(0, h, n, generator, x.device), _randint(0, w, n, generator, x.device)
     y0, x0 = (cy - side // 2)[:, None], (cx - side // 2)[:, None]
     rows, cols = torch.arange(h, device=x.device)[None, :], torch.arange(w, device=x.device)[None, :]
     inside_rows = (rows >= y0) & (rows < y0 + side)

@@ -330,12 +330,11 @@ class DistillSession:
         cfg = self.recipe.student
         _, t_paths = method.feature_layers()
         augment = self.trainer.augment_for(cfg)
-        if self.recipe.train.teacher_cache == "never" or cfg.mixup or cfg.cutmix or t_paths:
+        unviewed = cfg.mixup or cfg.cutmix or (augment is not None and not augment.tabular)  # no fixed views
+        if self.recipe.train.teacher_cache == "never" or unviewed or t_paths:
             return None
         size = self.data.table_pool_size()
-        if augment is not None and not (
-            augment.tabular and table_pays(augment.num_views, cfg.epochs, size, self.data.num_classes)
-        ):
+        if augment is not None and not table_pays(augment.num_views, cfg.epochs, size, self.data.num_classes):
             return None
         return self.teacher_table(teacher, augment)
 
