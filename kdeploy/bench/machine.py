@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
-from pathlib import Path
 
 from kdeploy import progress
 from kdeploy.bench.records import BenchMachine
 from kdeploy.bench.settings import BenchSettings
+from kdeploy.cores import busy_cores
 from kdeploy.runs import available_cores, environment, package_versions
 
 
@@ -34,41 +33,6 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:
-    """(busy, total) clock ticks of ``cpus`` since boot, from /proc/stat (Linux); None elsewhere."""
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return None
-    busy = total = 0
-    for line in lines:
-        name, *values = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
-            total += sum(ticks)
-            busy += sum(ticks) - ticks[3] - ticks[4]
-    return (busy, total) if total else None
-
-
-def busy_cores(window: float = 0.5) -> float | None:
-    """How many of this process's cores other processes kept busy over the next ``window`` seconds.
-
-    Sampled from /proc/stat on the cores this process may use, minus this process's own CPU time; unlike the load
-    average it does not remember the training that just finished in this process. None where /proc is missing."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:
-        return None
-    before, own, start = _cpu_jiffies(cpus), time.process_time(), time.perf_counter()
-    time.sleep(window)
-    after = _cpu_jiffies(cpus)
-    own, elapsed = time.process_time() - own, time.perf_counter() - start
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    used = (after[0] - before[0]) / (after[1] - before[1]) * len(cpus)
-    return round(max(0.0, used - own / elapsed), 2)
 
 
 def warn_if_busy(threads: int) -> float | None:

@@ -1,0 +1,60 @@
+"""Whether other processes compete for this process's cores (Linux ``/proc/stat``; elsewhere nothing is known).
+
+Bench timings and CPU training both suffer: latencies turn noisy, and intra-op threads that outnumber the free
+cores wait on each other (three 2-thread trainings on 2 cores ran 4.5x slower per process than three 1-thread ones).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+
+
+def cpu_jiffies(cpus: set[int], stat: Path = PROC_STAT) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of ``cpus`` since boot, from /proc/stat (Linux); None elsewhere."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(v) for v in values[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(ticks)
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    return (busy, total) if total else None
+
+
+def busy_cores(window: float = 0.5) -> float | None:
+    """How many of this process's cores other processes kept busy over the next ``window`` seconds.
+
+    Sampled from /proc/stat on the cores this process may use, minus this process's own CPU time; unlike the load
+    average it does not remember work that just finished in this process. None where /proc is missing."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+    before, own, start = cpu_jiffies(cpus), time.process_time(), time.perf_counter()
+    time.sleep(window)
+    after = cpu_jiffies(cpus)
+    own, elapsed = time.process_time() - own, time.perf_counter() - start
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    used = (after[0] - before[0]) / (after[1] - before[1]) * len(cpus)
+    return round(max(0.0, used - own / elapsed), 2)
+
+
+def oversubscribed(busy: float | None, threads: int, cores: int) -> str | None:
+    """The one-line warning for training on ``threads`` intra-op threads while other processes keep ``busy`` of
+    the ``cores`` busy, when fewer threads would fit beside them; None when they fit or ``busy`` is unknown."""
+    fits = max(1, round(cores - busy)) if busy is not None else threads
+    if threads <= fits:
+        return None
+    return (
+        f"warning: other processes keep {busy:.1f} of {cores} cores busy, and training on {threads} threads beside "
+        f"them can run several times slower; --set train.threads={fits} leaves them their share"
+    )
