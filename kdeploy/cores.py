@@ -48,7 +48,7 @@ def busy_cores(window: float = 0.5) -> float | None:
     return round(max(0.0, used - own / elapsed), 2)
 
 
-def oversubscribed(busy: float | None, threads: int, cores: int) -> str | None:
+def oversubscription_warning(busy: float | None, threads: int, cores: int) -> str | None:
     """The one-line warning for training on ``threads`` intra-op threads while other processes keep ``busy`` of
     the ``cores`` busy, when fewer threads would fit beside them; None when they fit or ``busy`` is unknown."""
     fits = max(1, round(cores - busy)) if busy is not None else threads

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kdeploy.cores import busy_cores, oversubscribed
+from kdeploy.cores import busy_cores, oversubscription_warning
 from kdeploy.distill import distill
 from kdeploy.recipe import validate
 from kdeploy.runs import available_cores
@@ -56,7 +56,7 @@ def test_busy_cores_sees_another_process_spinning() -> None:
 def test_oversubscribed_names_the_thread_count_that_fits(
     busy: float | None, threads: int, cores: int, advice: str | None
 ) -> None:
-    line = oversubscribed(busy, threads, cores)
+    line = oversubscription_warning(busy, threads, cores)
     if advice is None:
         assert line is None
     else:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.cores import busy_cores, oversubscribed
+from kdeploy.cores import busy_cores, oversubscription_warning
 from kdeploy.data import Augment, Dataset, Split, normalize
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
@@ -175,7 +175,7 @@ def distill(
 def warn_if_oversubscribed() -> None:
     """One warning line when other processes leave fewer free cores than the threads CPU training will use
     (sampled for 0.1 s: the ticks of 2 cores tell a busy core from an idle one)."""
-    line = oversubscribed(busy_cores(window=0.1), torch.get_num_threads(), available_cores())
+    line = oversubscription_warning(busy_cores(window=0.1), torch.get_num_threads(), available_cores())
     if line:
         progress.log(line)
 
