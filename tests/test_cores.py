@@ -43,28 +43,25 @@ def test_busy_cores_sees_another_process_spinning() -> None:
 
 
 @pytest.mark.parametrize(
-    ("busy", "threads", "cores", "advice"),
+    ("busy", "threads", "cores", "fits"),
     [
-        (None, 2, 2, None),  # nothing known
+        (None, 2, 2, None),  # nothing known: no warning
         (0.3, 2, 2, None),  # a quiet machine
-        (1.0, 2, 2, "train.threads=1"),  # one busy core: one thread fits
-        (3.9, 2, 2, "train.threads=1"),  # every core busy: one thread each is the least
+        (1.0, 2, 2, 1),  # one busy core: one thread fits
+        (3.9, 2, 2, 1),  # every core busy: one thread is the least to advise
         (3.9, 1, 2, None),  # already one thread
-        (2.2, 8, 8, "train.threads=6"),
+        (2.2, 8, 8, 6),
     ],
 )
-def test_oversubscribed_names_the_thread_count_that_fits(
-    busy: float | None, threads: int, cores: int, advice: str | None
+def test_oversubscription_warning_names_the_thread_count_that_fits(
+    busy: float | None, threads: int, cores: int, fits: int | None
 ) -> None:
     line = oversubscription_warning(busy, threads, cores)
-    if advice is None:
+    if fits is None:
         assert line is None
     else:
-        assert (
-            line is not None
-            and line.startswith("warning: other processes keep")
-            and line.endswith(f"--set train.threads={advice.split('=')[1]} leaves them their share")
-        )
+        assert line is not None and line.startswith(f"warning: other processes keep {busy:.1f} of {cores} cores busy")
+        assert line.endswith(f"--set train.threads={fits} leaves them their share")
 
 
 @needs_proc_stat
