@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC_STAT = Path("/proc/stat")
 
 
-def cpu_jiffies(cpus: set[int], stat: Path = PROC_STAT) -> tuple[int, int] | None:
+def _cpu_jiffies(cpus: frozenset[int]) -> tuple[int, int] | None:
     """(busy, total) clock ticks of ``cpus`` since boot, from /proc/stat (Linux); None elsewhere."""
     try:
-        lines = stat.read_text().splitlines()
+        lines = PROC_STAT.read_text().splitlines()
     except OSError:
         return None
     busy = total = 0
@@ -30,23 +31,44 @@ def cpu_jiffies(cpus: set[int], stat: Path = PROC_STAT) -> tuple[int, int] | Non
     return (busy, total) if total else None
 
 
+@dataclass(frozen=True)
+class CoreSample:
+    """A busy-core measurement begun now and read later (``busy``), so that its window can overlap this process's
+    own work: the CPU time this process spends in between is subtracted."""
+
+    cpus: frozenset[int]
+    jiffies: tuple[int, int] | None
+    own: float
+    start: float
+
+    @classmethod
+    def begin(cls) -> CoreSample | None:
+        """None where the cores this process may use are unknown (not Linux)."""
+        try:
+            cpus = frozenset(os.sched_getaffinity(0))
+        except AttributeError:
+            return None
+        return cls(cpus, _cpu_jiffies(cpus), time.process_time(), time.perf_counter())
+
+    def busy(self, min_window: float = 0.0) -> float | None:
+        """How many of the cores other processes kept busy since ``begin`` (waiting until ``min_window`` seconds
+        have passed); None where /proc is missing."""
+        time.sleep(max(0.0, min_window - (time.perf_counter() - self.start)))
+        after = _cpu_jiffies(self.cpus)
+        own, elapsed = time.process_time() - self.own, time.perf_counter() - self.start
+        if self.jiffies is None or after is None or after[1] <= self.jiffies[1]:
+            return None
+        used = (after[0] - self.jiffies[0]) / (after[1] - self.jiffies[1]) * len(self.cpus)
+        return round(max(0.0, used - own / elapsed), 2)
+
+
 def busy_cores(window: float = 0.5) -> float | None:
     """How many of this process's cores other processes kept busy over the next ``window`` seconds.
 
     Sampled from /proc/stat on the cores this process may use, minus this process's own CPU time; unlike the load
     average it does not remember work that just finished in this process. None where /proc is missing."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:
-        return None
-    before, own, start = cpu_jiffies(cpus), time.process_time(), time.perf_counter()
-    time.sleep(window)
-    after = cpu_jiffies(cpus)
-    own, elapsed = time.process_time() - own, time.perf_counter() - start
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    used = (after[0] - before[0]) / (after[1] - before[1]) * len(cpus)
-    return round(max(0.0, used - own / elapsed), 2)
+    sample = CoreSample.begin()
+    return sample.busy(min_window=window) if sample is not None else None
 
 
 def oversubscription_warning(busy: float | None, threads: int, cores: int) -> str | None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from kdeploy import atomic, progress
-from kdeploy.cores import busy_cores, oversubscription_warning
+from kdeploy.cores import CoreSample, oversubscription_warning
 from kdeploy.data import Augment, Dataset, Split, normalize
 from kdeploy.distill.distributed import World, world_from_env
 from kdeploy.distill.hooks import resolve
@@ -163,19 +163,20 @@ def distill(
     world.barrier()  # every rank has checked the folder before rank 0 changes it
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    if world.device.type == "cpu" and not world.distributed:
-        warn_if_oversubscribed()
+    cores = CoreSample.begin() if world.device.type == "cpu" and not world.distributed else None
     session = DistillSession.setup(recipe, run, world, resume, force, mark_latest)
+    if cores is not None:
+        warn_if_oversubscribed(cores)
     teacher = session.train_teacher()
     session.train_students(teacher)
     session.close()
     return run
 
 
-def warn_if_oversubscribed() -> None:
-    """One warning line when other processes leave fewer free cores than the threads CPU training will use
-    (sampled for 0.1 s: the ticks of 2 cores tell a busy core from an idle one)."""
-    line = oversubscription_warning(busy_cores(window=0.1), torch.get_num_threads(), available_cores())
+def warn_if_oversubscribed(cores: CoreSample) -> None:
+    """One warning line when other processes leave fewer free cores than the threads CPU training will use. The
+    sample spans loading the data, and at least 0.1 s (the ticks of 2 cores tell a busy core from an idle one)."""
+    line = oversubscription_warning(cores.busy(min_window=0.1), torch.get_num_threads(), available_cores())
     if line:
         progress.log(line)
 
