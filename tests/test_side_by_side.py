@@ -112,6 +112,25 @@ def test_a_student_with_dropout_trains_after_the_baseline(mnist_root: Path, tmp_
     assert not any("side by side" in line or "one after the other" in line for line in capture.lines)
 
 
+def test_students_with_dropout_depend_on_the_seed_alone(mnist_root: Path, tmp_path: Path) -> None:
+    """Dropout draws from torch's global RNG. Each student starts from it seeded afresh, so the baseline is the same
+    whatever the teacher, and a student trained alone (``baseline: false``) is the one trained after its baseline."""
+    raw = tiny_recipe(mnist_root, teacher__epochs=1, student__epochs=1, train__concurrent_students=False)
+    raw["student"]["kwargs"]["dropout"] = 0.2
+    raw["teacher"]["kwargs"]["dropout"] = 0.2  # its training draws from the same RNG, more with more epochs
+    first = distill(validate(raw), out=tmp_path / "first")
+    raw["teacher"]["epochs"] = 2
+    other_teacher = distill(validate(raw), out=tmp_path / "other_teacher")
+    raw["teacher"] = {"checkpoint": str(first.weights_path("teacher"))}
+    raw["baseline"] = False
+    alone = distill(validate(raw), out=tmp_path / "alone")
+    for role, a, b in (("baseline", first, other_teacher), ("student", first, alone)):
+        wa, wb = _weights(a.root, role), _weights(b.root, role)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f"{role} weights differ"
+    student, teacher_changed = _weights(first.root, "student"), _weights(other_teacher.root, "student")
+    assert not all(torch.equal(student[k], teacher_changed[k]) for k in student), "the student does see its teacher"
+
+
 def test_progress_bars_of_two_threads_share_one_live_display() -> None:
     """rich allows one live display per console: tasks open at once get a bar each in it, and it ends with them."""
     import io

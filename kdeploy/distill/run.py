@@ -87,6 +87,12 @@ def build(cfg: ModelConfig, data: Dataset, seed: int, role: str) -> nn.Module:
     return model
 
 
+def from_seed(seed: int, fit: Callable[[], Result]) -> Result:
+    """``fit()`` with torch's global RNG seeded with ``seed`` first (a resumed fit then restores its own state)."""
+    torch.manual_seed(seed)
+    return fit()
+
+
 def check_layers(method: Method, student: nn.Module, teacher: nn.Module) -> None:
     s_paths, t_paths = method.feature_layers()
     for p in s_paths:
@@ -284,10 +290,14 @@ class DistillSession:
             progress.log(f"{role}: done in an earlier session, kept")
             del jobs[role]
         fits = {role: self.student_fit(role, method, teacher) for role, method in jobs.items()}
+        # Each student starts from torch's global RNG seeded afresh, so its dropout masks (and a method's own
+        # layers) depend on the seed alone, not on what trained before it: the baseline does not change with the
+        # teacher, nor the student with the baseline, and both draw the same masks.
         if self.side_by_side(list(fits)):
+            torch.manual_seed(self.recipe.seed)  # neither draws global randomness while training: seed once
             results = train_side_by_side(fits, self.trainer.stop)
         else:
-            results = [(role, fit()) for role, fit in fits.items()]
+            results = [(role, from_seed(self.recipe.seed, fit)) for role, fit in fits.items()]
         for role, result in results:
             if role == "student":
                 self.finish(role, self.students[role], self.recipe.student, result, method=self.recipe.distill.method,
