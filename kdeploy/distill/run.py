@@ -25,7 +25,7 @@ from kdeploy.distill.table_store import store_dir, stored_table
 from kdeploy.distill.tensorboard import check_available
 from kdeploy.distill.trainer import Result, Trainer
 from kdeploy.errors import UserError
-from kdeploy.models import build_model, count_params, model_meta
+from kdeploy.models import build_model, check_model, count_params, model_meta
 from kdeploy.models.ensemble import Ensemble
 from kdeploy.recipe import ModelConfig, Recipe, dump_recipe, load_data
 from kdeploy.runs import (
@@ -70,6 +70,17 @@ def checkpoint_model(checkpoint: str) -> dict[str, Any]:
     if spec is None:
         raise UserError(f"{checkpoint}: not written by kdeploy, so it names no model; give teacher.model (and kwargs)")
     return spec
+
+
+def check_models(recipe: Recipe) -> None:
+    """An unknown model name, an unimportable target or a bad kwarg fails here, before the data loads (a teacher
+    given only a checkpoint names its model in the file, read when it is built)."""
+    for role, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+        if cfg.model is not None or cfg.target is not None:
+            try:
+                check_model(cfg.model, cfg.target, dict(cfg.kwargs))
+            except UserError as error:  # "model: ...", "target: ..." or "kwargs: ..." -> "teacher.kwargs: ..."
+                raise UserError(f"{role}.{error}") from None
 
 
 def build(cfg: ModelConfig, data: Dataset, seed: int, role: str) -> nn.Module:
@@ -161,6 +172,7 @@ def distill(
 
     Under torchrun every rank calls this; rank 0 alone writes files. ``mark_latest=False`` leaves ``latest``
     alone (the multi-seed driver points it itself)."""
+    check_models(recipe)
     world = world or world_from_env(recipe.train.device)
     if recipe.train.tensorboard:
         check_available()

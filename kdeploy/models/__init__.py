@@ -18,6 +18,7 @@ from kdeploy.models import (  # noqa: F401
 from kdeploy.models.registry import (
     MODELS,
     build_model,
+    check_model,
     count_params,
     create_model,
     import_target,
@@ -31,6 +32,7 @@ from kdeploy.models.registry import (
 __all__ = [
     "MODELS",
     "build_model",
+    "check_model",
     "count_params",
     "create_model",
     "import_target",

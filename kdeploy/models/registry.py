@@ -98,13 +98,35 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     label = f"model target {target!r}"
     shape = _check_shape(label, num_classes, in_shape)
     factory = import_target(target)
-    accepted = _parameters(factory)
-    injected = {"num_classes": num_classes, "in_shape": shape}
-    for key, value in injected.items():
-        if key in accepted and key not in kwargs:
-            kwargs[key] = value
+    kwargs = _with_injected(factory, kwargs, {"num_classes": num_classes, "in_shape": shape})
     _check_kwargs(label, factory, kwargs, hide=())
     return factory(**kwargs)
+
+
+def check_model(name: str | None, target: str | None, kwargs: dict[str, Any]) -> None:
+    """What :func:`build_model` checks before it calls the factory, without the data's ``num_classes`` and
+    ``in_shape``: a recipe's unknown model, unimportable target or bad kwarg then fails before its data loads.
+    The one-line error starts with the recipe key at fault: ``model:``, ``target:`` or ``kwargs:``."""
+    if (name is None) == (target is None):
+        raise UserError("model: set exactly one of 'name' (a registered model) or 'target' (module:Class)")
+    key, label = ("model", f"model {name!r}") if name is not None else ("target", f"model target {target!r}")
+    try:
+        factory = MODELS.get(name) if name is not None else import_target(str(target))
+    except UserError as error:
+        raise UserError(f"{key}: {error}") from None
+    try:
+        if name is not None:
+            _check_kwargs(label, factory, kwargs)
+        else:
+            _check_kwargs(label, factory, _with_injected(factory, kwargs, dict.fromkeys(_INJECTED)), hide=())
+    except UserError as error:
+        raise UserError(f"kwargs: {error}") from None
+
+
+def _with_injected(factory: Callable[..., Any], kwargs: dict[str, Any], injected: dict[str, Any]) -> dict[str, Any]:
+    """A user target gets ``num_classes`` and ``in_shape`` when it accepts them and the kwargs do not give them."""
+    accepted = _parameters(factory)
+    return {**{k: v for k, v in injected.items() if k in accepted and k not in kwargs}, **kwargs}
 
 
 def import_target(target: str) -> Callable[..., Any]:
