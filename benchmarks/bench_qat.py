@@ -12,6 +12,8 @@ which separates quantization error from what the integer kernels of this CPU add
 ``bench.json`` (``--batch-sizes``, ``--threads``); then the last seed's two files are benched ``--latency-rounds``
 more times (each round one bench run timing both), since one run on a shared machine moves by tens of per cent. Rows
 go to ``results/bench_qat.json`` and each seed's ``row.json`` (``--reuse`` keeps seeds that have one).
+``--keep-students`` measures again (after a change to quantization or QAD) on the students a seed's run folder already
+holds, without training them again; it refuses a folder whose recipe trained them differently (``qat:`` aside).
 
 Usage::
 
@@ -31,7 +33,7 @@ from typing import Any
 
 from _markdown import emit, md_table
 
-from kdeploy import cpu
+from kdeploy import atomic, cpu
 from kdeploy.bench import BenchSettings, TimingSettings, bench
 from kdeploy.data import Dataset
 from kdeploy.distill import distill
@@ -40,8 +42,8 @@ from kdeploy.export import export_onnx, read_manifest
 from kdeploy.export.ort import make_session, onnx_logits
 from kdeploy.qat import qat
 from kdeploy.quantize import quantize
-from kdeploy.recipe import load_recipe
-from kdeploy.rundata import load_run_data
+from kdeploy.recipe import Recipe, dump_recipe, load_recipe
+from kdeploy.rundata import load_run_data, run_recipe
 from kdeploy.runs import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,14 +68,32 @@ def reference_accuracy(run: Run, data: Dataset, file: str) -> float:
     return top1_accuracy(onnx_logits(session, data.test, data.mean, data.std), data.test.labels.numpy())
 
 
+def _training(recipe: Recipe) -> dict[str, Any]:
+    """What trains the students: the recipe without its qat:, baseline and naming keys, or its thread count."""
+    dumped = recipe.model_dump(exclude={"qat", "baseline", "name", "description"})
+    dumped["train"].pop("threads")
+    return dumped
+
+
+def kept_run(run_dir: Path, recipe: Recipe) -> Run:
+    """The seed's run folder, its student trained by ``recipe`` (else exit), with ``recipe``'s qat: written into it."""
+    if not (run_dir / "student.safetensors").is_file():
+        sys.exit(f"--keep-students: {run_dir} holds no student.safetensors; run without --keep-students")
+    run = Run.open(run_dir)
+    if _training(run_recipe(run)) != _training(recipe):
+        sys.exit(f"--keep-students: {run_dir}'s student was trained by another recipe; run without --keep-students")
+    atomic.write_text(run.recipe_path, dump_recipe(recipe))  # `kdeploy qat` reads its settings from the run
+    return run
+
+
 def one_seed(recipe_path: Path, seed: int, out: Path, overrides: list[str], settings: BenchSettings,
-             reuse: bool) -> dict[str, Any]:  # fmt: skip
+             reuse: bool, keep: bool = False) -> dict[str, Any]:  # fmt: skip
     saved = out / f"seed{seed}" / "row.json"
     if reuse and saved.is_file():
         return json.loads(saved.read_text(encoding="utf-8"))
     recipe = load_recipe(recipe_path, [*overrides, f"seed={seed}"])
     t0 = time.perf_counter()
-    run = distill(recipe, out=out / f"seed{seed}", force=True)
+    run = kept_run(out / f"seed{seed}", recipe) if keep else distill(recipe, out=out / f"seed{seed}", force=True)
     export_onnx(run, models=["student"])
     accuracy, data = {}, load_run_data(run)
     for name, (per_channel, reduce_range) in PTQ.items():
@@ -94,6 +114,7 @@ def one_seed(recipe_path: Path, seed: int, out: Path, overrides: list[str], sett
         "p50_ms": p50,
         "load_average": result.machine.load_average_before,
         "seconds": round(time.perf_counter() - t0, 1),
+        "kept_student": keep,
     }
     saved.write_text(json.dumps(row, indent=2) + "\n", encoding="utf-8")
     return row
@@ -203,6 +224,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--latency-rounds", type=int, default=5, help="extra bench runs of the last seed's files")
     ap.add_argument("--reuse", action="store_true", help="keep the seeds whose run folder has row.json")
+    ap.add_argument("--keep-students", action="store_true",
+                    help="quantize and run QAD on the students in the seeds' run folders, untrained again")  # fmt: skip
     ap.add_argument("--write-readme", action="store_true", help=f"replace the section in {README.name}")
     args = ap.parse_args()
     recipe = (args.recipe or RECIPE).resolve()
@@ -215,9 +238,10 @@ def main() -> None:
                              models=("student",), timing=TimingSettings(min_iters=100, min_seconds=1.0))  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = OVERRIDES + args.extra
-    rows = [one_seed(recipe, seeds[0], out, overrides, settings, args.reuse)]
+    rows = [one_seed(recipe, seeds[0], out, overrides, settings, args.reuse, args.keep_students)]
     shared = f"teacher.checkpoint={out / f'seed{seeds[0]}' / 'teacher.safetensors'}"
-    rows += [one_seed(recipe, s, out, [*overrides, shared], settings, args.reuse) for s in seeds[1:]]
+    rows += [one_seed(recipe, s, out, [*overrides, shared], settings, args.reuse, args.keep_students)
+             for s in seeds[1:]]  # fmt: skip
     mean, lost = _mean(rows), losses(rows)
     default = "ptq_rr" if cpu.x86_without_vnni() else "ptq"  # what `kdeploy quantize --int8` writes on this CPU
     ratios = latency_rounds(out / f"seed{seeds[-1]}", settings, args.latency_rounds) if args.latency_rounds else {}
@@ -235,8 +259,11 @@ def main() -> None:
         table(rows, batches),
         "",
         loss_text(lost, len(rows)) + " "
-        f"{sum(r['seconds'] for r in rows) / 60:.1f} min in all (the seeds' training, quantization, QAD and first "
-        "bench). " + verdict(lost, default),
+        f"{sum(r['seconds'] for r in rows) / 60:.1f} min in all (the seeds' "
+        + ("" if all(r.get("kept_student") for r in rows) else "training, ")
+        + "quantization, QAD and first bench"
+        + ("; students trained by an earlier run, kept" if any(r.get("kept_student") for r in rows) else "")
+        + "). " + verdict(lost, default),
         *(["", latency_text(ratios, seeds[-1])] if ratios else []),
     ])  # fmt: skip
     emit(text, README, name, args.write_readme)

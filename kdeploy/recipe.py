@@ -139,6 +139,11 @@ class QatConfig(_Strict):
         None, description="7-bit weights [-64, 64]; default: on x86 CPUs without VNNI (ORT's INT8 kernels saturate)"
     )
     calib_samples: int = Field(512, ge=1, description="training images that set the activation ranges")
+    quantize_outputs: bool | None = Field(
+        None,
+        description="also simulate the layer outputs ORT's QDQ file quantizes (Conv, Linear, BatchNorm, GELU's ops), "
+        "not only Conv/Linear inputs and the logits; default: on where the folded student keeps GELU or BatchNorm",
+    )
     temperature: float | None = Field(None, gt=0, description="KD temperature; default distill.temperature")
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the KD term; default distill.alpha")
     batch_size: int | None = Field(None, ge=1, description="default data.batch_size")

@@ -182,3 +182,20 @@ def test_bench_kd_seeds_reads_the_seed_folders_as_seeds_json_has_them(multi: tup
     stats = benchmark_module("bench_kd_seeds").seed_stats(root)
     saved = json.loads((root / "seeds.json").read_text())["summary"]
     assert {role: s.to_json() for role, s in stats.items()} == saved
+
+
+def test_same_weights_compares_tensors_not_file_bytes(multi: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """benchmarks/same_weights.py: a rewrite with other metadata is IDENTICAL, another seed's models DIFFERENT."""
+    from safetensors.torch import load_file, save_file
+
+    root, _, _ = multi
+    same_weights = benchmark_module("same_weights")
+    for weights in (root / "seed0").glob("*.safetensors"):
+        save_file(load_file(weights), tmp_path / weights.name, metadata={"written": "elsewhere"})
+    assert (tmp_path / "student.safetensors").read_bytes() != (root / "seed0" / "student.safetensors").read_bytes()
+    rewritten = same_weights.compare(root / "seed0", tmp_path)
+    other_seed = same_weights.compare(root / "seed0", root / "seed1")
+    assert [line.split()[0] for line in rewritten] == ["IDENTICAL"] * 3, rewritten
+    assert [line.split()[0] for line in other_seed] == ["DIFFERENT"] * 3, other_seed
+    (tmp_path / "baseline.safetensors").unlink()
+    assert same_weights.compare(root / "seed0", tmp_path)[0].split()[0] == "MISSING"

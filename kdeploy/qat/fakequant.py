@@ -11,11 +11,17 @@ adapts the weights to it:
 - ``ActQuant``: per-tensor activation quantizer, min-max calibrated, then frozen;
 - ``QuantConv2d`` / ``QuantLinear``: quantize their input (``ActQuant``) and their weight (per channel or per tensor);
 - ``insert_fake_quant``: wraps every Conv2d/Linear and appends an output quantizer (ORT quantizes the logits too).
+  With ``quantize_outputs`` it also quantizes what else ORT's QDQ file quantizes: the output of every Conv2d,
+  Linear, BatchNorm and Flatten (``OutputQuant``), and GELU as ONNX opset 18 writes it, ``x * (0.5 * (1 +
+  erf(x / sqrt 2)))`` with the Erf, Add and both Mul outputs quantized (``QuantGELU``). Max-pooling is left alone:
+  ORT's MaxPool keeps its input's scale, so its output is already on that grid.
 
 ``strip_fake_quant`` returns the plain float model (same parameters) for the ONNX export.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -68,30 +74,58 @@ def quantize_weight(weight: Tensor, per_channel: bool, qmax: int = QMAX) -> Tens
 
 
 class QuantConv2d(nn.Module):
-    def __init__(self, conv: nn.Conv2d, per_channel: bool, qmax: int = QMAX) -> None:
+    def __init__(self, conv: nn.Conv2d, per_channel: bool, qmax: int = QMAX, outputs: bool = False) -> None:
         super().__init__()
         self.conv, self.per_channel, self.qmax, self.act = conv, per_channel, qmax, ActQuant()
+        self.out = ActQuant() if outputs else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         weight = quantize_weight(self.conv.weight, self.per_channel, self.qmax)
-        return self.conv._conv_forward(self.act(x), weight, self.conv.bias)
+        return self.out(self.conv._conv_forward(self.act(x), weight, self.conv.bias))
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, linear: nn.Linear, per_channel: bool, qmax: int = QMAX) -> None:
+    def __init__(self, linear: nn.Linear, per_channel: bool, qmax: int = QMAX, outputs: bool = False) -> None:
         super().__init__()
         self.linear, self.per_channel, self.qmax, self.act = linear, per_channel, qmax, ActQuant()
+        self.out = ActQuant() if outputs else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.act(x), quantize_weight(self.linear.weight, self.per_channel, self.qmax), self.linear.bias)
+        weight = quantize_weight(self.linear.weight, self.per_channel, self.qmax)
+        return self.out(F.linear(self.act(x), weight, self.linear.bias))
+
+
+class OutputQuant(nn.Module):
+    """A layer followed by a per-tensor quantizer on its output (BatchNorm and Flatten under ``quantize_outputs``)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.act = layer, ActQuant()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.layer(x))
+
+
+class QuantGELU(nn.Module):
+    """Exact GELU as the ONNX export writes it at opset 18, each tensor ORT's QDQ file quantizes quantized."""
+
+    def __init__(self, gelu: nn.GELU) -> None:
+        super().__init__()
+        self.gelu = gelu  # what strip_fake_quant puts back
+        self.erf, self.add, self.mul_half, self.out = ActQuant(), ActQuant(), ActQuant(), ActQuant()
+
+    def forward(self, x: Tensor) -> Tensor:
+        half = self.mul_half(0.5 * self.add(self.erf(torch.erf(x / math.sqrt(2))) + 1))
+        return self.out(x * half)
 
 
 class QuantModel(nn.Module):
-    """A float model whose Conv2d/Linear layers are wrapped in place, plus a quantizer on the logits."""
+    """A float model whose Conv2d/Linear layers (and with ``outputs`` its BatchNorm, Flatten and GELU layers) are
+    wrapped in place, plus a quantizer on the logits."""
 
-    def __init__(self, model: nn.Module, per_channel: bool, reduce_range: bool = False) -> None:
+    def __init__(self, model: nn.Module, per_channel: bool, reduce_range: bool = False, outputs: bool = False) -> None:
         super().__init__()
-        self.model = _wrap(model, per_channel, QMAX_REDUCED if reduce_range else QMAX)
+        self.model = _wrap(model, per_channel, QMAX_REDUCED if reduce_range else QMAX, outputs)
         self.out = ActQuant()
         self.layers = sum(isinstance(m, QuantConv2d | QuantLinear) for m in self.model.modules())
 
@@ -106,14 +140,18 @@ class QuantModel(nn.Module):
             q.calibrating = on
 
 
-def _wrap(model: nn.Module, per_channel: bool, qmax: int) -> nn.Module:
+def _wrap(model: nn.Module, per_channel: bool, qmax: int, outputs: bool) -> nn.Module:
     for name, child in list(model.named_children()):
         if type(child) is nn.Conv2d:
-            setattr(model, name, QuantConv2d(child, per_channel, qmax))
+            setattr(model, name, QuantConv2d(child, per_channel, qmax, outputs))
         elif type(child) is nn.Linear:
-            setattr(model, name, QuantLinear(child, per_channel, qmax))
+            setattr(model, name, QuantLinear(child, per_channel, qmax, outputs))
+        elif outputs and type(child) is nn.GELU and child.approximate == "none":
+            setattr(model, name, QuantGELU(child))
+        elif outputs and isinstance(child, nn.BatchNorm2d | nn.Flatten | nn.GELU):
+            setattr(model, name, OutputQuant(child))
         else:
-            _wrap(child, per_channel, qmax)
+            _wrap(child, per_channel, qmax, outputs)
     return model
 
 
@@ -126,6 +164,10 @@ def strip_fake_quant(qmodel: QuantModel) -> nn.Module:
                 setattr(module, name, child.conv)
             elif isinstance(child, QuantLinear):
                 setattr(module, name, child.linear)
+            elif isinstance(child, OutputQuant):
+                setattr(module, name, child.layer)
+            elif isinstance(child, QuantGELU):
+                setattr(module, name, child.gelu)
             else:
                 unwrap(child)
 
@@ -133,9 +175,19 @@ def strip_fake_quant(qmodel: QuantModel) -> nn.Module:
     return qmodel.model
 
 
-def insert_fake_quant(model: nn.Module, per_channel: bool = True, reduce_range: bool = False) -> QuantModel:
-    """Wrap a (BatchNorm-folded) float model in place; ``reduce_range``: weights on [-64, 64]."""
-    return QuantModel(model, per_channel, reduce_range)
+def outputs_matter(model: nn.Module) -> bool:
+    """Whether ORT's file quantizes tensors between the layers of this (folded) model that the default simulation
+    leaves float: GELU (five ops in ONNX) or BatchNorm that could not be folded. Conv/ReLU students: ORT runs Conv+ReLU
+    as one quantized op, and the default simulation matched its files within 0.03 points (benchmarks/README.md)."""
+    return any(isinstance(m, nn.GELU | nn.BatchNorm2d) for m in model.modules())
+
+
+def insert_fake_quant(
+    model: nn.Module, per_channel: bool = True, reduce_range: bool = False, quantize_outputs: bool = False
+) -> QuantModel:
+    """Wrap a (BatchNorm-folded) float model in place; ``reduce_range``: weights on [-64, 64]; ``quantize_outputs``:
+    also the layer outputs ORT's QDQ file quantizes (module docstring)."""
+    return QuantModel(model, per_channel, reduce_range, quantize_outputs)
 
 
 @torch.no_grad()

@@ -29,7 +29,14 @@ from kdeploy.errors import UserError
 from kdeploy.export.onnx import export_graph
 from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target, per_channel_for
 from kdeploy.export.staging import staging_dir
-from kdeploy.qat.fakequant import QuantModel, calibrate, fold_batchnorm, insert_fake_quant, strip_fake_quant
+from kdeploy.qat.fakequant import (
+    QuantModel,
+    calibrate,
+    fold_batchnorm,
+    insert_fake_quant,
+    outputs_matter,
+    strip_fake_quant,
+)
 from kdeploy.quantize import (
     Calibration,
     QuantOptions,
@@ -173,7 +180,8 @@ def _fine_tune_quantized(
     student, meta = run.load_model(ROLE)
     teacher, _ = run.load_model("teacher")
     folded, note = fold_batchnorm(student)
-    qmodel = insert_fake_quant(folded, per_channel=cfg.per_channel, reduce_range=bool(cfg.reduce_range))
+    outputs = outputs_matter(folded) if cfg.quantize_outputs is None else cfg.quantize_outputs
+    qmodel = insert_fake_quant(folded, cfg.per_channel, bool(cfg.reduce_range), outputs)
     calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
     calib_batches = [x for x, _, _ in iterate_batches(calib.split, 64, shuffle=False, mean=data.mean, std=data.std)]
     calibrate(qmodel, calib_batches)
@@ -185,6 +193,7 @@ def _fine_tune_quantized(
     progress.log(f"qat: simulated INT8 accuracy after fine-tuning {after:.4f}")
     report = {
         "batchnorm_folded": note is None,
+        "quantize_outputs": outputs,
         "note": note,
         "quantized_layers": qmodel.layers,
         "simulated_accuracy_before": before,
