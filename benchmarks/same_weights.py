@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("args", nargs="+", help="kdeploy distill arguments (after --)")
     a = ap.parse_args()
+    a.out = a.out.resolve()  # the runs start in the repository root; compare() reads from here
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "old"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), a.old], check=True, cwd=ROOT)
