@@ -177,8 +177,8 @@ def strip_fake_quant(qmodel: QuantModel) -> nn.Module:
 
 def outputs_matter(model: nn.Module) -> bool:
     """Whether ORT's file quantizes tensors between the layers of this (folded) model that the default simulation
-    leaves float: GELU (five ops in ONNX) or BatchNorm that could not be folded. Conv/ReLU students: ORT runs Conv+ReLU
-    as one quantized op, and the default simulation matched its files within 0.03 points (benchmarks/README.md)."""
+    leaves float and that cost accuracy: GELU (five ops in ONNX) or BatchNorm that could not be folded. For Conv/ReLU
+    students the default simulation matched ORT's files within 0.03 points (benchmarks/README.md)."""
     return any(isinstance(m, nn.GELU | nn.BatchNorm2d) for m in model.modules())
 
 
