@@ -69,8 +69,7 @@ def model_meta(
     in_shape: Sequence[int],
 ) -> dict[str, Any]:
     """The JSON-serialisable description :func:`build_model` rebuilds a model from."""
-    if (name is None) == (target is None):
-        raise UserError("model: set exactly one of 'name' (a registered model) or 'target' (module:Class)")
+    _require_one(name, target)
     meta = {
         "name": name,
         "target": target,
@@ -89,8 +88,7 @@ def build_model(meta: dict[str, Any]) -> nn.Module:
     name, target = meta.get("name"), meta.get("target")
     kwargs = dict(meta.get("kwargs") or {})
     num_classes, in_shape = meta["num_classes"], meta["in_shape"]
-    if (name is None) == (target is None):
-        raise UserError("model: set exactly one of 'name' (a registered model) or 'target' (module:Class)")
+    _require_one(name, target)
     if name is not None:
         _reject_injected(f"model {name!r}", kwargs)
         return create_model(name, num_classes=num_classes, in_shape=in_shape, **kwargs)
@@ -107,8 +105,7 @@ def check_model(name: str | None, target: str | None, kwargs: dict[str, Any]) ->
     """What :func:`build_model` checks before it calls the factory, without the data's ``num_classes`` and
     ``in_shape``: a recipe's unknown model, unimportable target or bad kwarg then fails before its data loads.
     The one-line error starts with the recipe key at fault: ``model:``, ``target:`` or ``kwargs:``."""
-    if (name is None) == (target is None):
-        raise UserError("model: set exactly one of 'name' (a registered model) or 'target' (module:Class)")
+    _require_one(name, target)
     key, label = ("model", f"model {name!r}") if name is not None else ("target", f"model target {target!r}")
     try:
         factory = MODELS.get(name) if name is not None else import_target(str(target))
@@ -127,6 +124,11 @@ def _with_injected(factory: Callable[..., Any], kwargs: dict[str, Any], injected
     """A user target gets ``num_classes`` and ``in_shape`` when it accepts them and the kwargs do not give them."""
     accepted = _parameters(factory)
     return {**{k: v for k, v in injected.items() if k in accepted and k not in kwargs}, **kwargs}
+
+
+def _require_one(name: str | None, target: str | None) -> None:
+    if (name is None) == (target is None):
+        raise UserError("model: set exactly one of 'name' (a registered model) or 'target' (module:Class)")
 
 
 def import_target(target: str) -> Callable[..., Any]:
