@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -22,6 +23,8 @@ from kdeploy.data import Split
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.export import export_onnx, onnx_accuracy, read_manifest
+from kdeploy.export.onnx import export_graph
+from kdeploy.models import create_model
 from kdeploy.quantize import (
     Calibration,
     QuantOptions,
@@ -30,6 +33,7 @@ from kdeploy.quantize import (
     convert_static,
     dynamic_problem,
     entropy_overrides,
+    gelu_nodes,
     gemm_to_matmul,
     quantize,
     quantize_one,
@@ -100,6 +104,53 @@ def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[Artifact
     e = by_model(static_int8)["teacher"]
     assert e.settings["calib_samples"] == 256 and e.settings["calib_split"] == "train"
     assert e.settings["calib_method"] == "minmax" and e.settings["preprocessed"]
+
+
+def _fast_cnn_onnx(path: Path) -> np.ndarray:
+    """A small ``fast_cnn`` (seven GELUs) exported at opset 18; returns a batch of inputs for it."""
+    torch.manual_seed(0)
+    model = create_model("fast_cnn", num_classes=10, in_shape=(1, 16, 16), widths=[8, 16, 16]).eval()
+    export_graph(model, [1, 16, 16], path, 18)
+    return torch.randn(32, 1, 16, 16).numpy()
+
+
+def test_float_gelu_keeps_every_gelu_out_of_quantization(tmp_path: Path) -> None:
+    """``float_gelu``: no Q/DQ inside any of fast_cnn's seven GELUs (Div, Erf, Add, Mul, Mul), GELU's output still
+    quantized where a Conv reads it; without it ORT's quantizer puts a pair on each inner tensor. A ReLU CNN has no GELU to find."""
+    x = _fast_cnn_onnx(tmp_path / "float.onnx")
+    gelus = gelu_nodes(onnx.load(str(tmp_path / "float.onnx")))
+    assert len(gelus) == 7 and all(len(g) == 5 for g in gelus), gelus
+    quantized, settings = {}, {}
+    for float_gelu in (False, True):
+        path = tmp_path / f"int8_{float_gelu}.onnx"
+        options = QuantOptions("minmax", per_channel=True, reduce_range=True, float_gelu=float_gelu)
+        settings[float_gelu] = convert_static(tmp_path / "float.onnx", path, tmp_path, _Inputs([x]), options)
+        graph = onnx.load(str(path)).graph
+        quantized[float_gelu] = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+        names = {n.name: n for n in graph.node}
+        inner = {names[name].output[0] for gelu in gelus for name in gelu[:-1]}
+        read_by_conv = {names[gelu[-1]].output[0] for gelu in gelus[:-1]}  # the last feeds the global max-pooling
+        assert bool(quantized[float_gelu] & inner) is not float_gelu
+        assert read_by_conv <= quantized[float_gelu]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert np.isfinite(session.run(None, {"input": x})[0]).all()
+    assert (settings[True]["gelus_in_float"], settings[False]["gelus_in_float"]) == (7, 0)
+    # per GELU the Erf, Add and inner Mul outputs (ORT does not quantize Erf, so not its input), and the last GELU's
+    # output, which then no quantized node reads
+    assert len(quantized[True]) == len(quantized[False]) - 3 * 7 - 1
+    cnn = create_model("cnn", num_classes=10, in_shape=(1, 16, 16)).eval()
+    export_graph(cnn, [1, 16, 16], tmp_path / "cnn.onnx", 18)
+    assert gelu_nodes(onnx.load(str(tmp_path / "cnn.onnx"))) == []
+
+
+class _Inputs:
+    """A ``CalibrationDataReader`` over fixed batches for a graph whose input is named ``input``."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches = list(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return {"input": self.batches.pop()} if self.batches else None
 
 
 def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:

@@ -37,7 +37,7 @@ from kdeploy.quantize.convert import (
     convert_static,
     dynamic_problem,
 )
-from kdeploy.quantize.graph import gemm_to_matmul, op_counts
+from kdeploy.quantize.graph import gelu_nodes, gemm_to_matmul, op_counts
 from kdeploy.quantize.stage import (
     auto_reduce_range,
     check_args,
@@ -62,6 +62,7 @@ __all__ = [
     "dynamic_problem",
     "entropy_overrides",
     "fp32_test_logits",
+    "gelu_nodes",
     "gemm_to_matmul",
     "make_reader",
     "op_counts",
