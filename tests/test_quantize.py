@@ -116,7 +116,8 @@ def _fast_cnn_onnx(path: Path) -> np.ndarray:
 
 def test_float_gelu_keeps_every_gelu_out_of_quantization(tmp_path: Path) -> None:
     """``float_gelu``: no Q/DQ inside any of fast_cnn's seven GELUs (Div, Erf, Add, Mul, Mul), GELU's output still
-    quantized where a Conv reads it; without it ORT's quantizer puts a pair on each inner tensor. A ReLU CNN has no GELU to find."""
+    quantized where a Conv reads it; without it ORT's quantizer puts a pair on each inner tensor. TensorRT's form
+    passes its checker. A ReLU CNN has no GELU to find."""
     x = _fast_cnn_onnx(tmp_path / "float.onnx")
     gelus = gelu_nodes(onnx.load(str(tmp_path / "float.onnx")))
     assert len(gelus) == 7 and all(len(g) == 5 for g in gelus), gelus
@@ -135,6 +136,9 @@ def test_float_gelu_keeps_every_gelu_out_of_quantization(tmp_path: Path) -> None
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert np.isfinite(session.run(None, {"input": x})[0]).all()
     assert (settings[True]["gelus_in_float"], settings[False]["gelus_in_float"]) == (7, 0)
+    trt = QuantOptions("minmax", per_channel=True, target="tensorrt", float_gelu=True)
+    checked = convert_static(tmp_path / "float.onnx", tmp_path / "trt.onnx", tmp_path, _Inputs([x]), trt)
+    assert checked["tensorrt_compatible"], "float ops between a DequantizeLinear and a QuantizeLinear suit TensorRT"
     # per GELU the Erf, Add and inner Mul outputs (ORT does not quantize Erf, so not its input), and the last GELU's
     # output, which then no quantized node reads
     assert len(quantized[True]) == len(quantized[False]) - 3 * 7 - 1
@@ -168,10 +172,11 @@ def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: P
     """``--reduce-range``: every int8 weight on [-64, 64] (the full range is used), recorded in the settings."""
     work = Run(shutil.copytree(run.root, tmp_path / "run"))
     result = CliRunner().invoke(app, ["--quiet", "quantize", str(work.root), "--int8", "--reduce-range",
-                                      "--calib-samples", "128", "--models", "teacher"])  # fmt: skip
+                                      "--calib-samples", "128", "--models", "teacher", "--float-gelu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     e = find(work, "teacher:onnx-int8")
     assert e.settings["reduce_range"] is True and e.accuracy_drop <= 0.01
+    assert (e.settings["float_gelu"], e.settings["gelus_in_float"]) == (True, 0), "asked for; a ReLU CNN has none"
     proto = onnx.load(str(work.export_dir / "teacher.int8.onnx"))
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
     weights = [w for w in weights if w.size > 1]  # not the zero points

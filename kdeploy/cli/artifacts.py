@@ -106,7 +106,7 @@ def quantize_cmd(
         typer.Option(
             "--float-gelu/--int8-gelu",
             help="static INT8: run each GELU (five ONNX ops) in float between the Q/DQ of its input and output, or "
-            "quantize its inner tensors too (default: float)",
+            "quantize its inner tensors too (default)",
         ),
     ] = None,
     models: ExportModelsOpt = None,

@@ -23,7 +23,7 @@ from kdeploy.quantize.calibration import entropy_overrides, make_reader
 from kdeploy.quantize.graph import INTEGER_OPS, gelu_nodes, gemm_to_matmul, op_counts
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-FLOAT_GELU = False  # static INT8 default for QuantOptions.float_gelu
+FLOAT_GELU = False  # opt-in: faster and as accurate on fast_cnn models, but not always faster (benchmarks/README.md)
 STATIC_INT8 = ("onnx-int8", "onnx-int8-qat")  # QAT: the fine-tuned float model, quantized the same way as PTQ
 
 
