@@ -203,9 +203,11 @@ def test_an_int8_file_well_below_its_simulation_says_why(monkeypatch: pytest.Mon
     assert "kdeploy quantize --int8" in lines[1], "already simulating the outputs: the PTQ file is the alternative"
 
 
-def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("float_gelu", [False, True])
+def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path, float_gelu: bool) -> None:
     """fast_cnn (GELU, BatchNorm after max-pooling): ORT's QDQ file quantizes far more tensors than the Conv/Linear
-    inputs; with ``quantize_outputs`` the simulation's logits follow the file's Q/DQ arithmetic, without it not."""
+    inputs; with ``quantize_outputs`` the simulation's logits follow the file's Q/DQ arithmetic, without it not;
+    with GELU in float (``float_gelu``) in the file and in the simulation alike."""
     from onnxruntime.quantization import CalibrationDataReader
 
     from kdeploy.export.onnx import export_graph
@@ -228,7 +230,7 @@ def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path) ->
         def get_next(self) -> dict[str, np.ndarray] | None:
             return self.batches.pop() if self.batches else None
 
-    options = QuantOptions("minmax", per_channel=True, reduce_range=True)
+    options = QuantOptions("minmax", per_channel=True, reduce_range=True, float_gelu=float_gelu)
     convert_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", tmp_path, Reader(), options)
     session = make_session(tmp_path / "int8.onnx", threads=1, graph_level="disabled")  # Q/DQ arithmetic, no kernels
     ort = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
@@ -236,7 +238,7 @@ def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path) ->
     error, points = {}, {}
     for outputs in (False, True):
         folded, _ = fold_batchnorm(copy.deepcopy(model))
-        qmodel = insert_fake_quant(folded, per_channel=True, reduce_range=True, quantize_outputs=outputs)
+        qmodel = insert_fake_quant(folded, True, True, quantize_outputs=outputs, float_gelu=float_gelu)
         calibrate(qmodel, [x])
         with torch.no_grad():
             error[outputs] = float((qmodel(x) - ort).abs().mean() / ort.abs().mean())
@@ -244,8 +246,13 @@ def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path) ->
         torch.testing.assert_close(strip_fake_quant(qmodel)(x), model(x), atol=1e-4, rtol=1e-4)
     assert outputs_matter(fold_batchnorm(model)[0]), "GELU, and BatchNorm after max-pooling: not foldable"
     assert not outputs_matter(fold_batchnorm(create_model("cnn", num_classes=10, in_shape=(1, 16, 16)).eval())[0])
-    # the file quantizes the input, every Conv, BatchNorm, Gemm and Flatten output and GELU's Erf, Add and Mul outputs
-    assert points[False] == 9 and abs(points[True] - ort_points) <= 1, (points, ort_points)
+    # the file quantizes the input, every Conv, BatchNorm, Gemm and Flatten output and GELU's Erf, Add and Mul outputs;
+    # with float_gelu GELU's output instead of its four inner tensors. The counts are close, not equal by design: the
+    # simulation counts a GELU output twice (its own quantizer and the next Conv's input quantizer, of equal range),
+    # the file counts MaxPool and BatchNorm outputs (the simulation folds this BatchNorm through the max-pooling)
+    assert points[False] == 9 and abs(points[True] - ort_points) <= (2 if float_gelu else 1), (points, ort_points)
+    assert ort_points == (23 if float_gelu else 45), ort_points
     # on random weights the other Q/DQ points weigh less than on a trained student (benchmarks/README.md: 0.285 ->
     # 0.040 of the logits on the 10-epoch fast_cnn student); still, every point modelled brings the logits closer
-    assert error[True] < 0.8 * error[False], error
+    # (with float_gelu less so on these random weights: GELU's inner Q/DQ points then change no logit of the file)
+    assert error[True] < (1.0 if float_gelu else 0.8) * error[False], error

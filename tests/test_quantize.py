@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -22,6 +23,8 @@ from kdeploy.data import Split
 from kdeploy.distill import distill
 from kdeploy.errors import UserError
 from kdeploy.export import export_onnx, onnx_accuracy, read_manifest
+from kdeploy.export.onnx import export_graph
+from kdeploy.models import create_model
 from kdeploy.quantize import (
     Calibration,
     QuantOptions,
@@ -30,6 +33,7 @@ from kdeploy.quantize import (
     convert_static,
     dynamic_problem,
     entropy_overrides,
+    gelu_nodes,
     gemm_to_matmul,
     quantize,
     quantize_one,
@@ -102,6 +106,57 @@ def test_static_int8_graph_is_symmetric_qdq(run: Run, static_int8: list[Artifact
     assert e.settings["calib_method"] == "minmax" and e.settings["preprocessed"]
 
 
+def _fast_cnn_onnx(path: Path) -> np.ndarray:
+    """A small ``fast_cnn`` (seven GELUs) exported at opset 18; returns a batch of inputs for it."""
+    torch.manual_seed(0)
+    model = create_model("fast_cnn", num_classes=10, in_shape=(1, 16, 16), widths=[8, 16, 16]).eval()
+    export_graph(model, [1, 16, 16], path, 18)
+    return torch.randn(32, 1, 16, 16).numpy()
+
+
+def test_float_gelu_keeps_every_gelu_out_of_quantization(tmp_path: Path) -> None:
+    """``float_gelu``: no Q/DQ inside any of fast_cnn's seven GELUs (Div, Erf, Add, Mul, Mul), GELU's output still
+    quantized where a Conv reads it; without it ORT's quantizer puts a pair on each inner tensor. TensorRT's form
+    passes its checker. A ReLU CNN has no GELU to find."""
+    x = _fast_cnn_onnx(tmp_path / "float.onnx")
+    gelus = gelu_nodes(onnx.load(str(tmp_path / "float.onnx")))
+    assert len(gelus) == 7 and all(len(g) == 5 for g in gelus), gelus
+    quantized, settings = {}, {}
+    for float_gelu in (False, True):
+        path = tmp_path / f"int8_{float_gelu}.onnx"
+        options = QuantOptions("minmax", per_channel=True, reduce_range=True, float_gelu=float_gelu)
+        settings[float_gelu] = convert_static(tmp_path / "float.onnx", path, tmp_path, _Inputs([x]), options)
+        graph = onnx.load(str(path)).graph
+        quantized[float_gelu] = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+        names = {n.name: n for n in graph.node}
+        inner = {names[name].output[0] for gelu in gelus for name in gelu[:-1]}
+        read_by_conv = {names[gelu[-1]].output[0] for gelu in gelus[:-1]}  # the last feeds the global max-pooling
+        assert bool(quantized[float_gelu] & inner) is not float_gelu
+        assert read_by_conv <= quantized[float_gelu]
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert np.isfinite(session.run(None, {"input": x})[0]).all()
+    assert (settings[True]["gelus_in_float"], settings[False]["gelus_in_float"]) == (7, 0)
+    trt = QuantOptions("minmax", per_channel=True, target="tensorrt", float_gelu=True)
+    checked = convert_static(tmp_path / "float.onnx", tmp_path / "trt.onnx", tmp_path, _Inputs([x]), trt)
+    assert checked["tensorrt_compatible"], "float ops between a DequantizeLinear and a QuantizeLinear suit TensorRT"
+    # per GELU the Erf, Add and inner Mul outputs (ORT does not quantize Erf, so not its input), and the last GELU's
+    # output, which then no quantized node reads
+    assert len(quantized[True]) == len(quantized[False]) - 3 * 7 - 1
+    cnn = create_model("cnn", num_classes=10, in_shape=(1, 16, 16)).eval()
+    export_graph(cnn, [1, 16, 16], tmp_path / "cnn.onnx", 18)
+    assert gelu_nodes(onnx.load(str(tmp_path / "cnn.onnx"))) == []
+
+
+class _Inputs:
+    """A ``CalibrationDataReader`` over fixed batches for a graph whose input is named ``input``."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches = list(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return {"input": self.batches.pop()} if self.batches else None
+
+
 def test_calibration_uses_a_seeded_training_subset(run: Run) -> None:
     data = load_run_data(run)
     a, b = calibration_split(data.train, 100, seed=0).split, calibration_split(data.train, 100, seed=0).split
@@ -117,10 +172,11 @@ def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: P
     """``--reduce-range``: every int8 weight on [-64, 64] (the full range is used), recorded in the settings."""
     work = Run(shutil.copytree(run.root, tmp_path / "run"))
     result = CliRunner().invoke(app, ["--quiet", "quantize", str(work.root), "--int8", "--reduce-range",
-                                      "--calib-samples", "128", "--models", "teacher"])  # fmt: skip
+                                      "--calib-samples", "128", "--models", "teacher", "--float-gelu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     e = find(work, "teacher:onnx-int8")
     assert e.settings["reduce_range"] is True and e.accuracy_drop <= 0.01
+    assert (e.settings["float_gelu"], e.settings["gelus_in_float"]) == (True, 0), "asked for; a ReLU CNN has none"
     proto = onnx.load(str(work.export_dir / "teacher.int8.onnx"))
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
     weights = [w for w in weights if w.size > 1]  # not the zero points

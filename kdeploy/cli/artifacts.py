@@ -101,6 +101,14 @@ def quantize_cmd(
         ),
     ] = None,
     target: QdqTargetOpt = "onnxruntime",
+    float_gelu: Annotated[
+        bool | None,
+        typer.Option(
+            "--float-gelu/--int8-gelu",
+            help="static INT8: run each GELU (five ONNX ops) in float between the Q/DQ of its input and output, or "
+            "quantize its inner tensors too (default)",
+        ),
+    ] = None,
     models: ExportModelsOpt = None,
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
@@ -125,6 +133,7 @@ def quantize_cmd(
         raise_on_fail=False,
         target=target,
         reduce_range=reduce_range,
+        float_gelu=float_gelu,
     )
     print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
     for art in artifacts:

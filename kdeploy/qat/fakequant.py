@@ -13,8 +13,9 @@ adapts the weights to it:
 - ``insert_fake_quant``: wraps every Conv2d/Linear and appends an output quantizer (ORT quantizes the logits too).
   With ``quantize_outputs`` it also quantizes what else ORT's QDQ file quantizes: the output of every Conv2d,
   Linear, BatchNorm and Flatten (``OutputQuant``), and GELU as ONNX opset 18 writes it, ``x * (0.5 * (1 +
-  erf(x / sqrt 2)))`` with the Erf, Add and both Mul outputs quantized (``QuantGELU``). Max-pooling is left alone:
-  ORT's MaxPool keeps its input's scale, so its output is already on that grid.
+  erf(x / sqrt 2)))`` with the Erf, Add and both Mul outputs quantized (``QuantGELU``), or, with ``float_gelu``
+  (as ``QuantOptions.float_gelu`` writes the file), only GELU's output. Max-pooling is left alone: ORT's MaxPool
+  keeps its input's scale, so its output is already on that grid.
 
 ``strip_fake_quant`` returns the plain float model (same parameters) for the ONNX export.
 """
@@ -123,9 +124,16 @@ class QuantModel(nn.Module):
     """A float model whose Conv2d/Linear layers (and with ``outputs`` its BatchNorm, Flatten and GELU layers) are
     wrapped in place, plus a quantizer on the logits."""
 
-    def __init__(self, model: nn.Module, per_channel: bool, reduce_range: bool = False, outputs: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        per_channel: bool,
+        reduce_range: bool = False,
+        outputs: bool = False,
+        float_gelu: bool = False,
+    ) -> None:
         super().__init__()
-        self.model = _wrap(model, per_channel, QMAX_REDUCED if reduce_range else QMAX, outputs)
+        self.model = _wrap(model, per_channel, QMAX_REDUCED if reduce_range else QMAX, outputs, float_gelu)
         self.out = ActQuant()
         self.layers = sum(isinstance(m, QuantConv2d | QuantLinear) for m in self.model.modules())
 
@@ -140,18 +148,18 @@ class QuantModel(nn.Module):
             q.calibrating = on
 
 
-def _wrap(model: nn.Module, per_channel: bool, qmax: int, outputs: bool) -> nn.Module:
+def _wrap(model: nn.Module, per_channel: bool, qmax: int, outputs: bool, float_gelu: bool) -> nn.Module:
     for name, child in list(model.named_children()):
         if type(child) is nn.Conv2d:
             setattr(model, name, QuantConv2d(child, per_channel, qmax, outputs))
         elif type(child) is nn.Linear:
             setattr(model, name, QuantLinear(child, per_channel, qmax, outputs))
-        elif outputs and type(child) is nn.GELU and child.approximate == "none":
+        elif outputs and not float_gelu and type(child) is nn.GELU and child.approximate == "none":
             setattr(model, name, QuantGELU(child))
         elif outputs and isinstance(child, nn.BatchNorm2d | nn.Flatten | nn.GELU):
             setattr(model, name, OutputQuant(child))
         else:
-            _wrap(child, per_channel, qmax, outputs)
+            _wrap(child, per_channel, qmax, outputs, float_gelu)
     return model
 
 
@@ -183,11 +191,15 @@ def outputs_matter(model: nn.Module) -> bool:
 
 
 def insert_fake_quant(
-    model: nn.Module, per_channel: bool = True, reduce_range: bool = False, quantize_outputs: bool = False
+    model: nn.Module,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    quantize_outputs: bool = False,
+    float_gelu: bool = False,
 ) -> QuantModel:
     """Wrap a (BatchNorm-folded) float model in place; ``reduce_range``: weights on [-64, 64]; ``quantize_outputs``:
-    also the layer outputs ORT's QDQ file quantizes (module docstring)."""
-    return QuantModel(model, per_channel, reduce_range, quantize_outputs)
+    also the layer outputs ORT's QDQ file quantizes, GELU's inner ones unless ``float_gelu`` (module docstring)."""
+    return QuantModel(model, per_channel, reduce_range, quantize_outputs, float_gelu)
 
 
 @torch.no_grad()

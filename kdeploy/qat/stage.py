@@ -146,8 +146,8 @@ def qat(
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
-    tuned, meta, calib, report = _fine_tune_quantized(run, recipe, cfg, loss, data)
     options = QuantOptions("minmax", cfg.per_channel, target, reduce_range=bool(cfg.reduce_range))
+    tuned, meta, calib, report = _fine_tune_quantized(run, recipe, cfg, loss, data, options.float_gelu)
     art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
     art.settings["qat"] = {
         **cfg.model_dump(),
@@ -176,15 +176,17 @@ def warn_if_unlike_simulation(accuracy: float | None, simulated: float, outputs:
 
 
 def _fine_tune_quantized(
-    run: Run, recipe: Recipe, cfg: QatConfig, loss: torch.nn.Module, data: Any
+    run: Run, recipe: Recipe, cfg: QatConfig, loss: torch.nn.Module, data: Any, float_gelu: bool
 ) -> tuple[torch.nn.Module, WeightsMeta, Calibration, dict[str, Any]]:
     """The student with BatchNorm folded and fake-quant inserted, calibrated, fine-tuned against the teacher and
-    stripped back to a float model; also its calibration split and what happened, for the artifact's settings."""
+    stripped back to a float model; also its calibration split and what happened, for the artifact's settings.
+    ``float_gelu``: the INT8 file keeps GELU in float (``QuantOptions``), so the simulation quantizes its output
+    only."""
     student, meta = run.load_model(ROLE)
     teacher, _ = run.load_model("teacher")
     folded, note = fold_batchnorm(student)
     outputs = outputs_matter(folded) if cfg.quantize_outputs is None else cfg.quantize_outputs
-    qmodel = insert_fake_quant(folded, cfg.per_channel, bool(cfg.reduce_range), outputs)
+    qmodel = insert_fake_quant(folded, cfg.per_channel, bool(cfg.reduce_range), outputs, float_gelu)
     calib = calibration_split(data.train, cfg.calib_samples, recipe.seed)
     calib_batches = [x for x, _, _ in iterate_batches(calib.split, 64, shuffle=False, mean=data.mean, std=data.std)]
     calibrate(qmodel, calib_batches)

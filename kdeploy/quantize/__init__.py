@@ -11,7 +11,7 @@ always an explicit, visible step). Outputs, next to it in ``<run>/export/``:
   default searches one window and equals MinMax: :func:`entropy_overrides`), optional per-channel weights.
   Activations and weights are signed INT8 with zero point 0 (symmetric); on x86 CPUs without VNNI the weights use
   7 bits (``reduce_range``, :func:`auto_reduce_range`), because ONNX Runtime's AVX2 integer kernels saturate on
-  8-bit ones.
+  8-bit ones. ``float_gelu`` (opt-in) keeps each exact GELU's five ops out of quantization (:func:`gelu_nodes`).
   ``target="tensorrt"`` writes TensorRT's explicit-quantization form instead (float biases, per-channel weights,
   no Q/DQ on the output: ``kdeploy/export/qdq_target.py``); the manifest's ``tensorrt_compatible`` is read from
   the written graph (``kdeploy/export/qdq_check.py``).
@@ -37,7 +37,7 @@ from kdeploy.quantize.convert import (
     convert_static,
     dynamic_problem,
 )
-from kdeploy.quantize.graph import gemm_to_matmul, op_counts
+from kdeploy.quantize.graph import gelu_nodes, gemm_to_matmul, op_counts
 from kdeploy.quantize.stage import (
     auto_reduce_range,
     check_args,
@@ -62,6 +62,7 @@ __all__ = [
     "dynamic_problem",
     "entropy_overrides",
     "fp32_test_logits",
+    "gelu_nodes",
     "gemm_to_matmul",
     "make_reader",
     "op_counts",

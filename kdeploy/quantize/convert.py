@@ -20,9 +20,10 @@ from kdeploy.errors import first_line
 from kdeploy.export.ort import run_batch, try_session
 from kdeploy.export.qdq_target import DEFAULT_TARGET, extra_options, finish, per_channel_for
 from kdeploy.quantize.calibration import entropy_overrides, make_reader
-from kdeploy.quantize.graph import INTEGER_OPS, gemm_to_matmul, op_counts
+from kdeploy.quantize.graph import INTEGER_OPS, gelu_nodes, gemm_to_matmul, op_counts
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+FLOAT_GELU = False  # opt-in: faster and as accurate on fast_cnn models, but not always faster (benchmarks/README.md)
 STATIC_INT8 = ("onnx-int8", "onnx-int8-qat")  # QAT: the fine-tuned float model, quantized the same way as PTQ
 
 
@@ -32,12 +33,15 @@ class QuantOptions:
 
     ``reduce_range``: weights on 7 bits ([-64, 64]), which keeps ONNX Runtime's u8s8 integer kernels on x86 CPUs
     without VNNI (AVX2, AVX-512 without VNNI) from saturating their 16-bit pair sums. ``target="tensorrt"``: the
-    form TensorRT's explicit quantization wants (:mod:`kdeploy.export.qdq_target`)."""
+    form TensorRT's explicit quantization wants (:mod:`kdeploy.export.qdq_target`). ``float_gelu``: every exact GELU
+    (five ops at opset 18) runs in float between the Q/DQ of its input and output (:func:`gelu_nodes`) instead of
+    with its inner tensors quantized."""
 
     calib_method: str = "minmax"
     per_channel: bool = False
     target: str = DEFAULT_TARGET
     reduce_range: bool = False
+    float_gelu: bool = FLOAT_GELU
 
 
 @contextlib.contextmanager
@@ -88,6 +92,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         with _quiet():
             extra["TensorQuantOverrides"] = entropy_overrides(pre, reader, tmp)
     per_channel = per_channel_for(options.target, options.per_channel)
+    gelus = gelu_nodes(onnx.load(str(pre), load_external_data=False)) if options.float_gelu else []
     with _quiet():
         quantize_static(
             str(pre),
@@ -99,6 +104,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
+            nodes_to_exclude=[name for gelu in gelus for name in gelu],
             extra_options=extra,
         )
     checked = finish(dst, options.target)  # TensorRT form, then tensorrt_compatible read from the graph
@@ -112,6 +118,8 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         "per_channel": per_channel,
         "reduce_range": options.reduce_range,
         "calib_method": options.calib_method,
+        "float_gelu": options.float_gelu,
+        "gelus_in_float": len(gelus),
         "preprocessed": pre != src,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],

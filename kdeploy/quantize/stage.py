@@ -31,7 +31,14 @@ from kdeploy.export.parity import compare_logits
 from kdeploy.export.qdq_target import DEFAULT_TARGET, check_target
 from kdeploy.export.staging import publish, staging_dir
 from kdeploy.quantize.calibration import Calibration, calibration_split
-from kdeploy.quantize.convert import CALIB_METHODS, STATIC_INT8, QuantOptions, convert, dynamic_problem
+from kdeploy.quantize.convert import (
+    CALIB_METHODS,
+    FLOAT_GELU,
+    STATIC_INT8,
+    QuantOptions,
+    convert,
+    dynamic_problem,
+)
 from kdeploy.recipe import load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -213,10 +220,12 @@ def quantize(
     raise_on_fail: bool = True,
     target: str = DEFAULT_TARGET,
     reduce_range: bool | None = None,
+    float_gelu: bool | None = None,
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
 
-    ``reduce_range``: static INT8 weights on 7 bits (see :class:`QuantOptions`); None: :func:`auto_reduce_range`."""
+    ``reduce_range``: static INT8 weights on 7 bits (see :class:`QuantOptions`); None: :func:`auto_reduce_range`.
+    ``float_gelu``: static INT8 leaves GELU's inner ops in float (:class:`QuantOptions`); None: ``FLOAT_GELU``."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
     check_target(target)
@@ -226,7 +235,9 @@ def quantize(
     sources = {role: source_artifact(run, role, "onnx", "quantization") for role in roles}
     if int8 and method == "static":  # after every check: a refused call prints one line
         reduce_range = auto_reduce_range(reduce_range, target)
-    options = QuantOptions(calib_method, per_channel, target, bool(reduce_range))
+    options = QuantOptions(
+        calib_method, per_channel, target, bool(reduce_range), FLOAT_GELU if float_gelu is None else float_gelu
+    )
     recipe = run_recipe(run)
     data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
