@@ -35,7 +35,7 @@ from kdeploy.bench.latency import TimingSettings, time_host
 from kdeploy.export import export_onnx
 from kdeploy.export.ort import make_session, onnx_accuracy, run_batch
 from kdeploy.quantize.calibration import calibration_split, make_reader
-from kdeploy.quantize.convert import QuantOptions, convert_static, preprocess
+from kdeploy.quantize.convert import QuantOptions, convert_static
 from kdeploy.quantize.graph import gelu_nodes
 from kdeploy.quantize.stage import saturates
 from kdeploy.rundata import load_run_data, run_recipe
@@ -77,8 +77,7 @@ def latencies(files: dict[bool, Path], shape: tuple[int, ...], threads: int, rou
 
 def measure(run: Run, role: str, data: Any, calib: Any, tmp: Path, threads: int, rounds: int) -> list[Pair]:
     src = run.export_dir / f"{role}.onnx"
-    pre, _ = preprocess(src, tmp / f"{role}.pre.onnx")
-    if not gelu_nodes(onnx.load(str(pre))):
+    if not gelu_nodes(onnx.load(str(src))):  # convert_static finds them again in the pre-processed graph
         return []
     fp32 = onnx_accuracy(src, data.test, data.mean, data.std, threads=threads)
     pairs = []

@@ -89,6 +89,20 @@ class TensorRTQdqError(UserError):
 
 
 # ---- graph facts ----------------------------------------------------------------------------------------------
+def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """Each tensor's name -> the node that writes it."""
+    return {o: n for n in graph.node for o in n.output}
+
+
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Each tensor's name -> the nodes that read it, once per input slot."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
 class _Graph:
     """Constants, producers, consumers and known element types of one graph."""
 
@@ -101,11 +115,8 @@ class _Graph:
                 t = n.attribute[0].t
                 self.consts[n.output[0]] = numpy_helper.to_array(t)
                 self.const_types[n.output[0]] = t.data_type
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        self.producer = producers(g)
+        self.consumers = consumers(g)
         self.outputs = [o.name for o in g.output]
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 

@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 
 from kdeploy.errors import UserError
-from kdeploy.export.qdq_check import check_tensorrt_qdq
+from kdeploy.export.qdq_check import check_tensorrt_qdq, consumers, producers
 
 TARGETS = ("onnxruntime", "tensorrt")
 DEFAULT_TARGET = "onnxruntime"
@@ -48,20 +48,16 @@ def strip_output_qdq(model: onnx.ModelProto) -> int:
     """Remove ``x -> QuantizeLinear -> DequantizeLinear -> <graph output>`` pairs, in place: the layer producing
     ``x`` writes the graph output itself. Returns how many pairs were removed."""
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    producer, readers = producers(g), consumers(g)
     removed: list[onnx.NodeProto] = []
     for out in g.output:
         dq = producer.get(out.name)
         q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if q is None or q.op_type != "QuantizeLinear" or uses.get(q.output[0], 0) != 1:
+        if q is None or q.op_type != "QuantizeLinear" or len(readers.get(q.output[0], [])) != 1:
             continue
         x = q.input[0]
         layer = producer.get(x)
-        if layer is None or uses.get(x, 0) != 1 or any(o.name == x for o in g.output):
+        if layer is None or len(readers.get(x, [])) != 1 or any(o.name == x for o in g.output):
             continue  # a graph input, or a tensor something else also reads: leave the pair
         layer.output[list(layer.output).index(x)] = out.name
         removed += [q, dq]

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from kdeploy.export.qdq_check import consumers, producers
+
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv")
 
 
@@ -68,25 +70,13 @@ def op_counts(path: Path) -> Counter[str]:
     return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
-    return {out: n for n in graph.node for out in n.output}
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    uses: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses.setdefault(i, []).append(n)
-    return uses
-
-
 def gelu_nodes(model: onnx.ModelProto) -> list[list[str]]:
     """The node names of each exact GELU the export decomposed, ``x * 0.5 * (1 + erf(x / sqrt 2))`` (opset < 20):
     the Div (or Mul), Erf, Add and both Muls. Kept out of static quantization, GELU runs in float between a
     dequantize of ``x`` and a quantize of its output, instead of with a Q/DQ pair on its Erf, Add and inner Mul
     outputs too."""
     graph = model.graph
-    made, uses = _producers(graph), _consumers(graph)
+    made, uses = producers(graph), consumers(graph)
     found: list[list[str]] = []
     for erf in (n for n in graph.node if n.op_type == "Erf"):
         scale = made.get(erf.input[0])
