@@ -144,6 +144,11 @@ class QatConfig(_Strict):
         description="also simulate the layer outputs ORT's QDQ file quantizes (Conv, Linear, BatchNorm, GELU's ops), "
         "not only Conv/Linear inputs and the logits; default: on where the folded student keeps GELU or BatchNorm",
     )
+    float_gelu: bool | None = Field(
+        None,
+        description="keep each exact GELU in float in the INT8 file (as `kdeploy quantize --float-gelu`) and simulate "
+        "its output only; default: as `kdeploy quantize` (GELU's inner tensors quantized)",
+    )
     temperature: float | None = Field(None, gt=0, description="KD temperature; default distill.temperature")
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the KD term; default distill.alpha")
     batch_size: int | None = Field(None, ge=1, description="default data.batch_size")

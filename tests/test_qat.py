@@ -108,6 +108,7 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
     assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6
     assert art.settings["qat"]["quantize_outputs"] is False, "a Conv/ReLU student: its layer inputs are simulated"
+    assert art.settings["float_gelu"] is False and art.settings["qat"]["float_gelu"] is False, "quantize's default"
     assert [a.id for a in read_manifest(run).artifacts].count("student:onnx-int8-qat") == 1
     assert read_manifest(run).find("student:onnx-int8-qat").to_dict() == art.to_dict(), "what the manifest holds"
     assert not list(run.export_dir.glob(".staging-*")), "staging folders are removed"
@@ -121,6 +122,28 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     session, _ = try_session(path)
     logits = onnx_logits(session, data.test, data.mean, data.std)
     assert art.accuracy == pytest.approx(top1_accuracy(logits, data.test.labels.numpy()))
+
+
+def test_qat_float_gelu_keeps_every_gelu_in_float_in_the_file(mnist_root: Path, tmp_path: Path) -> None:
+    """``qat.float_gelu``: the QAD file is written as ``kdeploy quantize --float-gelu`` writes it (no Q/DQ inside a
+    GELU) and the manifest says so."""
+    from kdeploy.export.qdq_check import consumers
+    from kdeploy.quantize import gelu_nodes
+
+    raw = tiny_recipe(mnist_root, baseline=False)
+    raw["student"].update(model="fast_cnn", kwargs={"widths": [4, 8, 8]}, epochs=1)
+    raw["qat"] = {"epochs": 1, "calib_samples": 64, "float_gelu": True}
+    run = distill(validate(raw), out=tmp_path / "gelu")
+    export_onnx(run, models=["student"])
+    art = qat(run, max_accuracy_drop=1.0)
+    gelus = len(gelu_nodes(onnx.load(str(run.export_dir / "student.onnx"))))
+    assert gelus >= 3, "fast_cnn: a GELU after the stem and in every block"
+    s = art.settings
+    assert (s["float_gelu"], s["gelus_in_float"], s["qat"]["float_gelu"]) == (True, gelus, True)
+    graph = onnx.load(str(run.export_dir / "student.qat.int8.onnx")).graph
+    users = consumers(graph)
+    inner = [o for n in graph.node if n.op_type == "Erf" for o in n.output]
+    assert len(inner) == gelus and all(u.op_type != "QuantizeLinear" for t in inner for u in users.get(t, []))
 
 
 def test_qat_without_a_float_student_is_one_line(mnist_root: Path, tmp_path: Path, qat_run) -> None:

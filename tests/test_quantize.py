@@ -35,6 +35,7 @@ from kdeploy.quantize import (
     entropy_overrides,
     gelu_nodes,
     gemm_to_matmul,
+    module_nodes,
     quantize,
     quantize_one,
 )
@@ -147,6 +148,37 @@ def test_float_gelu_keeps_every_gelu_out_of_quantization(tmp_path: Path) -> None
     assert gelu_nodes(onnx.load(str(tmp_path / "cnn.onnx"))) == []
 
 
+def test_float_module_keeps_a_module_path_in_float(tmp_path: Path) -> None:
+    """``float_modules``: the nodes exported from a module path (dynamo name scopes, or the TorchScript exporter's
+    ``/stem/stem.0/Conv`` names) stay float; here fast_cnn's whitening stem, whose input and weights then carry no
+    Q/DQ, and nothing else changes."""
+    x = _fast_cnn_onnx(tmp_path / "float.onnx")
+    proto = onnx.load(str(tmp_path / "float.onnx"))
+    found = module_nodes(proto, ["stem.0", "block1.0", "head", "block9"])
+    assert [len(found[p]) for p in ("stem.0", "block1.0", "head", "block9")] == [1, 1, 1, 0], found
+    assert set(found["block1.0"]) < set(module_nodes(proto, ["block1"])["block1"]), "a module and its submodules"
+    torchscript = helper.make_model(
+        helper.make_graph([helper.make_node("Conv", ["a", "w"], ["b"], name="/stem/stem.0/Conv")], "g", [], [])
+    )
+    assert module_nodes(torchscript, ["stem", "stem.0", "stem.1"]) == {
+        "stem": ["/stem/stem.0/Conv"], "stem.0": ["/stem/stem.0/Conv"], "stem.1": []}  # fmt: skip
+    quantized = {}
+    for modules in ((), ("stem.0",)):
+        path = tmp_path / f"int8_{len(modules)}.onnx"
+        settings = convert_static(
+            tmp_path / "float.onnx", path, tmp_path, _Inputs([x]), QuantOptions(float_modules=modules)
+        )
+        assert (settings["float_modules"], settings["nodes_in_float"]) == (list(modules), len(modules))
+        graph = onnx.load(str(path)).graph
+        made = {o: n for n in graph.node for o in n.output}
+        conv = next(n for n in graph.node if n.name == found["stem.0"][0])
+        assert {made[i].op_type for i in conv.input if i in made} == ({"DequantizeLinear"} if not modules else set())
+        quantized[modules] = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert np.isfinite(session.run(None, {"input": x})[0]).all()
+    assert quantized[("stem.0",)] == quantized[()] - {"input"}, "only the image's Q/DQ (the weights are constants)"
+
+
 class _Inputs:
     """A ``CalibrationDataReader`` over fixed batches for a graph whose input is named ``input``."""
 
@@ -181,6 +213,16 @@ def test_reduce_range_writes_7_bit_weights_through_the_cli(run: Run, tmp_path: P
     weights = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8]
     weights = [w for w in weights if w.size > 1]  # not the zero points
     assert len(weights) >= 5 and max(int(np.abs(w).max()) for w in weights) == 64
+    bad = CliRunner().invoke(app, ["--quiet", "quantize", str(work.root), "--int8", "--float-module", "stage9"])
+    assert bad.exit_code == 2 and "--float-module stage9: no layer of" in bad.output, bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    one = CliRunner().invoke(app, ["--quiet", "quantize", str(work.root), "--int8", "--calib-samples", "128",
+                                   "--models", "teacher", "--float-module", "stage1"])  # fmt: skip
+    assert one.exit_code == 0, one.output
+    e = find(work, "teacher:onnx-int8")
+    # the export fuses each Conv with its BatchNorm into one node named for the BatchNorm (stage1.1), so a module
+    # path that keeps the first Conv float is stage1 or stage1.1: Conv, ReLU, MaxPool
+    assert e.settings["float_modules"] == ["stage1"] and e.settings["nodes_in_float"] == 3
 
 
 class _Batches:

@@ -109,6 +109,14 @@ def quantize_cmd(
             "quantize its inner tensors too (default)",
         ),
     ] = None,
+    float_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--float-module",
+            help="static INT8: keep the layers of this module path (as in model.named_modules(), e.g. stem.0) in "
+            "float; repeat it for more",
+        ),
+    ] = None,
     models: ExportModelsOpt = None,
     max_accuracy_drop: MaxDropOpt = 0.01,
 ) -> None:
@@ -134,6 +142,7 @@ def quantize_cmd(
         target=target,
         reduce_range=reduce_range,
         float_gelu=float_gelu,
+        float_modules=float_module or (),
     )
     print_artifacts(artifacts, f"{run.root.name}: quantized artifacts ({run.manifest_path})")
     for art in artifacts:

@@ -38,6 +38,7 @@ from kdeploy.qat.fakequant import (
     strip_fake_quant,
 )
 from kdeploy.quantize import (
+    FLOAT_GELU,
     Calibration,
     QuantOptions,
     auto_reduce_range,
@@ -139,14 +140,15 @@ def qat(
     cfg = recipe.qat or QatConfig()
     # the settings say which: 7-bit weights where ORT's kernels saturate; per-channel weights for TensorRT
     cfg = cfg.model_copy(update={"reduce_range": auto_reduce_range(cfg.reduce_range, target),
-                                 "per_channel": per_channel_for(target, cfg.per_channel)})  # fmt: skip
+                                 "per_channel": per_channel_for(target, cfg.per_channel),
+                                 "float_gelu": FLOAT_GELU if cfg.float_gelu is None else cfg.float_gelu})  # fmt: skip
     # the float student's gated ONNX: accuracy reference and I/O spec
     source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
     loss = kd_method(recipe, cfg)
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
-    options = QuantOptions("minmax", cfg.per_channel, target, reduce_range=bool(cfg.reduce_range))
+    options = QuantOptions("minmax", cfg.per_channel, target, bool(cfg.reduce_range), bool(cfg.float_gelu))
     tuned, meta, calib, report = _fine_tune_quantized(run, recipe, cfg, loss, data, options.float_gelu)
     art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
     art.settings["qat"] = {

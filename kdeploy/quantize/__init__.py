@@ -30,6 +30,7 @@ A converter that raises on a graph gives a ``failed`` entry without files (the r
 
 from kdeploy.quantize.calibration import Calibration, calibration_split, entropy_overrides, make_reader
 from kdeploy.quantize.convert import (
+    FLOAT_GELU,
     QuantOptions,
     convert,
     convert_dynamic,
@@ -37,7 +38,7 @@ from kdeploy.quantize.convert import (
     convert_static,
     dynamic_problem,
 )
-from kdeploy.quantize.graph import gelu_nodes, gemm_to_matmul, op_counts
+from kdeploy.quantize.graph import gelu_nodes, gemm_to_matmul, module_nodes, op_counts
 from kdeploy.quantize.stage import (
     auto_reduce_range,
     check_args,
@@ -49,6 +50,7 @@ from kdeploy.quantize.stage import (
 )
 
 __all__ = [
+    "FLOAT_GELU",
     "Calibration",
     "QuantOptions",
     "auto_reduce_range",
@@ -65,6 +67,7 @@ __all__ = [
     "gelu_nodes",
     "gemm_to_matmul",
     "make_reader",
+    "module_nodes",
     "op_counts",
     "quantize",
     "quantize_one",

@@ -20,7 +20,7 @@ from kdeploy.errors import first_line
 from kdeploy.export.ort import run_batch, try_session
 from kdeploy.export.qdq_target import DEFAULT_TARGET, extra_options, finish, per_channel_for
 from kdeploy.quantize.calibration import entropy_overrides, make_reader
-from kdeploy.quantize.graph import INTEGER_OPS, gelu_nodes, gemm_to_matmul, op_counts
+from kdeploy.quantize.graph import INTEGER_OPS, gelu_nodes, gemm_to_matmul, module_nodes, op_counts
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 FLOAT_GELU = False  # opt-in: faster and as accurate on fast_cnn models, but not always faster (benchmarks/README.md)
@@ -35,13 +35,15 @@ class QuantOptions:
     without VNNI (AVX2, AVX-512 without VNNI) from saturating their 16-bit pair sums. ``target="tensorrt"``: the
     form TensorRT's explicit quantization wants (:mod:`kdeploy.export.qdq_target`). ``float_gelu``: every exact GELU
     (five ops at opset 18) runs in float between the Q/DQ of its input and output (:func:`gelu_nodes`) instead of
-    with its inner tensors quantized."""
+    with its inner tensors quantized. ``float_modules``: module paths (``stem.0``, as in ``named_modules()``) whose
+    nodes stay float (:func:`module_nodes`)."""
 
     calib_method: str = "minmax"
     per_channel: bool = False
     target: str = DEFAULT_TARGET
     reduce_range: bool = False
     float_gelu: bool = FLOAT_GELU
+    float_modules: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -92,7 +94,9 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         with _quiet():
             extra["TensorQuantOverrides"] = entropy_overrides(pre, reader, tmp)
     per_channel = per_channel_for(options.target, options.per_channel)
-    gelus = gelu_nodes(onnx.load(str(pre), load_external_data=False)) if options.float_gelu else []
+    graph = onnx.load(str(pre), load_external_data=False)
+    gelus = gelu_nodes(graph) if options.float_gelu else []
+    kept = sorted({name for names in module_nodes(graph, options.float_modules).values() for name in names})
     with _quiet():
         quantize_static(
             str(pre),
@@ -104,7 +108,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method,
-            nodes_to_exclude=[name for gelu in gelus for name in gelu],
+            nodes_to_exclude=[name for gelu in gelus for name in gelu] + kept,
             extra_options=extra,
         )
     checked = finish(dst, options.target)  # TensorRT form, then tensorrt_compatible read from the graph
@@ -120,6 +124,8 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         "calib_method": options.calib_method,
         "float_gelu": options.float_gelu,
         "gelus_in_float": len(gelus),
+        "float_modules": list(options.float_modules),
+        "nodes_in_float": len(kept),
         "preprocessed": pre != src,
         "preprocess_note": note,
         "quantize_linear_nodes": ops["QuantizeLinear"],

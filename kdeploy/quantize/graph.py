@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from onnx import numpy_helper
 
 from kdeploy.export.qdq_check import consumers, producers
 
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's module path of each node
 INTEGER_OPS = ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "QLinearConv")
 
 
@@ -91,3 +94,22 @@ def gelu_nodes(model: onnx.ModelProto) -> list[list[str]]:
                 found.append([n.name for n in chain])
                 break
     return found
+
+
+def module_nodes(model: onnx.ModelProto, paths: Sequence[str]) -> dict[str, list[str]]:
+    """Each module path (``stem.0``) -> the names of the nodes exported from that module or its submodules, read
+    from the dynamo exporter's name scopes or the TorchScript exporter's ``/stem/stem.0/Conv`` node names."""
+    found: dict[str, list[str]] = {path: [] for path in paths}
+    for node in model.graph.node:
+        scopes = _scopes(node)
+        for path in paths:
+            if path in scopes:
+                found[path].append(node.name)
+    return found
+
+
+def _scopes(node: onnx.NodeProto) -> set[str]:
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES_KEY:
+            return set(ast.literal_eval(prop.value))
+    return set(node.name.split("/")[1:-1]) if node.name.startswith("/") else set()

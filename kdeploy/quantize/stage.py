@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from kdeploy import cpu, progress
 from kdeploy.artifacts import (
@@ -39,6 +41,7 @@ from kdeploy.quantize.convert import (
     convert,
     dynamic_problem,
 )
+from kdeploy.quantize.graph import module_nodes
 from kdeploy.recipe import load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run
@@ -186,6 +189,18 @@ def check_int8_options(method: str, calib_samples: int, calib_method: str, metho
         raise UserError(f"--calib-samples {calib_samples}: must be >= 1 (default 512)")
 
 
+def check_float_modules(src: Path, options: QuantOptions) -> None:
+    """One line naming the requested module paths no node of ``src`` was exported from, and the model's own."""
+    found = module_nodes(onnx.load(str(src), load_external_data=False), options.float_modules)
+    missing = [path for path, names in found.items() if not names]
+    if missing:
+        raise UserError(
+            f"--float-module {', '.join(missing)}: no layer of {src.name} comes from that module path; name a "
+            "module of the model (model.named_modules(); a Conv the export fused with its BatchNorm: the BatchNorm "
+            "or their parent)"
+        )
+
+
 def saturates(target: str = DEFAULT_TARGET) -> bool:
     """ONNX Runtime's INT8 kernels here may saturate on 8-bit weights: an x86 CPU without VNNI (:mod:`kdeploy.cpu`);
     never for TensorRT files."""
@@ -221,11 +236,13 @@ def quantize(
     target: str = DEFAULT_TARGET,
     reduce_range: bool | None = None,
     float_gelu: bool | None = None,
+    float_modules: Sequence[str] = (),
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
 
     ``reduce_range``: static INT8 weights on 7 bits (see :class:`QuantOptions`); None: :func:`auto_reduce_range`.
-    ``float_gelu``: static INT8 leaves GELU's inner ops in float (:class:`QuantOptions`); None: ``FLOAT_GELU``."""
+    ``float_gelu``: static INT8 leaves GELU's inner ops in float (:class:`QuantOptions`); None: ``FLOAT_GELU``.
+    ``float_modules``: module paths whose layers static INT8 keeps in float (:class:`QuantOptions`)."""
     run = run if isinstance(run, Run) else Run.open(run)
     check_args(method, calib_samples, calib_method, max_accuracy_drop)
     check_target(target)
@@ -236,8 +253,16 @@ def quantize(
     if int8 and method == "static":  # after every check: a refused call prints one line
         reduce_range = auto_reduce_range(reduce_range, target)
     options = QuantOptions(
-        calib_method, per_channel, target, bool(reduce_range), FLOAT_GELU if float_gelu is None else float_gelu
+        calib_method,
+        per_channel,
+        target,
+        bool(reduce_range),
+        FLOAT_GELU if float_gelu is None else float_gelu,
+        tuple(float_modules),
     )
+    if int8 and method == "static" and float_modules:
+        for source in sources.values():
+            check_float_modules(manifest.artifact_path(run, source), options)
     recipe = run_recipe(run)
     data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
