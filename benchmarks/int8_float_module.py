@@ -1,0 +1,83 @@
+"""Static INT8 with one module path kept in float (``kdeploy quantize --float-module``) against every layer quantized.
+
+For each ``RUN:ROLE`` (the run is copied to a temporary folder first, so it is left as it was), both files are
+quantized from the same export and the same calibration images as ``kdeploy quantize --int8`` takes them (512,
+min-max) in the four weight settings (8- and 7-bit, per tensor and per channel), and each file's test accuracy is
+measured with ONNX Runtime's own kernels. Written for ``fast_cnn``'s whitening stem (``--module stem.0``), whose
+frozen filters differ 10x in gain (benchmarks/README.md, "fast_cnn in static INT8: the whitening stem").
+
+Usage::
+
+    KDEPLOY_DATA=../shared/data .venv/bin/python benchmarks/int8_float_module.py RUN:student [...] [--module stem.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnxruntime
+from _machine import load_average
+from _markdown import md_table
+
+from kdeploy import cpu
+from kdeploy.export import export_onnx
+from kdeploy.export.ort import onnx_accuracy
+from kdeploy.quantize.calibration import calibration_split, make_reader
+from kdeploy.quantize.convert import QuantOptions, convert_static
+from kdeploy.rundata import load_run_data, run_recipe
+from kdeploy.runs import Run
+
+SETTINGS = ((False, False), (False, True), (True, False), (True, True))  # (per_channel, reduce_range)
+
+
+def label(per_channel: bool, reduce_range: bool) -> str:
+    return f"{7 if reduce_range else 8}-bit {'per-channel' if per_channel else 'per-tensor'}"
+
+
+def measure(source: Path, role: str, module: str) -> list[str]:
+    """fp32 accuracy, then per weight setting 'all quantized -> module in float' (test accuracy, %)."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        shutil.copytree(source, tmp / "run", ignore=shutil.ignore_patterns("state", "tensorboard"))
+        run = Run.open(tmp / "run")
+        if not (run.export_dir / f"{role}.onnx").is_file():
+            export_onnx(run, models=[role])
+        src = run.export_dir / f"{role}.onnx"
+        data = load_run_data(run)
+        calib = calibration_split(data.train, 512, run_recipe(run).seed)
+
+        def accuracy(path: Path) -> float:
+            return 100 * onnx_accuracy(path, data.test, data.mean, data.std, threads=1)
+
+        cells = [f"{source}:{role}", f"{accuracy(src):.2f}"]
+        for per_channel, reduce_range in SETTINGS:
+            pair = []
+            for modules in ((), (module,)):
+                out = tmp / "int8.onnx"
+                reader = make_reader(calib.split, data.mean, data.std, "input")
+                options = QuantOptions("minmax", per_channel, reduce_range=reduce_range, float_modules=modules)
+                convert_static(src, out, tmp, reader, options)
+                pair.append(accuracy(out))
+            cells.append(f"{pair[0]:.2f} -> {pair[1]:.2f} ({pair[1] - pair[0]:+.2f})")
+        return cells
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="RUN:ROLE, e.g. runs/x/seed0:student")
+    ap.add_argument("--module", default="stem.0", help="the module path kept in float (default stem.0)")
+    args = ap.parse_args()
+    rows = []
+    for spec in args.models:
+        source, _, role = spec.rpartition(":")
+        rows.append(measure(Path(source), role, args.module))
+    print(f"{cpu.model_name()}, onnxruntime {onnxruntime.__version__}, 1 thread, load {load_average()}; "
+          f"every layer quantized -> {args.module} in float, test accuracy %")  # fmt: skip
+    print(md_table(["model", "fp32 %", *(label(pc, rr) for pc, rr in SETTINGS)], rows))
+
+
+if __name__ == "__main__":
+    main()
