@@ -189,9 +189,11 @@ def check_int8_options(method: str, calib_samples: int, calib_method: str, metho
         raise UserError(f"--calib-samples {calib_samples}: must be >= 1 (default 512)")
 
 
-def check_float_modules(src: Path, options: QuantOptions) -> None:
-    """One line naming the requested module paths no node of ``src`` was exported from, and the model's own."""
-    found = module_nodes(onnx.load(str(src), load_external_data=False), options.float_modules)
+def check_float_modules(src: Path, paths: Sequence[str]) -> None:
+    """One line naming the requested module paths that no node of ``src`` was exported from."""
+    if not paths:
+        return
+    found = module_nodes(onnx.load(str(src), load_external_data=False), paths)
     missing = [path for path, names in found.items() if not names]
     if missing:
         raise UserError(
@@ -250,8 +252,10 @@ def quantize(
         raise UserError("nothing to do: pass --int8 and/or --fp16")
     roles = manifest.select_models(run, models)
     sources = {role: source_artifact(run, role, "onnx", "quantization") for role in roles}
-    if int8 and method == "static":  # after every check: a refused call prints one line
-        reduce_range = auto_reduce_range(reduce_range, target)
+    if int8 and method == "static":
+        for source in sources.values():
+            check_float_modules(manifest.artifact_path(run, source), float_modules)
+        reduce_range = auto_reduce_range(reduce_range, target)  # after every check: a refused call prints one line
     options = QuantOptions(
         calib_method,
         per_channel,
@@ -260,9 +264,6 @@ def quantize(
         FLOAT_GELU if float_gelu is None else float_gelu,
         tuple(float_modules),
     )
-    if int8 and method == "static" and float_modules:
-        for source in sources.values():
-            check_float_modules(manifest.artifact_path(run, source), options)
     recipe = run_recipe(run)
     data = load_data(recipe)
     calib = calibration_split(data.train, calib_samples, recipe.seed) if int8 and method == "static" else None
