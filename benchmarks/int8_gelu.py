@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime
+from _alternating import BATCHES, latencies
 from _machine import load_average
 from _markdown import md_table
 
 from kdeploy import cpu
-from kdeploy.bench.latency import TimingSettings, time_host
 from kdeploy.export import export_onnx
-from kdeploy.export.ort import make_session, onnx_accuracy, run_batch
+from kdeploy.export.ort import onnx_accuracy
 from kdeploy.quantize.calibration import calibration_split, make_reader
 from kdeploy.quantize.convert import QuantOptions, convert_static
 from kdeploy.quantize.graph import gelu_nodes
@@ -42,8 +40,6 @@ from kdeploy.rundata import load_run_data, run_recipe
 from kdeploy.runs import Run
 
 ROLES = ("teacher", "baseline", "student")
-BATCHES = (1, 256)
-TIMING = TimingSettings(warmup=10, min_iters=30, min_seconds=1.0)
 
 
 @dataclass
@@ -59,20 +55,6 @@ class Pair:
 
 def q_points(path: Path) -> int:
     return [n.op_type for n in onnx.load(str(path)).graph.node].count("QuantizeLinear")
-
-
-def latencies(files: dict[bool, Path], shape: tuple[int, ...], threads: int, rounds: int) -> dict[Any, float]:
-    """Median over ``rounds`` of each file's p50 at each batch size, the two files alternating within a round."""
-    sessions = {fg: make_session(path, threads=threads) for fg, path in files.items()}
-    rng = np.random.default_rng(0)
-    samples: dict[tuple[bool, int], list[float]] = {}
-    for r in range(rounds):
-        for batch in BATCHES:
-            x = rng.standard_normal((batch, *shape)).astype(np.float32)
-            for fg in sorted(sessions, reverse=bool(r % 2)):
-                lat = time_host(lambda s=sessions[fg], x=x: run_batch(s, x), TIMING)
-                samples.setdefault((fg, batch), []).append(lat.p50)
-    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def measure(run: Run, role: str, data: Any, calib: Any, tmp: Path, threads: int, rounds: int) -> list[Pair]:
