@@ -363,7 +363,11 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     calib = Calibration(Split(data.train.images[:64], data.train.labels[:64]), seed=0)
     e = quantize_one(work, "student", "onnx-int8", source, data, fp32, QuantOptions(), calib, max_accuracy_drop=0.0)
     assert e.status == "failed" and not e.passed and "accuracy gate" in e.reason
+    assert e.reason.endswith("per-channel weights often recover it: add --per-channel"), "per-tensor: what to try"
     assert e.files == ["student.int8.failed.onnx"]
+    per_channel = QuantOptions(per_channel=True)
+    e = quantize_one(work, "student", "onnx-int8", source, data, fp32, per_channel, calib, max_accuracy_drop=0.0)
+    assert e.status == "failed" and "--per-channel" not in e.reason, "already per channel: no advice"
     assert not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "student:onnx-int8").status == "failed"
 
