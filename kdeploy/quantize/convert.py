@@ -83,6 +83,16 @@ def preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
         return src, note
 
 
+def _float_nodes(pre: Path, options: QuantOptions) -> tuple[list[list[str]], list[str]]:
+    """The GELU chains and the module paths' nodes that static INT8 keeps float; the graph is read only when one of
+    the two options asks for it."""
+    if not (options.float_gelu or options.float_modules):
+        return [], []
+    graph = onnx.load(str(pre), load_external_data=False)
+    gelus = gelu_nodes(graph) if options.float_gelu else []
+    return gelus, sorted({name for names in module_nodes(graph, options.float_modules).values() for name in names})
+
+
 def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantOptions) -> dict[str, Any]:
     """Static QDQ INT8, calibrated on what ``reader`` yields (:class:`QuantOptions`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -94,9 +104,7 @@ def convert_static(src: Path, dst: Path, tmp: Path, reader: Any, options: QuantO
         with _quiet():
             extra["TensorQuantOverrides"] = entropy_overrides(pre, reader, tmp)
     per_channel = per_channel_for(options.target, options.per_channel)
-    graph = onnx.load(str(pre), load_external_data=False)
-    gelus = gelu_nodes(graph) if options.float_gelu else []
-    kept = sorted({name for names in module_nodes(graph, options.float_modules).values() for name in names})
+    gelus, kept = _float_nodes(pre, options)
     with _quiet():
         quantize_static(
             str(pre),
