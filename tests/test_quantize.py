@@ -368,6 +368,9 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     per_channel = QuantOptions(per_channel=True)
     e = quantize_one(work, "student", "onnx-int8", source, data, fp32, per_channel, calib, max_accuracy_drop=0.0)
     assert e.status == "failed" and "--per-channel" not in e.reason, "already per channel: no advice"
+    trt = QuantOptions(target="tensorrt")  # per_channel not asked for, but TensorRT's form has per-channel weights
+    e = quantize_one(work, "student", "onnx-int8", source, data, fp32, trt, calib, max_accuracy_drop=0.0)
+    assert e.status == "failed" and e.settings["per_channel"] and "--per-channel" not in e.reason
     assert not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "student:onnx-int8").status == "failed"
 
