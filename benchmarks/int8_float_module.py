@@ -17,22 +17,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import onnxruntime
 from _alternating import BATCHES, latencies
 from _machine import load_average
 from _markdown import md_table
+from _scratch import scratch_run
 
 from kdeploy import cpu
-from kdeploy.export import export_onnx
 from kdeploy.export.ort import onnx_accuracy
 from kdeploy.quantize.calibration import calibration_split, make_reader
 from kdeploy.quantize.convert import QuantOptions, convert_static
 from kdeploy.rundata import load_run_data, run_recipe
-from kdeploy.runs import Run
 
 SETTINGS = ((False, False), (False, True), (True, False), (True, True))  # (per_channel, reduce_range)
 
@@ -44,12 +41,7 @@ def label(per_channel: bool, reduce_range: bool) -> str:
 def measure(source: Path, role: str, module: str, rounds: int) -> tuple[list[str], list[str]]:
     """fp32 accuracy, then per weight setting 'all quantized -> module in float' (test accuracy, %); and with
     ``rounds`` the same pairs' p50 (ms) at each batch size."""
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        shutil.copytree(source, tmp / "run", ignore=shutil.ignore_patterns("state", "tensorboard"))
-        run = Run.open(tmp / "run")
-        if not (run.export_dir / f"{role}.onnx").is_file():
-            export_onnx(run, models=[role])
+    with scratch_run(source, [role]) as (run, tmp):
         src = run.export_dir / f"{role}.onnx"
         data = load_run_data(run)
         calib = calibration_split(data.train, 512, run_recipe(run).seed)

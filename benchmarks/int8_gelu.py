@@ -17,8 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ import onnxruntime
 from _alternating import BATCHES, latencies
 from _machine import load_average
 from _markdown import md_table
+from _scratch import scratch_run
 
 from kdeploy import cpu
-from kdeploy.export import export_onnx
 from kdeploy.export.ort import onnx_accuracy
 from kdeploy.quantize.calibration import calibration_split, make_reader
 from kdeploy.quantize.convert import QuantOptions, convert_static
@@ -84,14 +82,8 @@ def measure(run: Run, role: str, data: Any, calib: Any, tmp: Path, threads: int,
 
 
 def one_run(source: Path, threads: int, rounds: int) -> list[Pair]:
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        shutil.copytree(source, tmp / "run", ignore=shutil.ignore_patterns("state", "tensorboard"))
-        run = Run.open(tmp / "run")
-        roles = [r for r in ROLES if (run.root / f"{r}.safetensors").is_file()]
-        missing = [r for r in roles if not (run.export_dir / f"{r}.onnx").is_file()]
-        if missing:
-            export_onnx(run, models=missing)
+    roles = [r for r in ROLES if (source / f"{r}.safetensors").is_file()]
+    with scratch_run(source, roles) as (run, tmp):
         data = load_run_data(run)
         calib = calibration_split(data.train, 512, run_recipe(run).seed)
         return [pair for role in roles for pair in measure(run, role, data, calib, tmp, threads, rounds)]

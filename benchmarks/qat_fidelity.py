@@ -19,16 +19,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
+from _scratch import scratch_run
 
 from kdeploy.data import iterate_batches
 from kdeploy.evaluate import top1_accuracy
-from kdeploy.export import export_onnx
 from kdeploy.export.ort import make_session, onnx_logits
 from kdeploy.qat.fakequant import calibrate, fold_batchnorm, insert_fake_quant
 from kdeploy.qat.stage import torch_accuracy
@@ -84,13 +82,8 @@ def by_op(run: Run, calib: Any, data: Any, tmp: Path) -> list[str]:
 
 
 def one_run(source: Path, with_ops: bool) -> list[str]:
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        shutil.copytree(source, tmp / "run", ignore=shutil.ignore_patterns("state", "tensorboard"))
-        run = Run.open(tmp / "run")
+    with scratch_run(source, ["student"]) as (run, tmp):
         data, recipe = load_run_data(run), run_recipe(run)
-        if not (run.export_dir / "student.onnx").is_file():
-            export_onnx(run, models=["student"])
         calib = calibration_split(data.train, recipe.qat.calib_samples if recipe.qat else 512, recipe.seed)
         reader = make_reader(calib.split, data.mean, data.std, "input")
         path = tmp / "student.int8.onnx"
