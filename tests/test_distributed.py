@@ -6,6 +6,7 @@ final weights each rank holds, and every file each rank wrote; the tests then co
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -51,6 +52,7 @@ def _join(rank: int, port: int) -> Any:
     """Join a 2-process group through the same environment variables torchrun sets; this rank's World."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
     os.environ["WORLD_SIZE"] = "2"
+    faulthandler.enable(all_threads=True)  # a rank that aborts in C++ prints every thread's Python stack
     torch.set_num_threads(1)
     from kdeploy.distill.distributed import world_from_env
 
@@ -60,8 +62,6 @@ def _join(rank: int, port: int) -> Any:
 def _worker(rank: int, port: int, work: str, mnist: str) -> None:
     """One rank of a full distillation run."""
     world = _join(rank, port)
-    import torch.distributed as dist
-
     from kdeploy import atomic, progress
 
     record: dict[str, Any] = {"shards": [], "writes": [], "states": {}, "world": (world.rank, world.size)}
@@ -109,7 +109,7 @@ def _worker(rank: int, port: int, work: str, mnist: str) -> None:
         distill(validate(raw), out=Path(work) / "cut", world=world)
     progress.set_reporter(quiet)
     distill(validate(raw), out=Path(work) / "cut", resume=True, world=world)
-    dist.destroy_process_group()
+    world.close()
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,6 @@ def test_distributed_resume_reaches_the_same_weights(ddp: Path) -> None:
 
 def _cache_worker(rank: int, port: int, work: str) -> None:
     world = _join(rank, port)
-    import torch.distributed as dist
-
     data, teacher = _cache_inputs()
     calls: list[int] = []
     real = evaluation_module.predict_logits
@@ -190,7 +188,7 @@ def _cache_worker(rank: int, port: int, work: str) -> None:
     evaluation_module.predict_logits = counting
     cache = Trainer(data, 8, 4, 0, TrainConfig(), None, world=world).teacher_cache(teacher)
     torch.save({"cache": cache, "calls": calls}, Path(work) / f"cache{rank}.pt")
-    dist.destroy_process_group()
+    world.close()
 
 
 def _cache_inputs() -> tuple[Any, torch.nn.Module]:

@@ -73,11 +73,13 @@ def distill(
             print_seeds(result.summary)
             first = result.runs[result.summary.seeds[0]].root
             out.print(f"multi-seed folder: {result.root} (seeds.json, seeds.md); latest -> {first}", highlight=False)
+        world.close()
         return
     run = run_distill(config, out=out_dir, resume=resume, force=force, world=world)
     if world.main:
         print_metrics(run.read_metrics())
         out.print(f"run folder: {run.root}")
+    world.close()
 
 
 def _launch(

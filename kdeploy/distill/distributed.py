@@ -69,6 +69,15 @@ class World:
         if self.distributed:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group once every rank is done: a barrier first, so no rank tears its connections down
+        while another still writes its last files or reduces (a rank that left early was seen aborting in gloo's
+        teardown with SIGABRT). The end of a run that succeeded calls it; ``_shutdown`` (atexit) stays the exit of
+        a failed one, where a barrier could wait on a rank that is gone."""
+        if self.distributed and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def wrap(self, module: nn.Module) -> nn.Module:
         """DistributedDataParallel around ``module`` when distributed: it broadcasts rank 0's parameters and
         buffers now, and averages gradients during every backward pass."""
