@@ -60,10 +60,10 @@ def _join(rank: int, port: int) -> Any:
 
 
 def _leave(world: Any) -> None:
-    """Leave the group (``World.close``: a barrier, then destroy) and end this spawned rank without interpreter
-    finalization: every record is saved by now. A rank once died with SIGABRT in CI after its last results; where
-    was not found, and Python's teardown beside gloo's threads is one candidate this exit removes (the barrier in
-    ``close`` the other). A rank that fails earlier still raises, and the fixture still fails."""
+    """Leave the group (``World.close``) and end this spawned rank without interpreter finalization: every record
+    is saved by now. A rank once died with SIGABRT in CI after its last results, cause not found; Python's teardown
+    beside gloo's threads is the candidate this exit removes (``distill`` already ends on a barrier, so the one in
+    ``close`` adds nothing here). A rank that fails earlier still raises, and the fixture still fails."""
     world.close()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -70,13 +70,14 @@ class World:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group once every rank is done: a barrier first, so no rank tears its connections down
-        while another still writes its last files or reduces (a rank that left early was seen aborting in gloo's
-        teardown with SIGABRT). The end of a run that succeeded calls it; ``_shutdown`` (atexit) stays the exit of
-        a failed one, where a barrier could wait on a rank that is gone."""
+        """Leave the process group at the end of a command that succeeded, once every rank is there. ``distill``
+        and ``distill_seeds`` already end on a barrier after their last write; this one also waits for what rank 0
+        prints after them, so no rank destroys the group while another is still in the command (a test rank once
+        died with SIGABRT around teardown, cause not found). ``_shutdown`` (atexit) stays the exit of a failed
+        command, where a barrier could wait on a rank that is gone."""
         if self.distributed and dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
+            _shutdown()
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """DistributedDataParallel around ``module`` when distributed: it broadcasts rank 0's parameters and
