@@ -67,6 +67,12 @@ class ModelConfig(_Strict):
     augment: Augment | None = Field(
         None, description="this model's training augmentation instead of data.augment (the baseline follows student)"
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="teacher only: the seed it trains with (or a checkpoint was trained with), whose validation split "
+        "every run then uses; `--seeds` trains that one teacher once and shares it; default: each run's own seed",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -179,12 +185,20 @@ class Recipe(_Strict):
         if self.student.checkpoint:
             raise ValueError("student.checkpoint: only a teacher is loaded; the student and its baseline always train "
                              "(drop it, or load those weights as teacher.checkpoint)")  # fmt: skip
+        if self.student.seed is not None:
+            raise ValueError("student.seed: the student and its baseline train with the run's `seed` (or --seeds); "
+                             "only a teacher has a seed of its own")  # fmt: skip
         if self.student.model == "ensemble":
             raise ValueError("student: an ensemble is a teacher only (trained members, averaged); pick a single model")
         if self.teacher.model == "ensemble" and not self.teacher.checkpoint:
             raise ValueError("teacher: an ensemble is loaded, not trained: give teacher.checkpoint, a list of one "
                              "weights file per member (train them first, e.g. one teacher per seed)")  # fmt: skip
         return self
+
+    @property
+    def teacher_seed(self) -> int:
+        """The seed the teacher trains with: ``teacher.seed``, else the run's."""
+        return self.seed if self.teacher.seed is None else self.teacher.seed
 
     def batch_size_for(self, stage: ModelConfig | QatConfig) -> int:
         """The training batch of a model or of QAT: its own ``batch_size``, else ``data.batch_size``."""
@@ -332,9 +346,11 @@ def load_recipe(
 
 
 def load_data(recipe: Recipe) -> Dataset:
-    """The recipe's dataset: the one call every stage makes (same root, limit, seed and validation split)."""
+    """The recipe's dataset: the one call every stage makes (same root, limit, seed and validation split). The split
+    is the teacher's seed's, so a shared teacher (``teacher.seed``) never trained on a run's validation images."""
     d = recipe.data
-    return load_dataset(d.name, root=d.root, download=d.download, val_size=d.val_size, seed=recipe.seed, limit=d.limit)
+    seed = recipe.teacher_seed
+    return load_dataset(d.name, root=d.root, download=d.download, val_size=d.val_size, seed=seed, limit=d.limit)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -203,7 +203,8 @@ def distill_seeds(
     force: bool = False,
     world: World | None = None,
 ) -> SeedsResult:
-    """Run the recipe once per seed into ``<out>/seed<N>`` and summarise; every rank calls it under torchrun."""
+    """Run the recipe once per seed into ``<out>/seed<N>`` and summarise; every rank calls it under torchrun. With
+    ``teacher.seed`` the first seed's run trains the teacher and the others load its weights file."""
     from kdeploy.distill import distill
     from kdeploy.distill.distributed import world_from_env
 
@@ -217,6 +218,8 @@ def distill_seeds(
     for i, seed in enumerate(seeds):
         progress.log(f"seed {seed} ({i + 1}/{len(seeds)})")
         seeded = recipe.model_copy(deep=True, update={"seed": seed})
+        if runs and recipe.teacher.seed is not None and not recipe.teacher.checkpoint:
+            seeded.teacher.checkpoint = str(runs[seeds[0]].weights_path("teacher"))  # one teacher, trained once
         runs[seed] = distill(
             seeded, out=seed_folder(root, seed), resume=resume, force=force, world=world, mark_latest=False
         )

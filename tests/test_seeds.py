@@ -8,11 +8,13 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from kdeploy.cli import app
 from kdeploy.errors import UserError
+from kdeploy.recipe import load_data, load_recipe
 from kdeploy.runs import ModelMetrics, Run
 from kdeploy.seeds import Stat, aggregate, parse_seeds
 
@@ -199,3 +201,29 @@ def test_same_weights_compares_tensors_not_file_bytes(multi: tuple[Path, Path, s
     assert [line.split()[0] for line in other_seed] == ["DIFFERENT"] * 3, other_seed
     (tmp_path / "baseline.safetensors").unlink()
     assert same_weights.compare(root / "seed0", tmp_path)[0].split()[0] == "MISSING"
+
+
+def test_a_teacher_seed_trains_one_teacher_for_every_seed(mnist_root: Path, tmp_path: Path) -> None:
+    """``teacher.seed``: the first seed's run trains the teacher with that seed, the others load it, and every run
+    validates on the teacher's seed's split, so no student validates on images its teacher trained on."""
+    from safetensors.torch import load_file
+
+    shared = write_recipe(tmp_path / "shared.yaml", tiny_recipe(mnist_root, teacher__seed=0, teacher__epochs=1))
+    plain = write_recipe(tmp_path / "plain.yaml", tiny_recipe(mnist_root, teacher__epochs=1))
+    out, ref = tmp_path / "runs" / "shared", tmp_path / "runs" / "plain"
+    for args in (["distill", str(shared), "--seeds", "1,2", "--out", str(out)],
+                 ["distill", str(plain), "--out", str(ref), "--set", "baseline=false"]):  # fmt: skip
+        result = CliRunner().invoke(app, ["-q", *args])
+        assert result.exit_code == 0, result.output
+    runs = [Run.open(out / "seed1"), Run.open(out / "seed2"), Run.open(ref)]
+    recipes = [load_recipe(r.recipe_path) for r in runs]
+    assert recipes[1].teacher.checkpoint == str(runs[0].weights_path("teacher")), "seed 2 loads seed 1's teacher"
+    teachers = [load_file(r.weights_path("teacher")) for r in runs]
+    assert all(t.keys() == teachers[2].keys() and all(torch.equal(t[k], teachers[2][k]) for k in t) for t in teachers)
+    metrics = [r.model_metrics() for r in runs]
+    assert metrics[0]["teacher"].accuracy == metrics[1]["teacher"].accuracy == metrics[2]["teacher"].accuracy
+    assert metrics[0]["student"].accuracy != metrics[1]["student"].accuracy, "the students still differ by seed"
+    val = [load_data(r).val.labels for r in recipes]
+    assert torch.equal(val[0], val[1]) and torch.equal(val[0], val[2]), "every run validates on seed 0's split"
+    own = recipes[0].model_copy(update={"teacher": recipes[2].teacher})  # seed 1 without teacher.seed
+    assert not torch.equal(load_data(own).val.labels, val[0]), "without teacher.seed, seed 1 draws its own split"

@@ -229,7 +229,7 @@ class DistillSession:
         d = recipe.data
         self.trainer = Trainer(data, d.batch_size, d.eval_batch_size, recipe.seed, recipe.train, d.augment, world)
         # every model and the method are built (and the method's layer paths checked) before any training
-        self.teacher = build(recipe.teacher, data, recipe.seed, "teacher")
+        self.teacher = build(recipe.teacher, data, recipe.teacher_seed, "teacher")
         self.students = {role: build(recipe.student, data, recipe.seed, "student") for role in ("baseline", "student")}
         self.method = create_method(recipe.distill.method, recipe.distill.params())
         check_layers(self.method, self.students["student"], self.teacher)
@@ -285,13 +285,19 @@ class DistillSession:
             result = Result(acc, float("nan"), 0, 0.0, 0.0, [], last_accuracy=acc)
             self.finish("teacher", teacher, recipe.teacher, result, checkpoint=recipe.teacher.checkpoint)
         else:
-            ce, path = create_method("ce", {}), self.run.state_path("teacher")
-            board = self.tensorboard_dir("teacher")
-            result = self.trainer.fit(
-                "teacher", teacher, recipe.teacher, ce, path, resume=self.resume, tensorboard_dir=board
-            )
+            result = self.fit_teacher(teacher)
             self.finish("teacher", teacher, recipe.teacher, result)
         return self.trainer.prepare_teacher(teacher)
+
+    def fit_teacher(self, teacher: nn.Module) -> Result:
+        """Train the teacher with CE. A teacher with its own ``teacher.seed`` trains with that seed alone (data order
+        and, from torch's global RNG seeded afresh, dropout), whatever the run's seed: every run makes the same one."""
+        recipe, own = self.recipe, self.recipe.teacher.seed
+        ce, path, board = create_method("ce", {}), self.run.state_path("teacher"), self.tensorboard_dir("teacher")
+        trainer = self.trainer if own is None else self.trainer.reseeded(own)
+        fit = functools.partial(trainer.fit, "teacher", teacher, recipe.teacher, ce, path, resume=self.resume,
+                                tensorboard_dir=board)  # fmt: skip
+        return fit() if own is None else from_seed(own, fit)
 
     def train_students(self, teacher: nn.Module) -> None:
         """The CE-only baseline (when on) and the distilled student, from the same initialisation: side by side

@@ -8,6 +8,7 @@ The state is saved and restored only by ``TrainState`` (``state.py``); resuming 
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -111,6 +112,12 @@ class Trainer:
     @property
     def device(self) -> torch.device:
         return self.world.device
+
+    def reseeded(self, seed: int) -> Trainer:
+        """This trainer (same data, settings and stop signal) with another seed for initial batches and data order."""
+        trainer = copy.copy(self)
+        trainer.seed = seed
+        return trainer
 
     def prepare_teacher(self, teacher: nn.Module) -> nn.Module:
         """Frozen, in eval mode, on the device and in the training memory format: a teacher loaded from a checkpoint
