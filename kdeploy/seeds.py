@@ -9,8 +9,9 @@ runs/latest -> <name>/seed<first>   a concrete run, so `kdeploy export` / `bench
 ```
 
 The seed is the recipe's ``seed``: it draws the validation split, the initial weights and the batch order. The test
-split is the same for every seed. Models are selected on validation ("best epoch"); "last epoch" is the model
-after the final epoch. Std is the sample standard deviation (n - 1), as papers report it.
+split is the same for every seed. With ``teacher.seed`` one teacher, trained with that seed in the first seed's run,
+serves every seed, and every seed validates on that seed's split. Models are selected on validation ("best epoch");
+"last epoch" is the model after the final epoch. Std is the sample standard deviation (n - 1), as papers report it.
 """
 
 from __future__ import annotations
@@ -151,10 +152,16 @@ class SeedsSummary:
     runs: dict[int, str]  # seed -> run folder name
     per_seed: dict[int, dict[str, dict[str, float | None]]]  # seed -> role -> metric -> value
     stats: Summary
+    teacher_seed: int | None = None  # one teacher, trained with this seed, for every seed (``teacher.seed``)
 
     @classmethod
     def of(
-        cls, recipe: str, seeds: list[int], runs: dict[int, str], per_seed: dict[int, dict[str, ModelMetrics]]
+        cls,
+        recipe: str,
+        seeds: list[int],
+        runs: dict[int, str],
+        per_seed: dict[int, dict[str, ModelMetrics]],
+        teacher_seed: int | None = None,
     ) -> SeedsSummary:
         """The summary of each seed's models (role -> metrics) and their statistics over the seeds."""
         return cls(
@@ -165,13 +172,23 @@ class SeedsSummary:
                 s: {role: {k: getattr(mm, k) for k in METRICS} for role, mm in m.items()} for s, m in per_seed.items()
             },
             stats=aggregate(per_seed),
+            teacher_seed=teacher_seed,
         )
+
+    @property
+    def teacher_note(self) -> str:
+        """What a shared teacher means for the table ("" when each seed trained its own)."""
+        if self.teacher_seed is None:
+            return ""
+        return (f"One teacher, trained with seed {self.teacher_seed} (`teacher.seed`), for every seed; every seed "
+                f"validates on seed {self.teacher_seed}'s split.")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         return {
             "recipe": self.recipe,
             "seeds": self.seeds,
             "runs": {str(s): name for s, name in self.runs.items()},
+            "teacher_seed": self.teacher_seed,
             "std": "sample standard deviation (n - 1)",
             "per_seed": {str(s): roles for s, roles in self.per_seed.items()},
             "summary": {role: stats.to_json() for role, stats in self.stats.items()},
@@ -184,6 +201,7 @@ class SeedsSummary:
             "",
             "mean ± sample std (n - 1). Best epoch: the model selected on the validation split. Last epoch: after "
             f"the final epoch. `{GAIN}` is the paired difference of the same seed (points).",
+            *(["", self.teacher_note] if self.teacher_note else []),
             "",
             "| model | best epoch | last epoch | n | per seed (best epoch) |",
             "|---|---:|---:|---:|---|",
@@ -225,7 +243,8 @@ def distill_seeds(
         )
     world.barrier()  # rank 0 has written every seed's metrics.json
     per_seed = {s: r.model_metrics() for s, r in runs.items()}
-    result = SeedsSummary.of(recipe.name, seeds, {s: r.root.name for s, r in runs.items()}, per_seed)
+    names = {s: r.root.name for s, r in runs.items()}
+    result = SeedsSummary.of(recipe.name, seeds, names, per_seed, teacher_seed=recipe.teacher.seed)
     if world.main:
         folder = SeedsFolder(root)
         atomic.write_json(folder.summary_path, result.to_json())

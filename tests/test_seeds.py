@@ -48,6 +48,7 @@ def test_one_complete_run_per_seed(multi: tuple[Path, Path, str]) -> None:
     assert len(teacher) > 1, "different seeds give different initialisations and batch orders"
     assert (root.parent / "latest").resolve() == (root / "seed0").resolve(), "latest is a concrete run"
     assert not (root / "latest").exists()
+    assert json.loads((root / "seeds.json").read_text())["teacher_seed"] is None, "each seed trained its own teacher"
 
 
 def test_summary_matches_statistics_module(multi: tuple[Path, Path, str]) -> None:
@@ -227,3 +228,5 @@ def test_a_teacher_seed_trains_one_teacher_for_every_seed(mnist_root: Path, tmp_
     assert torch.equal(val[0], val[1]) and torch.equal(val[0], val[2]), "every run validates on seed 0's split"
     own = recipes[0].model_copy(update={"teacher": recipes[2].teacher})  # seed 1 without teacher.seed
     assert not torch.equal(load_data(own).val.labels, val[0]), "without teacher.seed, seed 1 draws its own split"
+    assert json.loads((out / "seeds.json").read_text())["teacher_seed"] == 0
+    assert "One teacher, trained with seed 0 (`teacher.seed`), for every seed" in (out / "seeds.md").read_text()

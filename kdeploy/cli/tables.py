@@ -23,7 +23,8 @@ def _wide() -> Console:
 
 def print_seeds(result: SeedsSummary) -> None:
     seeds = ", ".join(str(s) for s in result.seeds)
-    table = Table(title=f"{result.recipe}: test accuracy % over seeds {seeds} (mean ± std)", title_justify="left")
+    table = Table(title=f"{result.recipe}: test accuracy % over seeds {seeds} (mean ± std)", title_justify="left",
+                  caption=result.teacher_note or None, caption_justify="left")  # fmt: skip
     for col in ("model", "best epoch", "last epoch", "n"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for role, stats in result.stats.items():
