@@ -125,11 +125,13 @@ class RoleStats:
 Summary = dict[str, RoleStats]  # role (and GAIN) -> statistics
 
 
-def aggregate(per_seed: dict[int, dict[str, ModelMetrics]]) -> Summary:
-    """Each role's :class:`RoleStats` over the seeds' ``metrics.json`` models, plus the paired KD gain."""
+def aggregate(per_seed: dict[int, dict[str, ModelMetrics]], one_teacher: bool = False) -> Summary:
+    """Each role's :class:`RoleStats` over the seeds' ``metrics.json`` models, plus the paired KD gain.
+    ``one_teacher``: the seeds shared the first seed's teacher (``teacher.seed``), counted once."""
     summary: Summary = {}
     for role in ROLES:
         found = [m[role] for m in per_seed.values() if role in m]
+        found = found[:1] if one_teacher and role == "teacher" else found
         if found:
             summary[role] = RoleStats(**{k: Stat.of(getattr(m, k) for m in found) for k in METRICS})
     both = [(m["student"], m["baseline"]) for m in per_seed.values() if "student" in m and "baseline" in m]
@@ -171,7 +173,7 @@ class SeedsSummary:
             per_seed={
                 s: {role: {k: getattr(mm, k) for k in METRICS} for role, mm in m.items()} for s, m in per_seed.items()
             },
-            stats=aggregate(per_seed),
+            stats=aggregate(per_seed, one_teacher=teacher_seed is not None),
             teacher_seed=teacher_seed,
         )
 

@@ -228,5 +228,7 @@ def test_a_teacher_seed_trains_one_teacher_for_every_seed(mnist_root: Path, tmp_
     assert torch.equal(val[0], val[1]) and torch.equal(val[0], val[2]), "every run validates on seed 0's split"
     own = recipes[0].model_copy(update={"teacher": recipes[2].teacher})  # seed 1 without teacher.seed
     assert not torch.equal(load_data(own).val.labels, val[0]), "without teacher.seed, seed 1 draws its own split"
-    assert json.loads((out / "seeds.json").read_text())["teacher_seed"] == 0
+    saved = json.loads((out / "seeds.json").read_text())
+    assert saved["teacher_seed"] == 0
+    assert saved["summary"]["teacher"]["accuracy"]["n"] == 1, "one teacher is one sample, not one per seed"
     assert "One teacher, trained with seed 0 (`teacher.seed`), for every seed" in (out / "seeds.md").read_text()
