@@ -1,6 +1,7 @@
 """Quantization-aware distillation against static PTQ INT8, mean of several seeds.
 
-The seeds share one teacher (trained in the first seed's run, then ``teacher.checkpoint``). For each seed: distill a
+The seeds share one teacher (trained in the first seed's run, then ``teacher.checkpoint``; a ``--set
+teacher.checkpoint=...`` of your own serves every seed instead). For each seed: distill a
 small CNN student (``--recipe``, default ``recipes/fashion_mnist_cnn_qat.yaml``, and ``--set``), export its ONNX,
 quantize it with kdeploy's PTQ (static QDQ INT8, per-tensor min-max calibration: `kdeploy quantize --int8`; also
 with 7-bit weights, ``--reduce-range``, per tensor and per channel), then run `kdeploy qat` (the recipe's ``qat:``)
@@ -60,6 +61,13 @@ OVERRIDES = ["train.threads=1"]  # one training thread: a benchmark setting (its
 # VNNI, explicit here so every CPU runs the same comparison) is the file benched
 PTQ = {"ptq_pc_rr": (True, True), "ptq_rr": (False, True), "ptq": (False, False)}
 ACCURACIES = ("float", "ptq", "ptq_reference", "ptq_rr", "ptq_rr_reference", "ptq_pc_rr", "qat_simulated", "qat")
+
+
+def seed_overrides(seeds: list[int], seed: int, out: Path, extra: list[str]) -> list[str]:
+    """One seed's recipe overrides: the later seeds load the first seed's teacher file, unless ``extra`` (the user's
+    ``--set``, applied last) names a ``teacher.checkpoint`` of its own."""
+    shared = [f"teacher.checkpoint={out / f'seed{seeds[0]}' / 'teacher.safetensors'}"] if seed != seeds[0] else []
+    return [*OVERRIDES, *shared, *extra]
 
 
 def reference_accuracy(run: Run, data: Dataset, file: str) -> float:
@@ -238,19 +246,22 @@ def main() -> None:
                              models=("student",), timing=TimingSettings(min_iters=100, min_seconds=1.0))  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = OVERRIDES + args.extra
-    rows = [one_seed(recipe, seeds[0], out, overrides, settings, args.reuse, args.keep_students)]
-    shared = f"teacher.checkpoint={out / f'seed{seeds[0]}' / 'teacher.safetensors'}"
-    rows += [one_seed(recipe, s, out, [*overrides, shared], settings, args.reuse, args.keep_students)
-             for s in seeds[1:]]  # fmt: skip
+    rows = [one_seed(recipe, s, out, seed_overrides(seeds, s, out, args.extra), settings, args.reuse,
+                     args.keep_students) for s in seeds]  # fmt: skip
     mean, lost = _mean(rows), losses(rows)
     default = "ptq_rr" if cpu.x86_without_vnni() else "ptq"  # what `kdeploy quantize --int8` writes on this CPU
     ratios = latency_rounds(out / f"seed{seeds[-1]}", settings, args.latency_rounds) if args.latency_rounds else {}
     machine = bench_machine(out / f"seed{seeds[-1]}")
-    command = "nice -n 10 python benchmarks/bench_qat.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/bench_qat.py " + " ".join(sys.argv[1:])
     with_overrides = f" with `{' '.join('--set ' + o for o in overrides)}`" if overrides else ""
+    teachers = f"seeds {args.seeds} share the first seed's teacher. "
+    if any(o.startswith("teacher.checkpoint=") for o in args.extra):
+        teachers = f"seeds {args.seeds} load the teacher file set. "
+    if len(seeds) == 1:
+        teachers = f"seed {args.seeds}. "
     text = "\n".join([
         f"Command: `{command}`. Recipe `{recipe.relative_to(REPO)}`{with_overrides}; "
-        + (f"seeds {args.seeds} share the first seed's teacher. " if len(seeds) > 1 else f"seed {args.seeds}. ")
+        + teachers
         + "Accuracies on the full test set through ONNX Runtime; latency p50 through ONNX "
         f"Runtime, {args.threads} thread(s), PTQ and QAD files in one bench run per seed. CPU: {machine['cpu']} "
         f"({machine['cores']} cores; VNNI: {machine['vnni']}, AMX: {machine['amx']}); 1-min load average before each "

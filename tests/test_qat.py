@@ -27,10 +27,10 @@ from kdeploy.qat.fakequant import (
     quantize_weight,
     strip_fake_quant,
 )
-from kdeploy.recipe import validate
+from kdeploy.recipe import load_recipe, validate
 from kdeploy.rundata import load_run_data
 
-from .conftest import tiny_recipe
+from .conftest import benchmark_module, tiny_recipe
 
 
 @pytest.mark.parametrize("qmax", [127, 64])  # 64: reduce_range, ORT's 7-bit weights for CPUs without VNNI
@@ -279,3 +279,19 @@ def test_quantize_outputs_simulates_the_tensors_ort_quantizes(tmp_path: Path, fl
     # 0.040 of the logits on the 10-epoch fast_cnn student); still, every point modelled brings the logits closer
     # (with float_gelu less so on these random weights: GELU's inner Q/DQ points then change no logit of the file)
     assert error[True] < (1.0 if float_gelu else 0.8) * error[False], error
+
+
+def test_bench_qat_seeds_share_the_first_teacher_unless_set_names_one(tmp_path: Path) -> None:
+    """benchmarks/bench_qat.py: seeds after the first load the first seed's teacher file; a ``--set
+    teacher.checkpoint=...`` of the user's comes last, so it serves every seed (as with ``--keep-students`` on runs
+    that loaded a teacher file)."""
+    seed_overrides = benchmark_module("bench_qat").seed_overrides
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "cifar10_dwcnn_qat.yaml"
+
+    def teacher_file(seed: int, extra: list[str]) -> str | None:
+        return load_recipe(recipe, seed_overrides([3, 4], seed, tmp_path, extra)).teacher.checkpoint
+
+    assert teacher_file(3, []) is None
+    assert teacher_file(4, []) == str(tmp_path / "seed3" / "teacher.safetensors")
+    own = ["teacher.checkpoint=runs/t/teacher.safetensors"]
+    assert teacher_file(3, own) == teacher_file(4, own) == "runs/t/teacher.safetensors"
