@@ -254,11 +254,12 @@ def main() -> None:
     machine = bench_machine(out / f"seed{seeds[-1]}")
     command = "python benchmarks/bench_qat.py " + " ".join(sys.argv[1:])
     with_overrides = f" with `{' '.join('--set ' + o for o in overrides)}`" if overrides else ""
-    teachers = f"seeds {args.seeds} share the first seed's teacher. "
-    if any(o.startswith("teacher.checkpoint=") for o in args.extra):
-        teachers = f"seeds {args.seeds} load the teacher file set. "
     if len(seeds) == 1:
         teachers = f"seed {args.seeds}. "
+    elif any(o.startswith("teacher.checkpoint=") for o in args.extra):
+        teachers = f"seeds {args.seeds} load the teacher file that `--set` names. "
+    else:
+        teachers = f"seeds {args.seeds} share the first seed's teacher. "
     text = "\n".join([
         f"Command: `{command}`. Recipe `{recipe.relative_to(REPO)}`{with_overrides}; "
         + teachers
