@@ -84,11 +84,18 @@ def _training(recipe: Recipe) -> dict[str, Any]:
 
 
 def kept_run(run_dir: Path, recipe: Recipe) -> Run:
-    """The seed's run folder, its student trained by ``recipe`` (else exit), with ``recipe``'s qat: written into it."""
+    """The seed's run folder, its student trained by ``recipe`` (else exit), with ``recipe``'s qat: written into it.
+
+    The run keeps the teacher it trained with: whether its seed trained its own, loaded the first seed's or a file
+    the user named, that ``teacher.safetensors`` is the one QAD distils from, and its recipe keeps saying so."""
     if not (run_dir / "student.safetensors").is_file():
         sys.exit(f"--keep-students: {run_dir} holds no student.safetensors; run without --keep-students")
     run = Run.open(run_dir)
-    if _training(run_recipe(run)) != _training(recipe):
+    trained = run_recipe(run)
+    recipe = recipe.model_copy(
+        update={"teacher": recipe.teacher.model_copy(update={"checkpoint": trained.teacher.checkpoint})}
+    )
+    if _training(trained) != _training(recipe):
         sys.exit(f"--keep-students: {run_dir}'s student was trained by another recipe; run without --keep-students")
     atomic.write_text(run.recipe_path, dump_recipe(recipe))  # `kdeploy qat` reads its settings from the run
     return run
@@ -256,6 +263,8 @@ def main() -> None:
     with_overrides = f" with `{' '.join('--set ' + o for o in overrides)}`" if overrides else ""
     if len(seeds) == 1:
         teachers = f"seed {args.seeds}. "
+    elif args.keep_students:
+        teachers = f"seeds {args.seeds} keep the students and teacher files their runs trained or loaded. "
     elif any(o.startswith("teacher.checkpoint=") for o in args.extra):
         teachers = f"seeds {args.seeds} load the teacher file that `--set` names. "
     else:

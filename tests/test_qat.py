@@ -27,7 +27,7 @@ from kdeploy.qat.fakequant import (
     quantize_weight,
     strip_fake_quant,
 )
-from kdeploy.recipe import load_recipe, validate
+from kdeploy.recipe import dump_recipe, load_recipe, validate
 from kdeploy.rundata import load_run_data
 
 from .conftest import benchmark_module, tiny_recipe
@@ -295,3 +295,25 @@ def test_bench_qat_seeds_share_the_first_teacher_unless_set_names_one(tmp_path: 
     assert teacher_file(4, []) == str(tmp_path / "seed3" / "teacher.safetensors")
     own = ["teacher.checkpoint=runs/t/teacher.safetensors"]
     assert teacher_file(3, own) == teacher_file(4, own) == "runs/t/teacher.safetensors"
+
+
+def test_bench_qat_keep_students_keeps_each_runs_own_teacher(tmp_path: Path) -> None:
+    """``--keep-students`` on a ``kdeploy distill --seeds`` folder whose seeds each trained their own teacher (or
+    loaded a file): every seed is kept with the teacher file its run names, which is the one QAD distils from; a
+    student trained on another schedule is still refused."""
+    bench_qat = benchmark_module("bench_qat")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist_dwcnn_qat.yaml"
+    seeds = [0, 1, 2]
+    teachers = {0: None, 1: None, 2: "runs/t/teacher.safetensors"}
+    for seed, teacher in teachers.items():
+        own = [f"teacher.checkpoint={teacher}"] if teacher else []
+        run_dir = tmp_path / f"seed{seed}"
+        run_dir.mkdir()
+        (run_dir / "recipe.yaml").write_text(dump_recipe(load_recipe(recipe, [f"seed={seed}", *own])))
+        (run_dir / "student.safetensors").write_bytes(b"")
+        wanted = load_recipe(recipe, [*bench_qat.seed_overrides(seeds, seed, tmp_path, []), f"seed={seed}"])
+        kept = bench_qat.kept_run(run_dir, wanted)
+        assert load_recipe(kept.recipe_path).teacher.checkpoint == teacher
+    longer = load_recipe(recipe, [*bench_qat.seed_overrides(seeds, 0, tmp_path, []), "seed=0", "student.epochs=20"])
+    with pytest.raises(SystemExit, match="trained by another recipe"):
+        bench_qat.kept_run(tmp_path / "seed0", longer)
