@@ -101,6 +101,7 @@ class ModelMetrics:
     samples_per_second: float | None = None
     compile_seconds: float | None = None
     train_threads: int | None = None  # intra-op threads it trained with (half the cores side by side)
+    train_precision: str | None = None  # train.precision as resolved: fp32, bf16 (autocast) or fp16
     checkpoint: str | list[str] | None = None  # a teacher loaded from weights instead of trained
     method: str | None = None  # the student's distillation method
     teacher_outputs: str | None = None  # "cached", "cached, both flip views", "cached, N views", "per-batch", "unused"
@@ -108,9 +109,10 @@ class ModelMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "extra"}
-        for optional in ("compile_seconds", "train_threads", "checkpoint", "method", "teacher_outputs"):
-            if out[optional] is None:
-                del out[optional]
+        optional = ("compile_seconds", "train_threads", "train_precision", "checkpoint", "method", "teacher_outputs")
+        for key in optional:
+            if out[key] is None:
+                del out[key]
         return {**out, **self.extra}
 
     @classmethod

@@ -240,6 +240,9 @@ def test_the_teacher_runs_in_the_training_precision(
         raw = tiny_recipe(mnist_root, baseline=False, train__teacher_cache=cache, train__precision=precision)
         distill(validate(raw), out=tmp_path / precision)
     assert seen == {"bf16": {True}, "fp32": {False}}
+    for precision in ("bf16", "fp32"):  # metrics.json says which precision each model trained in
+        models = json.loads((tmp_path / precision / "metrics.json").read_text())["models"]
+        assert {m["train_precision"] for m in models.values()} == {precision}, models
     outputs = json.loads((tmp_path / "fp32" / "metrics.json").read_text())["teacher_outputs"]
     assert outputs == ("cached" if cache == "auto" else "per-batch")
 
@@ -254,6 +257,7 @@ def test_a_checkpoint_teacher_teaches_like_the_one_trained_in_the_run(mnist_root
     raw["teacher"]["checkpoint"] = str(trained.root / "teacher.safetensors")
     loaded = distill(validate(raw), out=tmp_path / "loaded")
     assert json.loads(loaded.metrics_path.read_text())["teacher_outputs"] == "per-batch"
+    assert "train_precision" not in loaded.model_metrics()["teacher"].to_dict(), "a loaded teacher trained elsewhere"
     del raw["teacher"]["model"], raw["teacher"]["kwargs"]
     named_by_file = distill(validate(raw), out=tmp_path / "named_by_file")
     assert read_meta(named_by_file.root / "teacher.safetensors")["model"]["kwargs"] == {"widths": [4, 8, 8]}

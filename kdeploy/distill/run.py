@@ -459,4 +459,5 @@ def model_entry(result: Result, model: nn.Module, compiled: bool) -> ModelMetric
         samples_per_second=round(result.samples_per_second, 1),
         compile_seconds=round(result.compile_seconds, 3) if compiled else None,
         train_threads=result.threads,
+        train_precision=result.precision,
     )

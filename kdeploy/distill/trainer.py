@@ -50,6 +50,7 @@ class Result:
     last_accuracy: float = float("nan")  # test accuracy after the last epoch
     compile_seconds: float = 0.0  # torch.compile warm-up, not part of train_seconds
     threads: int | None = None  # torch's intra-op threads while it trained
+    precision: str | None = None  # the precision it trained in (train.precision resolved: fp32, bf16 or fp16)
 
 
 class Stopped(Exception):
@@ -413,6 +414,7 @@ class Trainer:
             last_accuracy=last_acc,
             compile_seconds=compile_seconds,
             threads=torch.get_num_threads(),
+            precision=self.precision,
         )
 
     # ---- helpers -------------------------------------------------------------------------------------
