@@ -126,11 +126,12 @@ def cells(entry: Entry) -> list[str]:
 
 
 def run_cpu(environment: Path) -> str:
-    """The CPU a run trained on, from its environment.json (runs before `cpu_accelerations` was recorded: the name)."""
+    """The CPU a run trained on and its bf16/INT8 flags, from its environment.json (runs before
+    `cpu_accelerations` was recorded: the name alone)."""
     env = json.loads(environment.read_text(encoding="utf-8"))
     if "cpu_accelerations" not in env:
         return env["cpu"]
-    return f"{env['cpu']} ({'AMX' if 'amx_bf16' in env['cpu_accelerations'] else 'no AMX'})"
+    return f"{env['cpu']} ({', '.join(env['cpu_accelerations']) or 'no native bf16 or VNNI'})"
 
 
 def readme_rows(readme: Path) -> dict[str, str]:

@@ -187,6 +187,19 @@ def test_bench_kd_seeds_reads_the_seed_folders_as_seeds_json_has_them(multi: tup
     assert {role: s.to_json() for role, s in stats.items()} == saved
 
 
+def test_bench_kd_seeds_names_the_cpu_flags_that_change_its_numbers(tmp_path: Path) -> None:
+    """The table's CPU cell: the name and the bf16/INT8 flags environment.json recorded (a Zen 4 and an AVX2-only
+    EPYC share the name "AMD EPYC"), or the name alone for runs from before the flags were recorded."""
+    run_cpu = benchmark_module("bench_kd_seeds").run_cpu
+    env = tmp_path / "environment.json"
+    cells = []
+    for record in ({"cpu": "AMD EPYC", "cpu_accelerations": ["avx512_bf16", "avx512_vnni"]},
+                   {"cpu": "AMD EPYC", "cpu_accelerations": []}, {"cpu": "AMD EPYC"}):  # fmt: skip
+        env.write_text(json.dumps(record))
+        cells.append(run_cpu(env))
+    assert cells == ["AMD EPYC (avx512_bf16, avx512_vnni)", "AMD EPYC (no native bf16 or VNNI)", "AMD EPYC"]
+
+
 def test_same_weights_compares_tensors_not_file_bytes(multi: tuple[Path, Path, str], tmp_path: Path) -> None:
     """benchmarks/same_weights.py: a rewrite with other metadata is IDENTICAL, another seed's models DIFFERENT."""
     from safetensors.torch import load_file, save_file
