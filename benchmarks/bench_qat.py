@@ -1,20 +1,21 @@
 """Quantization-aware distillation against static PTQ INT8, mean of several seeds.
 
 The seeds share one teacher (trained in the first seed's run, then ``teacher.checkpoint``; a ``--set
-teacher.checkpoint=...`` of your own serves every seed instead). For each seed: distill a
-small CNN student (``--recipe``, default ``recipes/fashion_mnist_cnn_qat.yaml``, and ``--set``), export its ONNX,
-quantize it with kdeploy's PTQ (static QDQ INT8, per-tensor min-max calibration: `kdeploy quantize --int8`; also
-with 7-bit weights, ``--reduce-range``, per tensor and per channel), then run `kdeploy qat` (the recipe's ``qat:``)
-and bench the default PTQ file and the QAD file through ONNX Runtime in one bench run. All accuracies are full
-test-set accuracies through ONNX Runtime, read from ``export/manifest.json``; the default PTQ file is also evaluated
-with ORT's graph optimisations off ("reference QDQ arithmetic": DequantizeLinear + float ops, no integer kernels),
-which separates quantization error from what the integer kernels of this CPU add (x86 CPUs without VNNI saturate the
-16-bit pair sums of ORT's u8s8 kernels on full-range int8 weights; ``reduce_range`` avoids it). Latencies from
-``bench.json`` (``--batch-sizes``, ``--threads``); then the last seed's two files are benched ``--latency-rounds``
-more times (each round one bench run timing both), since one run on a shared machine moves by tens of per cent. Rows
-go to ``results/bench_qat.json`` and each seed's ``row.json`` (``--reuse`` keeps seeds that have one).
-``--keep-students`` measures again (after a change to quantization or QAD) on the students a seed's run folder already
-holds, without training them again; it refuses a folder whose recipe trained them differently (``qat:`` aside).
+teacher.checkpoint=...`` of your own serves every seed instead; ``--keep-students`` keeps each run's own teacher
+file). For each seed: distill a small CNN student (``--recipe``, default ``recipes/fashion_mnist_cnn_qat.yaml``, and
+``--set``), export its ONNX, quantize it with kdeploy's PTQ (static QDQ INT8, per-tensor min-max calibration:
+`kdeploy quantize --int8`; also with 7-bit weights, ``--reduce-range``, per tensor and per channel), then run
+`kdeploy qat` (the recipe's ``qat:``) and bench the default PTQ file and the QAD file through ONNX Runtime in one
+bench run. All accuracies are full test-set accuracies through ONNX Runtime, read from ``export/manifest.json``; the
+default PTQ file is also evaluated with ORT's graph optimisations off ("reference QDQ arithmetic": DequantizeLinear
++ float ops, no integer kernels), which separates quantization error from what the integer kernels of this CPU add
+(x86 CPUs without VNNI saturate the 16-bit pair sums of ORT's u8s8 kernels on full-range int8 weights;
+``reduce_range`` avoids it). Latencies from ``bench.json`` (``--batch-sizes``, ``--threads``); then the last seed's
+two files are benched ``--latency-rounds`` more times (each round one bench run timing both), since one run on a
+shared machine moves by tens of per cent. Rows go to ``results/bench_qat.json`` and each seed's ``row.json``
+(``--reuse`` keeps seeds that have one). ``--keep-students`` measures again (after a change to quantization or QAD)
+on the students a seed's run folder already holds, without training them again; it refuses a folder whose recipe
+trained them differently (``qat:`` aside).
 
 Usage::
 

@@ -28,7 +28,7 @@ from kdeploy.distill.evaluation import SplitScorer, teacher_table
 from kdeploy.distill.hooks import FeatureHooks
 from kdeploy.distill.methods import Method
 from kdeploy.distill.mixing import mix_batch, mixing_rng, one_hot
-from kdeploy.distill.precision import resolve_precision
+from kdeploy.distill.precision import Precision, resolve_precision
 from kdeploy.distill.schedule import lr_factor, make_optimizer
 from kdeploy.distill.state import BestEpoch, TrainState
 from kdeploy.distill.step import Batch, EpochSums, StudentStep, TeacherOutputs, check_finite
@@ -50,7 +50,7 @@ class Result:
     last_accuracy: float = float("nan")  # test accuracy after the last epoch
     compile_seconds: float = 0.0  # torch.compile warm-up, not part of train_seconds
     threads: int | None = None  # torch's intra-op threads while it trained
-    precision: str | None = None  # the precision it trained in (train.precision resolved: fp32, bf16 or fp16)
+    precision: Precision | None = None  # the precision it trained in (train.precision resolved)
 
 
 class Stopped(Exception):
