@@ -64,10 +64,12 @@ PTQ = {"ptq_pc_rr": (True, True), "ptq_rr": (False, True), "ptq": (False, False)
 ACCURACIES = ("float", "ptq", "ptq_reference", "ptq_rr", "ptq_rr_reference", "ptq_pc_rr", "qat_simulated", "qat")
 
 
-def seed_overrides(seeds: list[int], seed: int, out: Path, extra: list[str]) -> list[str]:
-    """One seed's recipe overrides: the later seeds load the first seed's teacher file, unless ``extra`` (the user's
-    ``--set``, applied last) names a ``teacher.checkpoint`` of its own."""
-    shared = [f"teacher.checkpoint={out / f'seed{seeds[0]}' / 'teacher.safetensors'}"] if seed != seeds[0] else []
+def seed_overrides(seeds: list[int], seed: int, out: Path, extra: list[str], share: bool = True) -> list[str]:
+    """One seed's recipe overrides: with ``share``, the later seeds load the first seed's teacher file, unless
+    ``extra`` (the user's ``--set``, applied last) names a ``teacher.checkpoint`` of its own. Kept students
+    (``share=False``) keep the teacher their runs trained or loaded, which ``kept_run`` reads from each run."""
+    first = out / f"seed{seeds[0]}" / "teacher.safetensors"
+    shared = [f"teacher.checkpoint={first}"] if share and seed != seeds[0] else []
     return [*OVERRIDES, *shared, *extra]
 
 
@@ -254,7 +256,8 @@ def main() -> None:
                              models=("student",), timing=TimingSettings(min_iters=100, min_seconds=1.0))  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = OVERRIDES + args.extra
-    rows = [one_seed(recipe, s, out, seed_overrides(seeds, s, out, args.extra), settings, args.reuse,
+    share = not args.keep_students
+    rows = [one_seed(recipe, s, out, seed_overrides(seeds, s, out, args.extra, share), settings, args.reuse,
                      args.keep_students) for s in seeds]  # fmt: skip
     mean, lost = _mean(rows), losses(rows)
     default = "ptq_rr" if cpu.x86_without_vnni() else "ptq"  # what `kdeploy quantize --int8` writes on this CPU

@@ -288,11 +288,12 @@ def test_bench_qat_seeds_share_the_first_teacher_unless_set_names_one(tmp_path: 
     seed_overrides = benchmark_module("bench_qat").seed_overrides
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "cifar10_dwcnn_qat.yaml"
 
-    def teacher_file(seed: int, extra: list[str]) -> str | None:
-        return load_recipe(recipe, seed_overrides([3, 4], seed, tmp_path, extra)).teacher.checkpoint
+    def teacher_file(seed: int, extra: list[str], share: bool = True) -> str | None:
+        return load_recipe(recipe, seed_overrides([3, 4], seed, tmp_path, extra, share)).teacher.checkpoint
 
     assert teacher_file(3, []) is None
     assert teacher_file(4, []) == str(tmp_path / "seed3" / "teacher.safetensors")
+    assert teacher_file(4, [], share=False) is None  # --keep-students: each run keeps the teacher it had
     own = ["teacher.checkpoint=runs/t/teacher.safetensors"]
     assert teacher_file(3, own) == teacher_file(4, own) == "runs/t/teacher.safetensors"
 
@@ -311,9 +312,10 @@ def test_bench_qat_keep_students_keeps_each_runs_own_teacher(tmp_path: Path) -> 
         run_dir.mkdir()
         (run_dir / "recipe.yaml").write_text(dump_recipe(load_recipe(recipe, [f"seed={seed}", *own])))
         (run_dir / "student.safetensors").write_bytes(b"")
-        wanted = load_recipe(recipe, [*bench_qat.seed_overrides(seeds, seed, tmp_path, []), f"seed={seed}"])
+        wanted = load_recipe(recipe, [*bench_qat.seed_overrides(seeds, seed, tmp_path, [], False), f"seed={seed}"])
         kept = bench_qat.kept_run(run_dir, wanted)
         assert load_recipe(kept.recipe_path).teacher.checkpoint == teacher
-    longer = load_recipe(recipe, [*bench_qat.seed_overrides(seeds, 0, tmp_path, []), "seed=0", "student.epochs=20"])
+    longer_overrides = [*bench_qat.seed_overrides(seeds, 0, tmp_path, [], False), "seed=0", "student.epochs=20"]
+    longer = load_recipe(recipe, longer_overrides)
     with pytest.raises(SystemExit, match="trained by another recipe"):
         bench_qat.kept_run(tmp_path / "seed0", longer)
