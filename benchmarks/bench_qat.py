@@ -58,8 +58,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_qat.json"
 # fashion_mnist_cnn.yaml became a distillation recipe of its own, this was that recipe plus overrides (same values).
 RECIPE = REPO / "recipes" / "fashion_mnist_cnn_qat.yaml"
 OVERRIDES = ["train.threads=1"]  # one training thread: a benchmark setting (its bench runs share two cores)
-# PTQ variants: name -> (per_channel, reduce_range); the last one (8-bit per-tensor: kdeploy's default on CPUs with
-# VNNI, explicit here so every CPU runs the same comparison) is the file benched
+# PTQ variants: name -> (per_channel, reduce_range); the last one (8-bit per-tensor: kdeploy's first try on CPUs with
+# VNNI, which it redoes per channel only when the file misses its gate; explicit here so every CPU runs the same
+# comparison) is the file benched
 PTQ = {"ptq_pc_rr": (True, True), "ptq_rr": (False, True), "ptq": (False, False)}
 ACCURACIES = ("float", "ptq", "ptq_reference", "ptq_rr", "ptq_rr_reference", "ptq_pc_rr", "qat_simulated", "qat")
 

@@ -39,7 +39,7 @@ class PipelineOptions:
     int8_method: str = "static"  # or "dynamic"
     calib_samples: int = 512
     calib_method: str = "minmax"  # static INT8 activation ranges: minmax, entropy or percentile
-    per_channel: bool = False  # static INT8 weights: one scale per output channel
+    per_channel: bool | None = None  # INT8 weight scales per output channel; None: per tensor, per channel on a miss
     fp16: bool = True
     tensorrt: bool = False  # build TensorRT engines (needs a GPU and the tensorrt package)
     opset: int = 18

@@ -41,7 +41,7 @@ from kdeploy.quantize import (
 )
 from kdeploy.recipe import validate
 from kdeploy.rundata import load_run_data
-from kdeploy.runs import Run
+from kdeploy.runs import Run, read_meta
 
 from .conftest import tiny_recipe
 
@@ -373,6 +373,55 @@ def test_accuracy_gate_failure_keeps_no_valid_file(run: Run, tmp_path: Path) -> 
     assert e.status == "failed" and e.settings["per_channel"] and "--per-channel" not in e.reason
     assert not (work.export_dir / "student.int8.onnx").exists()
     assert find(work, "student:onnx-int8").status == "failed"
+
+
+@pytest.fixture(scope="module")
+def wide_channel_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A trained ``dwcnn`` student with one depthwise channel 300 times wider than before, the model's function
+    unchanged: the stem's channel 0 is scaled down (BatchNorm weight and bias; ReLU commutes with a positive
+    scale) and the ``block1.dw`` filter that reads it scaled up. Folded into one tensor, that filter sets the
+    per-tensor weight scale, and the other 15 filters round coarsely or to zero: a long-trained MobileNet's case
+    (benchmarks/README.md: one seed of ``fashion_mnist_dwcnn_qat`` had a channel 624 times the narrowest)."""
+    raw = tiny_recipe(
+        mnist_root,
+        data__limit=6000,
+        teacher__epochs=1,
+        student__model="dwcnn",
+        student__kwargs={"width": 4, "dropout": 0.0},
+        student__epochs=3,
+        student__lr=0.01,
+        baseline=False,
+    )
+    run = distill(validate(raw), out=tmp_path_factory.mktemp("quantize") / "wide")
+    model, _ = run.load_model("student")
+    with torch.no_grad():
+        model.stem.bn.weight[0] /= 300
+        model.stem.bn.bias[0] /= 300
+        model.block1.dw.weight[0] *= 300
+    run.save_weights("student", model, read_meta(run.weights_path("student")))
+    export_onnx(run, models=["student"])
+    return run
+
+
+def test_static_int8_falls_back_to_per_channel_weights_where_per_tensor_misses_the_gate(
+    wide_channel_run: Run, tmp_path: Path
+) -> None:
+    """By default a static INT8 file is per tensor, made again per channel when it misses its accuracy gate (the
+    per-tensor accuracy kept in ``settings``); ``--per-tensor`` keeps the failed file and names the fix."""
+    work = Run(shutil.copytree(wide_channel_run.root, tmp_path / "run"))
+    [auto] = quantize(work, int8=True, calib_samples=256, models="student", raise_on_fail=False)
+    fp32 = find(work, "student:onnx").accuracy
+    assert auto.status == "ok" and auto.settings["per_channel"] is True and auto.files == ["student.int8.onnx"]
+    assert auto.accuracy >= fp32 - 0.01 > auto.settings["per_tensor_accuracy"] + 0.01, auto.settings
+    result = CliRunner().invoke(
+        app, ["quantize", str(work.root), "--int8", "--per-tensor", "--calib-samples", "256", "--models", "student"]
+    )
+    assert result.exit_code == 1, result.output
+    forced = find(work, "student:onnx-int8")
+    assert forced.status == "failed" and forced.settings["per_channel"] is False
+    assert forced.accuracy == pytest.approx(auto.settings["per_tensor_accuracy"]), "the same per-tensor file"
+    assert forced.reason.endswith("add --per-channel") and "per_tensor_accuracy" not in forced.settings
+    assert forced.files == ["student.int8.failed.onnx"] and not (work.export_dir / "student.int8.onnx").exists()
 
 
 def test_cli_gate_exit_1_and_table(run: Run, tmp_path: Path) -> None:

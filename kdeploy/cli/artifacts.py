@@ -92,7 +92,7 @@ def quantize_cmd(
     fp16: Annotated[bool, typer.Option("--fp16", help="FP16 ONNX (float32 inputs and outputs kept)")] = False,
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8: training images")] = 512,
     calib_method: CalibMethodOpt = "minmax",
-    per_channel: PerChannelOpt = False,
+    per_channel: PerChannelOpt = None,
     reduce_range: Annotated[
         bool | None,
         typer.Option(

@@ -49,7 +49,14 @@ QdqTargetOpt = Annotated[
     str, typer.Option("--target", help="static INT8 form: onnxruntime, or tensorrt (float bias, no output Q/DQ)")
 ]
 CalibMethodOpt = Annotated[str, typer.Option("--calib-method", help="INT8 ranges: minmax, entropy or percentile")]
-PerChannelOpt = Annotated[bool, typer.Option("--per-channel", help="static INT8: per-channel weight scales")]
+PerChannelOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--per-channel/--per-tensor",
+        help="INT8 weight scales: one per output channel, or one per tensor (default: per tensor, then per channel "
+        "when that static INT8 file misses its accuracy gate)",
+    ),
+]
 MaxDropOpt = Annotated[
     float, typer.Option("--max-accuracy-drop", help="gate for INT8/FP16/TensorRT: max test-accuracy loss vs fp32 ONNX")
 ]

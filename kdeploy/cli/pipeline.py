@@ -41,7 +41,7 @@ def run_all(
     int8_method: Annotated[str, typer.Option("--int8-method", help="static (calibrated) or dynamic")] = "static",
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="static INT8 calibration images")] = 512,
     calib_method: CalibMethodOpt = "minmax",
-    per_channel: PerChannelOpt = False,
+    per_channel: PerChannelOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16/--no-fp16", help="FP16 ONNX artifacts")] = True,
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="build TensorRT fp16 engines (GPU)")] = False,
     batch_sizes: BatchOpt = "1,32,256",

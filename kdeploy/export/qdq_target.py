@@ -31,9 +31,9 @@ def check_target(target: str) -> None:
         raise UserError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
 
 
-def per_channel_for(target: str, per_channel: bool) -> bool:
-    """TensorRT's target always uses per-channel weight scales; ORT's follows ``--per-channel``."""
-    return per_channel or target == "tensorrt"
+def per_channel_for(target: str, per_channel: bool | None) -> bool:
+    """TensorRT's target always uses per-channel weight scales; ORT's follows ``--per-channel`` (None: per tensor)."""
+    return bool(per_channel) or target == "tensorrt"
 
 
 def extra_options(target: str) -> dict[str, Any]:

@@ -36,10 +36,11 @@ class QuantOptions:
     form TensorRT's explicit quantization wants (:mod:`kdeploy.export.qdq_target`). ``float_gelu``: every exact GELU
     (five ops at opset 18) runs in float between the Q/DQ of its input and output (:func:`gelu_nodes`) instead of
     with its inner tensors quantized. ``float_modules``: module paths (``stem.0``, as in ``named_modules()``) whose
-    nodes stay float (:func:`module_nodes`)."""
+    nodes stay float (:func:`module_nodes`). ``per_channel``: None converts per tensor and leaves the per-channel
+    retry to the quantize stage (:func:`kdeploy.quantize.quantize`)."""
 
     calib_method: str = "minmax"
-    per_channel: bool = False
+    per_channel: bool | None = False
     target: str = DEFAULT_TARGET
     reduce_range: bool = False
     float_gelu: bool = FLOAT_GELU
@@ -190,7 +191,7 @@ def convert(
         )
         return convert_static(src, dst, tmp, reader, options)
     if fmt == "onnx-int8-dynamic":
-        return convert_dynamic(src, dst, tmp, per_channel=options.per_channel)
+        return convert_dynamic(src, dst, tmp, per_channel=bool(options.per_channel))
     if fmt == "onnx-fp16":
         return convert_fp16(src, dst)
     raise ValueError(f"unknown quantized format {fmt!r}")

@@ -124,10 +124,31 @@ def _check(
     level = "disabled" if options.target == "tensorrt" else "all"
     settings["accuracy_arithmetic"] = "q/dq reference" if level == "disabled" else "onnxruntime kernels"
     outcome = gate_converted(staged, source, data, fp32_logits, max_accuracy_drop, level)
-    # the weights as converted: TensorRT's form is per channel even when --per-channel was not given
-    if outcome.status == "failed" and fmt == "onnx-int8" and not settings["per_channel"]:
+    # per tensor by the user's choice (--per-tensor), as converted: TensorRT's form is per channel anyway
+    chosen_per_tensor = options.per_channel is False and not settings["per_channel"]
+    if outcome.status == "failed" and fmt == "onnx-int8" and chosen_per_tensor:
         return replace(outcome, reason=f"{outcome.reason}; {PER_CHANNEL_ADVICE}")
     return outcome
+
+
+def _attempt(
+    fmt: str, src: Path, staged: Path, source: Artifact, data: Dataset, fp32_logits: np.ndarray,
+    calib: Calibration | None, options: QuantOptions, max_accuracy_drop: float,
+) -> tuple[Outcome, dict[str, Any], float]:  # fmt: skip
+    """Convert ``src`` into ``staged`` and, when that worked, check and gate the file."""
+    outcome, settings, seconds = _convert(fmt, src, staged, data, calib, options)
+    settings["max_accuracy_drop"] = max_accuracy_drop
+    if outcome.status == "ok":
+        outcome = _check(fmt, staged, source, data, fp32_logits, settings, options, max_accuracy_drop)
+    return outcome, settings, seconds
+
+
+def _per_channel_next(fmt: str, options: QuantOptions, outcome: Outcome, settings: dict[str, Any]) -> bool:
+    """Weights left to kdeploy (``per_channel=None``): a static INT8 file whose per-tensor weights ran but missed
+    the accuracy gate is made again with per-channel weights (one BatchNorm-folded channel far wider than the rest
+    collapses a per-tensor file: benchmarks/README.md, ``fashion_mnist_dwcnn_qat``)."""
+    missed_gate = outcome.status == "failed" and outcome.accuracy is not None
+    return options.per_channel is None and fmt == "onnx-int8" and missed_gate and not settings["per_channel"]
 
 
 def _publish(run: Run, role: str, fmt: str, staged: Path, outcome: Outcome, old_files: list[str]) -> list[str]:
@@ -157,10 +178,15 @@ def quantize_one(
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / manifest.file_name(role, fmt)
         src = manifest.artifact_path(run, source)
-        outcome, settings, seconds = _convert(fmt, src, staged, data, calib, options)
-        settings["max_accuracy_drop"] = max_accuracy_drop
-        if outcome.status == "ok":
-            outcome = _check(fmt, staged, source, data, fp32_logits, settings, options, max_accuracy_drop)
+        attempt = (fmt, src, staged, source, data, fp32_logits, calib)
+        outcome, settings, seconds = _attempt(*attempt, options, max_accuracy_drop)
+        if _per_channel_next(fmt, options, outcome, settings):
+            progress.log(f"  per-tensor weights: {outcome.accuracy:.2%}, {outcome.reason}; trying per-channel weights")
+            per_tensor = outcome.accuracy
+            outcome, settings, more = _attempt(*attempt, replace(options, per_channel=True), max_accuracy_drop)
+            settings["per_tensor_accuracy"], seconds = per_tensor, seconds + more
+            if outcome.status == "failed" and outcome.reason:
+                outcome.reason += f" with per-channel weights (per tensor: {per_tensor:.2%})"
         files = _publish(run, role, fmt, staged, outcome, old.files if old else [])
     art = build_artifact(
         run,
@@ -239,7 +265,7 @@ def quantize(
     fp16: bool = False,
     calib_samples: int = 512,
     calib_method: str = "minmax",
-    per_channel: bool = False,
+    per_channel: bool | None = None,
     models: list[str] | str | None = None,
     *,
     max_accuracy_drop: float = 0.01,
@@ -251,6 +277,9 @@ def quantize(
 ) -> list[Artifact]:
     """Quantize the run's exported ONNX models; returns the new artifacts (see :mod:`kdeploy.quantize`).
 
+    ``per_channel``: INT8 weight scales per output channel (True) or per tensor (False); None: per tensor, then
+    per channel for a static INT8 file whose per-tensor weights miss the accuracy gate (``settings`` keeps the
+    per-tensor accuracy as ``per_tensor_accuracy``).
     ``reduce_range``: static INT8 weights on 7 bits (see :class:`QuantOptions`); None: :func:`auto_reduce_range`.
     ``float_gelu``: static INT8 leaves GELU's inner ops in float (:class:`QuantOptions`); None: ``FLOAT_GELU``.
     ``float_modules``: module paths whose layers static INT8 keeps in float (:class:`QuantOptions`)."""
