@@ -159,6 +159,8 @@ def test_report_rerenders_without_measuring(benched: tuple[Run, BenchResult]) ->
     assert (run.root / "bench.json").read_bytes() == before
     report = (run.root / "report.md").read_text()
     assert "## Training" in report and "## Export parity" in report and "student:onnx-int8" in report
+    row = next(line for line in report.splitlines() if line.startswith("| student:onnx-int8 |"))
+    assert "static QDQ INT8 (onnxruntime)" in row and "ranges on 128 training images" in row, "how it was made"
 
 
 def test_tensorrt_artifact_is_skipped_with_a_reason_without_gpu(

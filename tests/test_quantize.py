@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from kdeploy import cpu
-from kdeploy.artifacts import Artifact
+from kdeploy.artifacts import Artifact, how_made
 from kdeploy.artifacts.manifest import find
 from kdeploy.cli import app
 from kdeploy.data import Split
@@ -413,6 +413,7 @@ def test_static_int8_falls_back_to_per_channel_weights_where_per_tensor_misses_t
     fp32 = find(work, "student:onnx").accuracy
     assert auto.status == "ok" and auto.settings["per_channel"] is True and auto.files == ["student.int8.onnx"]
     assert auto.accuracy >= fp32 - 0.01 > auto.settings["per_tensor_accuracy"] + 0.01, auto.settings
+    assert "-bit per-channel weights (per tensor gave" in how_made(auto), "report.md says what happened"
     result = CliRunner().invoke(
         app, ["quantize", str(work.root), "--int8", "--per-tensor", "--calib-samples", "256", "--models", "student"]
     )
@@ -421,6 +422,7 @@ def test_static_int8_falls_back_to_per_channel_weights_where_per_tensor_misses_t
     assert forced.status == "failed" and forced.settings["per_channel"] is False
     assert forced.accuracy == pytest.approx(auto.settings["per_tensor_accuracy"]), "the same per-tensor file"
     assert forced.reason.endswith("add --per-channel") and "per_tensor_accuracy" not in forced.settings
+    assert "-bit per-tensor weights," in how_made(forced)
     assert forced.files == ["student.int8.failed.onnx"] and not (work.export_dir / "student.int8.onnx").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdeploy import atomic
-from kdeploy.artifacts import Manifest, read_manifest
+from kdeploy.artifacts import Manifest, how_made, read_manifest
 from kdeploy.bench.curves import curves_markdown
 from kdeploy.bench.gate import GateVerdict, evaluate_gate
 from kdeploy.bench.plot import write_pareto
@@ -118,8 +118,8 @@ def _training_section(models: dict[str, ModelMetrics]) -> list[str]:
 def _parity_section(manifest: Manifest) -> list[str]:
     if not manifest.artifacts:
         return ["Nothing exported (no export/manifest.json)."]
-    headers = ["id", "status", "MB", "compared with", "max abs diff", "top-1 agreement", "accuracy", "fp32 accuracy",
-               "note"]  # fmt: skip
+    headers = ["id", "status", "MB", "made with", "compared with", "max abs diff", "top-1 agreement", "accuracy",
+               "fp32 accuracy", "note"]  # fmt: skip
     cells = []
     for art in manifest.artifacts:
         versus = "PyTorch" if art.parity else "fp32 ONNX" if art.vs_fp32 else "-"
@@ -129,6 +129,7 @@ def _parity_section(manifest: Manifest) -> list[str]:
                 art.id,
                 art.status + ("" if art.passed or art.status == "skipped" else " (gate missed)"),
                 num(art.bytes / 1e6 if art.files else None, ".3f"),
+                how_made(art),
                 versus,
                 num(compared.max_abs_diff if compared else None, ".3g"),
                 num(compared.top1_agreement if compared else None, ".4%"),

@@ -97,7 +97,7 @@ def table(rows: list[BenchRow], columns: list[str] = COLUMNS) -> tuple[list[str]
 
 
 def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
-    text = {"model", "format", "runtime", "device", "id", "status", "compared with", "note"}
+    text = {"model", "format", "runtime", "device", "id", "status", "compared with", "made with", "note"}
     numeric = {i for i, h in enumerate(headers) if h not in text}
     lines = [
         "| " + " | ".join(headers) + " |",
