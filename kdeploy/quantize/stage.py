@@ -151,6 +151,21 @@ def _per_channel_next(fmt: str, options: QuantOptions, outcome: Outcome, setting
     return options.per_channel is None and fmt == "onnx-int8" and missed_gate and not settings["per_channel"]
 
 
+def _make(attempt: tuple[Any, ...], options: QuantOptions, max_accuracy_drop: float) -> tuple[Outcome, dict, float]:
+    """:func:`_attempt` (``attempt``: its first arguments), then once more with per-channel weights where
+    :func:`_per_channel_next` says so; the settings keep the per-tensor file's accuracy."""
+    outcome, settings, seconds = _attempt(*attempt, options, max_accuracy_drop)
+    if not _per_channel_next(attempt[0], options, outcome, settings):
+        return outcome, settings, seconds
+    progress.log(f"  per-tensor weights: {outcome.accuracy:.2%}, {outcome.reason}; trying per-channel weights")
+    per_tensor = outcome.accuracy
+    outcome, settings, more = _attempt(*attempt, replace(options, per_channel=True), max_accuracy_drop)
+    settings["per_tensor_accuracy"] = per_tensor
+    if outcome.status == "failed" and outcome.reason:
+        outcome.reason += f" with per-channel weights (per tensor: {per_tensor:.2%})"
+    return outcome, settings, seconds + more
+
+
 def _publish(run: Run, role: str, fmt: str, staged: Path, outcome: Outcome, old_files: list[str]) -> list[str]:
     """Move the staged file into ``export/`` (``.failed`` when it missed its gate); skipped or never written:
     nothing is kept and the previous files go."""
@@ -179,14 +194,7 @@ def quantize_one(
         staged = tmp / manifest.file_name(role, fmt)
         src = manifest.artifact_path(run, source)
         attempt = (fmt, src, staged, source, data, fp32_logits, calib)
-        outcome, settings, seconds = _attempt(*attempt, options, max_accuracy_drop)
-        if _per_channel_next(fmt, options, outcome, settings):
-            progress.log(f"  per-tensor weights: {outcome.accuracy:.2%}, {outcome.reason}; trying per-channel weights")
-            per_tensor = outcome.accuracy
-            outcome, settings, more = _attempt(*attempt, replace(options, per_channel=True), max_accuracy_drop)
-            settings["per_tensor_accuracy"], seconds = per_tensor, seconds + more
-            if outcome.status == "failed" and outcome.reason:
-                outcome.reason += f" with per-channel weights (per tensor: {per_tensor:.2%})"
+        outcome, settings, seconds = _make(attempt, options, max_accuracy_drop)
         files = _publish(run, role, fmt, staged, outcome, old.files if old else [])
     art = build_artifact(
         run,
