@@ -135,6 +135,11 @@ class TrainConfig(_Strict):
     )
 
 
+# the distillation methods QAD fine-tunes with when the recipe distils with them (logits only, no warm-up epochs);
+# any other method's recipe is fine-tuned with logits KD
+QAD_METHODS = ("kd", "dist", "mse")
+
+
 class QatConfig(_Strict):
     """Quantization-aware distillation (`kdeploy qat`): INT8 fake quantization, KD fine-tuning of the student."""
 
@@ -155,8 +160,15 @@ class QatConfig(_Strict):
         description="keep each exact GELU in float in the INT8 file (as `kdeploy quantize --float-gelu`) and simulate "
         "its output only; default: as `kdeploy quantize` (GELU's inner tensors quantized)",
     )
-    temperature: float | None = Field(None, gt=0, description="KD temperature; default distill.temperature")
-    alpha: float | None = Field(None, ge=0, le=1, description="weight of the KD term; default distill.alpha")
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        description="temperature of QAD's loss (distill.method where kd, dist or mse, else kd); default "
+        "distill.temperature",
+    )
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="weight of the KD term where QAD fine-tunes with kd; default distill.alpha"
+    )
     batch_size: int | None = Field(None, ge=1, description="default data.batch_size")
 
 
@@ -176,6 +188,14 @@ class Recipe(_Strict):
     def _method_params(self) -> Recipe:
         if self.distill.method not in METHOD_PARAMS:
             raise ValueError(METHOD_PARAMS.unknown_message(self.distill.method))
+        return self
+
+    @model_validator(mode="after")
+    def _qat_alpha_is_kds(self) -> Recipe:
+        method = self.distill.method
+        if self.qat and self.qat.alpha is not None and method != "kd" and method in QAD_METHODS:
+            raise ValueError(f"qat.alpha: QAD fine-tunes with the recipe's {method} loss, which has no alpha; drop "
+                             f"qat.alpha (or set distill.method: kd)")  # fmt: skip
         return self
 
     @model_validator(mode="after")

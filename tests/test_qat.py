@@ -104,8 +104,8 @@ def test_qat_writes_a_gated_int8_qdq_artifact(qat_run) -> None:
     assert art.settings["per_channel"] is True and art.settings["qat"]["epochs"] == 1
     auto = cpu.x86_without_vnni()  # qat.reduce_range unset: 7-bit weights exactly where ORT's kernels saturate
     assert art.settings["reduce_range"] is auto and art.settings["qat"]["reduce_range"] is auto
-    kd = art.settings["qat"]["kd"]
-    assert (kd["temperature"], kd["alpha"]) == (4.0, 0.7), "distill:'s KD parameters when qat: sets none"
+    kd = art.settings["qat"]["loss"]
+    assert (kd["method"], kd["temperature"], kd["alpha"]) == ("kd", 4.0, 0.7), "distill:'s KD when qat: sets none"
     assert art.settings["qat"]["batchnorm_folded"] is True and art.settings["qat"]["quantized_layers"] == 6
     assert art.settings["qat"]["quantize_outputs"] is False, "a Conv/ReLU student: its layer inputs are simulated"
     assert art.settings["float_gelu"] is False and art.settings["qat"]["float_gelu"] is False, "quantize's default"
@@ -185,6 +185,23 @@ def test_qad_loss_takes_qat_then_distill_then_kd_defaults(
     assert recipe.qat is not None
     params = kd_method(recipe, recipe.qat).params
     assert (params.temperature, params.alpha) == want
+
+
+def test_qad_fine_tunes_with_the_recipes_dist_or_mse_loss_else_kd(mnist_root: Path) -> None:
+    """A DIST or MSE recipe's QAD keeps its own loss (``qat.temperature`` in place of its temperature); DKD (its
+    warm-up counts epochs) and feature methods fine-tune with logits KD; ``qat.alpha`` is KD's only."""
+    from kdeploy.errors import UserError
+    from kdeploy.qat.stage import qad_method, qad_method_name
+
+    dist = validate(tiny_recipe(mnist_root, distill={"method": "dist", "beta": 2.0}, qat={"temperature": 3.0}))
+    assert dist.qat is not None and qad_method_name(dist) == "dist"
+    params = qad_method(dist, dist.qat).params
+    assert (params.beta, params.gamma, params.temperature) == (2.0, 1.0, 3.0)
+    dkd = validate(tiny_recipe(mnist_root, distill={"method": "dkd", "temperature": 2.0}, qat={}))
+    assert dkd.qat is not None and qad_method_name(dkd) == "kd"
+    assert (qad_method(dkd, dkd.qat).params.temperature, qad_method(dkd, dkd.qat).params.alpha) == (2.0, 0.9)
+    with pytest.raises(UserError, match="qat.alpha: QAD fine-tunes with the recipe's mse loss"):
+        validate(tiny_recipe(mnist_root, distill={"method": "mse"}, qat={"alpha": 0.5}))
 
 
 def test_qat_for_tensorrt_writes_a_file_the_tensorrt_qdq_checker_accepts(qat_run, tmp_path: Path) -> None:

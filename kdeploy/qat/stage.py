@@ -3,8 +3,9 @@
 1. The float student and the teacher are rebuilt from the run's weights (model registry, never the trainer).
 2. BatchNorm is folded, INT8 fake quantization inserted (``fakequant``: symmetric int8, weights per channel by
    default, activations per tensor) and calibrated with min-max on ``qat.calib_samples`` training images.
-3. The student is fine-tuned with the recipe's KD loss (``kdeploy.distill.methods`` ``kd``; temperature and alpha
-   from ``qat:`` or else ``distill:``) against the frozen teacher: Adam, cosine schedule, ``qat.epochs`` epochs.
+3. The student is fine-tuned against the frozen teacher with the recipe's own loss where it is ``dist`` or
+   ``mse`` (``QAD_METHODS``; ``qat.temperature`` in place of its temperature), else logits KD (``kd``; temperature
+   and alpha from ``qat:`` or else ``distill:``): Adam, cosine schedule, ``qat.epochs`` epochs.
 4. The fine-tuned float model is exported to ONNX and quantized by the same ORT static QDQ path as PTQ INT8,
    with the simulated settings (per-channel weights, ``reduce_range``, min-max calibration on the same images), so
    the file has PTQ INT8's graph and kernels; it is written as ``export/student.qat.int8.onnx`` (format
@@ -46,7 +47,7 @@ from kdeploy.quantize import (
     fp32_test_logits,
     quantize_one,
 )
-from kdeploy.recipe import QatConfig, Recipe, load_data
+from kdeploy.recipe import QAD_METHODS, QatConfig, Recipe, load_data
 from kdeploy.rundata import run_recipe
 from kdeploy.runs import Run, WeightsMeta
 
@@ -66,6 +67,23 @@ def kd_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
     alpha = cfg.alpha if cfg.alpha is not None else distill.get("alpha") if recipe.distill.method == "kd" else None
     params = {k: v for k, v in (("temperature", temperature), ("alpha", alpha)) if v is not None}
     return create_method("kd", params)
+
+
+def qad_method_name(recipe: Recipe) -> str:
+    return recipe.distill.method if recipe.distill.method in QAD_METHODS else "kd"
+
+
+def qad_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
+    """QAD's loss: the recipe's ``dist`` or ``mse`` with its own weights (a student distilled with DIST is pulled
+    back toward logits KD's solution by KD fine-tuning: benchmarks/README.md, "`fashion_mnist_cnn_qat` with DIST"),
+    else :func:`kd_method`."""
+    method = qad_method_name(recipe)
+    if method == "kd":
+        return kd_method(recipe, cfg)
+    params = recipe.distill.params()
+    if cfg.temperature is not None and "temperature" in params:
+        params["temperature"] = cfg.temperature
+    return create_method(method, params)
 
 
 def _require_models(run: Run) -> None:
@@ -144,7 +162,7 @@ def qat(
                                  "float_gelu": FLOAT_GELU if cfg.float_gelu is None else cfg.float_gelu})  # fmt: skip
     # the float student's gated ONNX: accuracy reference and I/O spec
     source = source_artifact(run, ROLE, "onnx", "quantization-aware distillation")
-    loss = kd_method(recipe, cfg)
+    loss = qad_method(recipe, cfg)
     data = load_data(recipe)
     torch.manual_seed(recipe.seed)
     t0 = time.perf_counter()
@@ -153,7 +171,7 @@ def qat(
     art = _export_and_quantize(run, tuned, meta, source, data, calib, options, max_accuracy_drop)
     art.settings["qat"] = {
         **cfg.model_dump(),
-        "kd": loss.params.model_dump(),
+        "loss": {"method": qad_method_name(recipe), **loss.params.model_dump()},
         **report,
         "seconds": round(time.perf_counter() - t0, 1),
     }
