@@ -141,7 +141,8 @@ QAD_METHODS = ("kd", "dist", "mse")
 
 
 class QatConfig(_Strict):
-    """Quantization-aware distillation (`kdeploy qat`): INT8 fake quantization, KD fine-tuning of the student."""
+    """Quantization-aware distillation (`kdeploy qat`): INT8 fake quantization, then fine-tuning of the student with
+    the recipe's own loss where it is one of ``QAD_METHODS``, else with logits KD."""
 
     epochs: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0, description="Adam learning rate (cosine to 0 over the QAT epochs)")

@@ -70,6 +70,7 @@ def kd_method(recipe: Recipe, cfg: QatConfig) -> torch.nn.Module:
 
 
 def qad_method_name(recipe: Recipe) -> str:
+    """The registered loss QAD fine-tunes with: ``distill.method`` when it is one of ``QAD_METHODS``, else ``kd``."""
     return recipe.distill.method if recipe.distill.method in QAD_METHODS else "kd"
 
 
