@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,18 +152,21 @@ def _per_channel_next(fmt: str, options: QuantOptions, outcome: Outcome, setting
     return options.per_channel is None and fmt == "onnx-int8" and missed_gate and not settings["per_channel"]
 
 
-def _make(attempt: tuple[Any, ...], options: QuantOptions, max_accuracy_drop: float) -> tuple[Outcome, dict, float]:
-    """:func:`_attempt` (``attempt``: its first arguments), then once more with per-channel weights where
-    :func:`_per_channel_next` says so; the settings keep the per-tensor file's accuracy."""
-    outcome, settings, seconds = _attempt(*attempt, options, max_accuracy_drop)
-    if not _per_channel_next(attempt[0], options, outcome, settings):
+Attempt = Callable[[QuantOptions], tuple[Outcome, dict[str, Any], float]]
+
+
+def _make(fmt: str, attempt: Attempt, options: QuantOptions) -> tuple[Outcome, dict[str, Any], float]:
+    """``attempt(options)`` (:func:`_attempt` with everything but the options bound), then once more with
+    per-channel weights where :func:`_per_channel_next` says so; the settings keep the per-tensor file's accuracy."""
+    outcome, settings, seconds = attempt(options)
+    if not _per_channel_next(fmt, options, outcome, settings):
         return outcome, settings, seconds
     progress.log(f"  per-tensor weights: {outcome.accuracy:.2%}, {outcome.reason}; trying per-channel weights")
     per_tensor = outcome.accuracy
-    outcome, settings, more = _attempt(*attempt, replace(options, per_channel=True), max_accuracy_drop)
+    outcome, settings, more = attempt(replace(options, per_channel=True))
     settings["per_tensor_accuracy"] = per_tensor
     if outcome.status == "failed" and outcome.reason:
-        outcome.reason += f" with per-channel weights (per tensor: {per_tensor:.2%})"
+        outcome = replace(outcome, reason=f"{outcome.reason} with per-channel weights (per tensor: {per_tensor:.2%})")
     return outcome, settings, seconds + more
 
 
@@ -193,8 +197,10 @@ def quantize_one(
     with staging_dir(run.export_dir) as tmp:
         staged = tmp / manifest.file_name(role, fmt)
         src = manifest.artifact_path(run, source)
-        attempt = (fmt, src, staged, source, data, fp32_logits, calib)
-        outcome, settings, seconds = _make(attempt, options, max_accuracy_drop)
+        attempt = partial(
+            _attempt, fmt, src, staged, source, data, fp32_logits, calib, max_accuracy_drop=max_accuracy_drop
+        )
+        outcome, settings, seconds = _make(fmt, attempt, options)
         files = _publish(run, role, fmt, staged, outcome, old.files if old else [])
     art = build_artifact(
         run,
